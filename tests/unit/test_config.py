@@ -1,0 +1,101 @@
+"""The config tree: pipeline.yaml mirrors it; bad configs fail naming the key path; --dry-run."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from wavalign.config import InvalidConfig, PipelineConfig, Section
+from wavalign.config_file import config_yaml, read_config
+
+ROOT = Path(__file__).resolve().parents[2]
+PIPELINE = ROOT / "pipeline.yaml"
+
+
+def keys_of(model: type[Section], prefix=""):
+    out = set()
+    for name, info in model.model_fields.items():
+        out.add(prefix + name)
+        sub = info.annotation
+        if isinstance(sub, type) and issubclass(sub, Section):
+            out |= keys_of(sub, f"{prefix}{name}.")
+    return out
+
+
+def keys_of_tree(tree, prefix=""):
+    out = set()
+    for name, value in tree.items():
+        out.add(prefix + name)
+        if isinstance(value, dict):
+            out |= keys_of_tree(value, f"{prefix}{name}.")
+    return out
+
+
+def test_pipeline_yaml_mirrors_the_tree_key_for_key():
+    tree = yaml.safe_load(PIPELINE.read_text())
+    assert keys_of_tree(tree) == keys_of(PipelineConfig)
+
+
+def test_resolved_config_round_trips():
+    cfg = read_config(PIPELINE)
+    again = PipelineConfig.model_validate(yaml.safe_load(config_yaml(cfg)))
+    assert again == cfg
+
+
+def problems(tmp_path, overrides=(), tree=None):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(tree if tree is not None else yaml.safe_load(PIPELINE.read_text())))
+    with pytest.raises(InvalidConfig) as err:
+        read_config(path, list(overrides))
+    return err.value.problems
+
+
+@pytest.mark.parametrize(
+    "override,expected",
+    [
+        ("rollout.temprature=0.5", "rollout.temprature: Extra inputs are not permitted"),
+        ("model.layout.colour=red", "model.layout.colour: Extra inputs are not permitted"),
+        ("rollout.group_size=many", "rollout.group_size: Input should be a valid integer"),
+        ("rollout.top_p=1.5", "rollout.top_p: Input should be less than or equal to 1"),
+        ("rollout.group_size=5", "train.rollout_batch_size: 16 is not divisible by rollout.group_size (5)"),
+        ("learner.num_workers=3", "learner.num_workers: 4 prompts per step cannot be split evenly"),
+        ("rollout.max_new_tokens=500", "model.max_model_len: 256 < data.max_prompt_tokens + rollout.max_new_tokens (628)"),
+        ("model.layout.interleave_ratio=[1,2,3]", "model.layout.interleave_ratio: expected (text, audio) pairs"),
+        ("model.layout.interleave_ratio=[2,2]", "model.layout.interleave_ratio: audio block sizes must be >= 3"),
+        ("model.layout.speech_token_format=audio", "model.layout.speech_token_format: must contain '{i}'"),
+        ("model.layout.preset=glm4voice", "model.layout.preset: the tiny model (model.path: null) uses the 'tiny' layout"),
+        ("model.path=/ckpt", "data.train_files: the toy data fits only the tiny model"),
+        ("toy.min_word_tokens=5", "toy.min_word_tokens: 5 > max_word_tokens (4)"),
+        ("toy.warm_start.correct_rate_min=0.9", "toy.warm_start.correct_rate_min: 0.9 > correct_rate_max (0.8)"),
+        ("reward.default_score=9", "reward.default_score: 9.0 lies outside [scale_min, scale_max]"),
+        ("run=3", "run: Input should be a valid dictionary"),
+    ],
+)
+def test_bad_configs_name_the_key_path(tmp_path, override, expected):
+    assert any(p.startswith(expected) for p in problems(tmp_path, [override])), problems(tmp_path, [override])
+
+
+def test_custom_layout_needs_every_field(tmp_path):
+    found = problems(tmp_path, ["model.layout.preset=custom", "model.path=/x", "data.train_files=[a.jsonl]"])
+    assert any(p.startswith("model.layout.") and "needs every layout field" in p for p in found), found
+
+
+def test_launch_dry_run_and_invalid_exit_codes(tmp_path):
+    runs = tmp_path / "runs"
+    ok = subprocess.run(
+        [sys.executable, "launch.py", "--config", "pipeline.yaml", "--set", f"run.output_dir={runs}", "--dry-run"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert PipelineConfig.model_validate(yaml.safe_load(ok.stdout)) == read_config(PIPELINE, [f"run.output_dir={runs}"])
+    assert not runs.exists()  # a dry run starts nothing and writes nothing
+    bad = subprocess.run(
+        [sys.executable, "launch.py", "--config", "pipeline.yaml", "--set", "train.rollout_batch_size=10", "--dry-run"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert bad.returncode == 2
+    assert "train.rollout_batch_size: 10 is not divisible by rollout.group_size (4)" in bad.stderr
+    missing = subprocess.run([sys.executable, "launch.py", "--config", str(tmp_path / "nope.yaml"), "--dry-run"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2 and "not found" in missing.stderr

@@ -1,0 +1,39 @@
+"""Layering: pure modules import no heavy dependency; the installed stack imports."""
+
+import subprocess
+import sys
+
+import pytest
+
+PURE_MODULES = [
+    "wavalign.config",
+    "wavalign.layout",
+    "wavalign.interleave",
+    "wavalign.atomic",
+    "wavalign.data",
+    "wavalign.toy.codec",
+    "wavalign.toy.task",
+    "wavalign.toy.rows",
+    "wavalign.toy.metrics",
+    "learner.masks",
+]
+HEAVY = ["ray", "vllm", "deepspeed", "transformers", "pyarrow", "aiohttp", "requests"]
+
+
+@pytest.mark.parametrize("module", PURE_MODULES)
+def test_pure_module_imports_nothing_heavy(module):
+    code = f"import sys, {module}; print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "", f"{module} imported {out.stdout.strip()}"
+
+
+def test_the_stack_imports():
+    """Fails when the install left a broken stack (e.g. PyPI torchvision beside torch+cpu breaks Qwen2)."""
+    code = (
+        "import transformers.models.qwen2.modeling_qwen2 as q; q.Qwen2ForCausalLM; "
+        "import vllm, ray, deepspeed, pyarrow, pydantic; print(vllm.__version__, ray.__version__, deepspeed.__version__)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split()[-3:] == ["0.32.0", "2.60.0", "0.19.8"]

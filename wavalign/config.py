@@ -1,0 +1,320 @@
+"""The one configuration tree of a wavalign-ray run.
+
+`pipeline.yaml` mirrors this tree key for key. Every section forbids unknown keys, so a typo is an
+error that names the key path instead of a silently ignored setting. Defaults are the WavAlign
+method's (shared method.md §10); `pipeline.yaml` overrides the few that only make sense for the
+project's tiny model (lengths, steps, learning rate) and says why.
+
+Pure module: imports pydantic and the standard library only.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, assignments are re-validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RunConfig(Section):
+    name: str = Field("wavalign", min_length=1, description="run name; the run dir is output_dir/name-<time>")
+    output_dir: str = Field("runs", description="where run directories are created")
+    seed: int = Field(42, description="global seed (method §10: 42)")
+    steps: int = Field(2000, ge=1, description="optimizer steps (method: max_steps 2000)")
+
+
+class LayoutConfig(Section):
+    """How text and speech tokens are told apart in a tokenizer (method §1.1–1.2).
+
+    `preset` fills every field left unset; explicit fields override the preset. With
+    preset `custom` every field must be given.
+    """
+
+    preset: Literal["tiny", "glm4voice", "vita-audio", "custom"] = "tiny"
+    speech_token_format: str | None = Field(
+        None, description="name of speech token i, with '{i}' for the index, e.g. '<|audio_{i}|>'"
+    )
+    num_speech_tokens: int | None = Field(None, ge=1, description="codebook size: ids for i = 0..n-1")
+    begin_audio_token: str | None = None
+    end_audio_token: str | None = None
+    eos_token: str | None = None
+    pad_token: str | None = None
+    interleave_ratio: list[int] | None = Field(
+        None, description="(T1, A1, T2, A2, ...): text tokens, then an audio block of A tokens incl. BOA/EOA"
+    )
+    include_audio_boundaries: bool = Field(True, description="BOA/EOA count as speech (method default)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_from_preset(cls, data: Any) -> Any:
+        """Unset fields take the preset's values, so the resolved config shows the ids' names."""
+        if isinstance(data, dict) and data.get("preset", "tiny") in LAYOUT_PRESETS:
+            preset = LAYOUT_PRESETS[data.get("preset", "tiny")]
+            data = {**data, **{k: v for k, v in preset.items() if data.get(k) is None}}
+        return data
+
+    @field_validator("speech_token_format")
+    @classmethod
+    def _has_index(cls, value: str | None) -> str | None:
+        if value is not None and "{i}" not in value:
+            raise ValueError("must contain '{i}' where the token index goes")
+        return value
+
+    @field_validator("interleave_ratio")
+    @classmethod
+    def _valid_ratio(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None:
+            check_interleave_ratio(value)
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> "LayoutConfig":
+        if self.preset == "custom":
+            missing = [name for name in LAYOUT_FIELDS if getattr(self, name) is None]
+            if missing:
+                raise ConfigError(missing[0], f"preset 'custom' needs every layout field; missing: {', '.join(missing)}")
+        return self
+
+
+SPEECH_TOKEN_FORMAT = "<|audio_{i}|>"
+_CODEC_TOKENS = dict(
+    speech_token_format=SPEECH_TOKEN_FORMAT,
+    begin_audio_token="<|begin_of_audio|>",
+    end_audio_token="<|end_of_audio|>",
+    eos_token="<|im_end|>",
+    pad_token="<|endoftext|>",
+)
+# Presets (method §1.1, design notes). An audio block size A counts BOA + speech tokens + EOA.
+LAYOUT_PRESETS: dict[str, dict[str, Any]] = {
+    # GLM-4-Voice: 16,384 codes at 12.5 Hz, alternating 13 text tokens with 26 speech tokens.
+    "glm4voice": dict(_CODEC_TOKENS, num_speech_tokens=16384, interleave_ratio=[13, 28]),
+    # VITA-Audio (Boost / Plus-Vanilla): 1 text + a 10-block, then 4 text + 10-blocks repeating.
+    "vita-audio": dict(_CODEC_TOKENS, num_speech_tokens=16384, interleave_ratio=[1, 10, 4, 10]),
+    # The project's tiny model: a 256-code toy codec, short chunks so that toy answers interleave.
+    "tiny": dict(_CODEC_TOKENS, num_speech_tokens=256, interleave_ratio=[2, 8, 3, 8]),
+}
+
+LAYOUT_FIELDS = (
+    "speech_token_format",
+    "num_speech_tokens",
+    "begin_audio_token",
+    "end_audio_token",
+    "eos_token",
+    "pad_token",
+    "interleave_ratio",
+)
+
+
+def check_interleave_ratio(ratio: list[int]) -> None:
+    """A ratio is non-empty (T, A) pairs; an audio block holds BOA + >= 1 speech token + EOA."""
+    if len(ratio) < 2 or len(ratio) % 2:
+        raise ValueError(f"expected (text, audio) pairs, got {ratio}")
+    if any(t < 1 for t in ratio[0::2]):
+        raise ValueError(f"text chunk sizes must be >= 1, got {ratio}")
+    if any(a < 3 for a in ratio[1::2]):
+        raise ValueError(f"audio block sizes must be >= 3 (BOA + speech + EOA), got {ratio}")
+
+
+class ModelConfig(Section):
+    path: str | None = Field(None, description="HF directory of the policy; null = the project's tiny model")
+    layout: LayoutConfig = LayoutConfig()
+    dtype: Literal["float32", "bfloat16"] = Field("bfloat16", description="method: bf16; CPU runs use float32")
+    max_model_len: int = Field(4096, ge=16, description="tokens: prompt + response")
+
+
+class WarmStartConfig(Section):
+    """Supervised warm start of the tiny model with label noise, so that it masters the format and the
+    codec (speech always matches the text it is taught) but is right only part of the time, with a
+    spread that gives RL groups reward variance. Each train question q gets a fixed wrong answer and
+    a seeded rate p_q in [correct_rate_min, correct_rate_max]; each time q is drawn, its reference
+    states the right result with probability p_q and the wrong one otherwise."""
+
+    correct_rate_min: float = Field(0.2, ge=0, le=1, description="lowest per-question share of right references")
+    correct_rate_max: float = Field(0.8, ge=0, le=1, description="highest per-question share of right references")
+    max_steps: int = Field(1500, ge=1)
+    batch_size: int = Field(32, ge=1)
+    learning_rate: float = Field(3e-3, gt=0)
+    min_steps: int = Field(300, ge=0, description="train at least this long, so answer rates settle")
+    max_word_error_rate: float = Field(0.03, ge=0, le=1, description="then stop once speech decodes this well...")
+    min_well_formed: float = Field(0.95, ge=0, le=1, description="...and this share of answers is well-formed")
+    check_every: int = Field(50, ge=1, description="steps between the stop checks (greedy, all train prompts)")
+
+    @model_validator(mode="after")
+    def _check(self) -> "WarmStartConfig":
+        if self.correct_rate_min > self.correct_rate_max:
+            raise ConfigError("correct_rate_min", f"{self.correct_rate_min} > correct_rate_max ({self.correct_rate_max})")
+        return self
+
+
+class ToyConfig(Section):
+    """The project's own spoken-arithmetic task and tiny model (no downloads)."""
+
+    assets_dir: str = Field(".assets/toy", description="cache of the built model and data")
+    seed: int = 1234
+    max_operand: int = Field(9, ge=1, le=9, description="questions use operands 0..max_operand")
+    eval_fraction: float = Field(0.2, gt=0, lt=1, description="share of questions held out for evaluation")
+    min_word_tokens: int = Field(2, ge=1, description="shortest pronunciation, in speech tokens")
+    max_word_tokens: int = Field(4, ge=1, description="longest pronunciation, in speech tokens")
+    hidden_size: int = Field(128, ge=64)
+    num_layers: int = Field(4, ge=1)
+    warm_start: WarmStartConfig = WarmStartConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> "ToyConfig":
+        if self.min_word_tokens > self.max_word_tokens:
+            raise ConfigError("min_word_tokens", f"{self.min_word_tokens} > max_word_tokens ({self.max_word_tokens})")
+        if self.hidden_size % 64:
+            raise ConfigError("hidden_size", "must be a multiple of 64 (head_dim 64; vLLM's CPU attention needs it)")
+        return self
+
+
+class DataConfig(Section):
+    train_files: list[str] = Field(default_factory=list, description="JSONL/Parquet; empty = toy train split")
+    eval_files: list[str] = Field(default_factory=list, description="JSONL/Parquet; empty = toy eval split")
+    max_prompt_tokens: int = Field(2048, ge=1, description="longer prompts are invalid rows")
+    skip_invalid_rows: bool = Field(False, description="skip (and count) bad rows instead of failing")
+    task_types: list[str] = Field(default_factory=lambda: ["s2s"], description="rows of other types are dropped")
+
+
+class RolloutConfig(Section):
+    num_workers: int = Field(1, ge=1, description="vLLM rollout workers; scalable while a run goes")
+    cpus_per_worker: float = Field(1, gt=0)
+    gpus_per_worker: float = Field(0, ge=0)
+    group_size: int = Field(4, ge=2, description="G responses per prompt (method: 4)")
+    temperature: float = Field(0.7, gt=0)
+    top_p: float = Field(0.9, gt=0, le=1, description="method §15 item 4: stated explicitly")
+    top_k: int = Field(0, ge=0, description="0 = off")
+    max_new_tokens: int = Field(1024, ge=1)
+    kv_cache_gib: float = Field(1, gt=0, description="vLLM CPU KV cache (VLLM_CPU_KVCACHE_SPACE)")
+    timeout_s: float = Field(600, gt=0, description="a remote call that takes longer is an error")
+
+
+class RewardConfig(Section):
+    scale_min: float = Field(1.0, description="the judge's scale; λ's constants derive from it")
+    scale_max: float = Field(5.0)
+    default_score: float = Field(2.5, description="score of a failed judge call (method §4)")
+
+    @model_validator(mode="after")
+    def _check(self) -> "RewardConfig":
+        if self.scale_max <= self.scale_min:
+            raise ConfigError("scale_max", f"{self.scale_max} must be > scale_min ({self.scale_min})")
+        if not self.scale_min <= self.default_score <= self.scale_max:
+            raise ConfigError("default_score", f"{self.default_score} lies outside [scale_min, scale_max]")
+        return self
+
+
+class AlgorithmConfig(Section):
+    rl_token_type: Literal["text", "speech", "all"] = "text"
+    sft_token_type: Literal["all", "text", "speech"] = "all"
+    adaptive_mixing: bool = True
+    lambda_max: float = Field(0.8, gt=0, le=1)
+    ema_alpha: float = Field(0.9, ge=0, lt=1)
+    gate_slope: float = Field(5.0, gt=0)
+    fixed_rl_weight: float = Field(0.7, ge=0, le=1, description="λ when adaptive_mixing is off")
+
+
+class TrainConfig(Section):
+    rollout_batch_size: int = Field(4, ge=1, description="responses per step = prompts per step x group_size")
+
+
+class LearnerConfig(Section):
+    num_workers: int = Field(1, ge=1, description="data-parallel learner workers")
+    zero_stage: int = Field(2, ge=0, le=3)
+    learning_rate: float = Field(1e-6, gt=0)
+    warmup_steps: int = Field(20, ge=0)
+    weight_decay: float = Field(0.01, ge=0)
+    grad_clip: float = Field(1.2, gt=0)
+
+
+class PipelineConfig(Section):
+    run: RunConfig = RunConfig()
+    model: ModelConfig = ModelConfig()
+    toy: ToyConfig = ToyConfig()
+    data: DataConfig = DataConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    reward: RewardConfig = RewardConfig()
+    algorithm: AlgorithmConfig = AlgorithmConfig()
+    train: TrainConfig = TrainConfig()
+    learner: LearnerConfig = LearnerConfig()
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> "PipelineConfig":
+        group, batch = self.rollout.group_size, self.train.rollout_batch_size
+        if batch % group:
+            raise ConfigError("train.rollout_batch_size", f"{batch} is not divisible by rollout.group_size ({group})")
+        prompts = batch // group
+        if prompts % self.learner.num_workers:
+            raise ConfigError(
+                "learner.num_workers",
+                f"{prompts} prompts per step cannot be split evenly over {self.learner.num_workers} learner workers",
+            )
+        need = self.data.max_prompt_tokens + self.rollout.max_new_tokens
+        if need > self.model.max_model_len:
+            raise ConfigError(
+                "model.max_model_len",
+                f"{self.model.max_model_len} < data.max_prompt_tokens + rollout.max_new_tokens ({need})",
+            )
+        if self.model.path is None and self.model.layout.preset != "tiny":
+            raise ConfigError("model.layout.preset", "the tiny model (model.path: null) uses the 'tiny' layout")
+        if self.model.path is not None and not self.data.train_files:
+            raise ConfigError("data.train_files", "the toy data fits only the tiny model; give data for model.path")
+        return self
+
+
+class InvalidConfig(ValueError):
+    """Every problem of a config tree, one line each, each naming its key path."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("invalid config:\n" + "\n".join(f"  {p}" for p in problems))
+        self.problems = problems
+
+
+class ConfigError(ValueError):
+    """A config problem at one key path."""
+
+    def __init__(self, key_path: str, reason: str) -> None:
+        super().__init__(f"{key_path}: {reason}")
+        self.key_path = key_path
+
+
+_KEYED_MESSAGE = re.compile(r"^([A-Za-z_][\w.]*): (.*)$", re.DOTALL)
+
+
+def validation_problems(err: ValidationError) -> list[str]:
+    """One line per problem, each starting with the full dotted key path."""
+    lines = []
+    for problem in err.errors():
+        path = ".".join(str(part) for part in problem["loc"])
+        message = problem["msg"].removeprefix("Value error, ")
+        keyed = _KEYED_MESSAGE.match(message) if problem["type"] == "value_error" else None
+        if keyed:  # a ConfigError from a section validator: its key is relative to the section
+            path = f"{path}.{keyed[1]}" if path else keyed[1]
+            message = keyed[2]
+        lines.append(f"{path}: {message}" if path else message)
+    return lines
+
+
+def set_dotted(tree: dict[str, Any], key_path: str, value: Any) -> None:
+    """Set tree[a][b][c] = value for key_path 'a.b.c', creating sections as needed."""
+    *parents, leaf = key_path.split(".")
+    node = tree
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(key_path, f"'{part}' is a value, not a section")
+        node = child
+    node[leaf] = value
+
+
+def load_config(tree: dict[str, Any]) -> PipelineConfig:
+    """Validate a raw tree; raises InvalidConfig listing every problem with its key path."""
+    try:
+        return PipelineConfig.model_validate(tree)
+    except ValidationError as err:
+        raise InvalidConfig(validation_problems(err)) from None

@@ -1,0 +1,168 @@
+"""Reading and writing prompt data (JSONL or Parquet) with the WavAlign fields (method.md §9).
+
+Each row needs `messages`, `question_text`, `sft_target_text`, and token ids: `prompt_token_ids` (the
+full prompt, chat template and user speech included, ending with the generation prompt) and
+`reference_token_ids` (the reference assistant answer, interleaved text + speech, ending with eos).
+Optional: `id`, `task_type` (rows of other types are dropped; absent means s2s), `answer` (for a
+verifiable reward), and anything else, carried through untouched.
+
+A bad row is an error naming file, row (1-based) and field — or, with `skip_invalid_rows`, a counted
+skip listed in the report. pyarrow is imported only where Parquet is read or written.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from wavalign.atomic import atomic_path
+
+REQUIRED_FIELDS = ("messages", "question_text", "sft_target_text", "prompt_token_ids", "reference_token_ids")
+
+
+class DataError(ValueError):
+    """A data row that cannot be used; the message names file, row and field."""
+
+
+@dataclass(frozen=True)
+class PromptRow:
+    """A validated prompt with its reference answer."""
+
+    row_id: str
+    prompt_token_ids: tuple[int, ...]
+    reference_token_ids: tuple[int, ...]
+    question_text: str
+    sft_target_text: str
+    answer: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ReadReport:
+    rows: list[PromptRow]
+    skipped: list[str]  # one message per invalid row skipped under skip_invalid_rows
+    filtered: int  # rows dropped because of their task_type
+
+
+def read_rows(
+    path: str | Path,
+    *,
+    vocab_size: int,
+    max_prompt_tokens: int,
+    skip_invalid_rows: bool = False,
+    task_types: Sequence[str] = ("s2s",),
+) -> ReadReport:
+    """Read and validate every row of a .jsonl or .parquet file."""
+    path = Path(path)
+    report = ReadReport(rows=[], skipped=[], filtered=0)
+    for row_number, record in _records(path):
+        try:
+            if isinstance(record, dict) and record.get("task_type", "s2s") not in task_types:
+                report.filtered += 1
+                continue
+            report.rows.append(_validate(record, f"{path.name}:{row_number}", vocab_size, max_prompt_tokens))
+        except _RowProblem as problem:
+            message = f"{path}: row {row_number}: field '{problem.field}': {problem.reason}"
+            if not skip_invalid_rows:
+                raise DataError(message) from None
+            report.skipped.append(message)
+    return report
+
+
+def write_rows(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
+    """Write rows atomically as JSONL or Parquet, chosen by the file suffix."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        if path.suffix == ".jsonl":
+            tmp.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+        elif path.suffix == ".parquet":
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            pq.write_table(pa.Table.from_pylist(list(rows)), tmp)
+        else:
+            raise DataError(f"{path}: unsupported data file type (use .jsonl or .parquet)")
+
+
+class _RowProblem(Exception):
+    def __init__(self, field_name: str, reason: str) -> None:
+        super().__init__(f"{field_name}: {reason}")
+        self.field, self.reason = field_name, reason
+
+
+def _records(path: Path) -> Iterator[tuple[int, Any]]:
+    if not path.exists():
+        raise DataError(f"{path}: data file not found")
+    if path.suffix == ".jsonl":
+        with path.open(encoding="utf-8") as lines:
+            for number, line in enumerate(lines, 1):
+                if not line.strip():
+                    continue
+                try:
+                    yield number, json.loads(line)
+                except json.JSONDecodeError as err:
+                    yield number, _Unparsable(str(err))
+    elif path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        for number, record in enumerate(pq.read_table(path).to_pylist(), 1):
+            yield number, record
+    else:
+        raise DataError(f"{path}: unsupported data file type (use .jsonl or .parquet)")
+
+
+@dataclass(frozen=True)
+class _Unparsable:
+    error: str
+
+
+def _validate(record: Any, default_id: str, vocab_size: int, max_prompt_tokens: int) -> PromptRow:
+    if isinstance(record, _Unparsable):
+        raise _RowProblem("<json>", f"not valid JSON ({record.error})")
+    if not isinstance(record, dict):
+        raise _RowProblem("<row>", f"expected an object, got {type(record).__name__}")
+    for name in REQUIRED_FIELDS:
+        if record.get(name) is None:
+            raise _RowProblem(name, "missing")
+    _check_messages(record["messages"])
+    for name in ("question_text", "sft_target_text"):
+        if not isinstance(record[name], str):
+            raise _RowProblem(name, f"expected a string, got {type(record[name]).__name__}")
+    prompt = _token_ids(record, "prompt_token_ids", vocab_size)
+    if len(prompt) > max_prompt_tokens:
+        raise _RowProblem("prompt_token_ids", f"{len(prompt)} tokens exceed data.max_prompt_tokens ({max_prompt_tokens})")
+    known = {"id", "answer", *REQUIRED_FIELDS}
+    return PromptRow(
+        row_id=str(record.get("id") or default_id),
+        prompt_token_ids=prompt,
+        reference_token_ids=_token_ids(record, "reference_token_ids", vocab_size),
+        question_text=record["question_text"],
+        sft_target_text=record["sft_target_text"],
+        answer=record.get("answer"),
+        extra={k: v for k, v in record.items() if k not in known},
+    )
+
+
+def _check_messages(messages: Any) -> None:
+    if not isinstance(messages, list) or not messages:
+        raise _RowProblem("messages", "expected a non-empty list of {role, content} turns")
+    for i, turn in enumerate(messages):
+        if not isinstance(turn, dict) or not isinstance(turn.get("role"), str) or not isinstance(turn.get("content"), str):
+            raise _RowProblem("messages", f"turn {i} is not a {{role, content}} object of strings")
+    if not any(turn["role"] == "user" for turn in messages):
+        raise _RowProblem("messages", "has no user turn")
+
+
+def _token_ids(record: dict[str, Any], name: str, vocab_size: int) -> tuple[int, ...]:
+    ids = record[name]
+    if not isinstance(ids, list) or not ids:
+        raise _RowProblem(name, "expected a non-empty list of token ids")
+    for position, token in enumerate(ids):
+        if not isinstance(token, int) or isinstance(token, bool):
+            raise _RowProblem(name, f"position {position}: {token!r} is not an integer token id")
+        if not 0 <= token < vocab_size:
+            raise _RowProblem(name, f"position {position}: token id {token} is outside the vocabulary [0, {vocab_size})")
+    return tuple(ids)
