@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = read_eval_rows(cfg, model_path, eval_files)
     print(f"sampling {cfg.rollout.group_size} responses for each of {len(rows)} evaluation prompts")
     started = time.monotonic()
-    records = ray.get(rollout.generate.remote([(r.row_id, r.prompt_token_ids) for r in rows], cfg.run.seed), timeout=cfg.rollout.timeout_s)
+    records = ray.get(rollout.generate.remote([(r.row_id, r.prompt_token_ids) for r in rows]), timeout=cfg.rollout.timeout_s)
     seconds = time.monotonic() - started
     summary = evaluate(cfg, model_path, rows, records)
     summary["rollout_tokens_per_s"] = sum(len(r.response_token_ids) for r in records) / seconds
@@ -121,7 +121,7 @@ def evaluate(cfg: PipelineConfig, model_path: Path, rows: list, records: list) -
         return {"responses": len(records), "mean_response_tokens": sum(len(r.response_token_ids) for r in records) / max(len(records), 1)}
     from wavalign.toy.assets import toy_scorer
 
-    scorer = toy_scorer(layout, cfg.toy, tokenizer.get_vocab())
+    scorer = toy_scorer(layout, cfg.toy, tokenizer)
     return scorer.evaluate(
         [r.response_token_ids for r in records],
         [int(by_id[r.prompt_id].answer) for r in records],

@@ -44,9 +44,9 @@ class RolloutWorker:
             eos_id=self.layout.eos_id,
         )
 
-    def generate(self, prompts: Sequence[tuple[str, Sequence[int]]], seed: int | None = None) -> list[RolloutRecord]:
+    def generate(self, prompts: Sequence[tuple[str, Sequence[int]]]) -> list[RolloutRecord]:
         """G = rollout.group_size records per (prompt_id, prompt token ids), in prompt order."""
-        groups = self.engine.sample([ids for _, ids in prompts], n=self.group_size, seed=seed)
+        groups = self.engine.sample([ids for _, ids in prompts], n=self.group_size)
         records = []
         for (prompt_id, _), samples in zip(prompts, groups):
             for index, sample in enumerate(samples):

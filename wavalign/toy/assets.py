@@ -28,11 +28,11 @@ from wavalign.layout import SpeechLayout, layout_fields, resolve_layout
 from wavalign.toy.codec import ToyCodec
 from wavalign.toy.metrics import ToyScorer
 from wavalign.toy.model import ReferenceFor, build_tiny_model, generate, warm_start
-from wavalign.toy.rows import ToyEncoder
+from wavalign.toy.rows import ToyEncoder, toy_corpus
 from wavalign.toy.task import all_questions, split_questions, vocabulary_words
 from wavalign.toy.tokenizer import build_tokenizer
 
-ASSET_VERSION = 1
+ASSET_VERSION = 3
 SAMPLING_TEMPERATURE = 0.7  # the method's rollout temperature, for the reported sampled accuracy
 
 
@@ -56,16 +56,17 @@ def toy_codec(toy: ToyConfig, num_codes: int) -> ToyCodec:
     return ToyCodec(vocabulary_words(), num_codes, toy.seed, toy.min_word_tokens, toy.max_word_tokens)
 
 
-def toy_scorer(layout: SpeechLayout, toy: ToyConfig, vocab: dict[str, int]) -> ToyScorer:
-    words = set(vocabulary_words())
-    id_to_word = {i: token for token, i in vocab.items() if token in words}
-    return ToyScorer(layout, toy_codec(toy, layout.num_speech_tokens), id_to_word)
+def toy_scorer(layout: SpeechLayout, toy: ToyConfig, tokenizer) -> ToyScorer:
+    """The toy metrics for a model's tokenizer (any HF tokenizer with `decode`)."""
+    return ToyScorer(
+        layout, toy_codec(toy, layout.num_speech_tokens), lambda ids: tokenizer.decode(ids, skip_special_tokens=True)
+    )
 
 
 def fingerprint(toy: ToyConfig, layout: LayoutConfig) -> str:
-    payload = json.dumps(
-        {"version": ASSET_VERSION, "toy": toy.model_dump(), "layout": layout_fields(layout)}, sort_keys=True
-    )
+    """What the assets depend on: the toy settings (not where they are cached) and the layout."""
+    settings = toy.model_dump(exclude={"assets_dir"})
+    payload = json.dumps({"version": ASSET_VERSION, "toy": settings, "layout": layout_fields(layout)}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -86,6 +87,7 @@ def ensure_toy_assets(
         try:
             _build(staging, toy, layout, log)
             (staging / "fingerprint").write_text(key + "\n")
+            staging.chmod(0o755)  # mkdtemp makes it private; the cache is shared with Ray workers
             shutil.rmtree(root, ignore_errors=True)
             staging.rename(root)
         finally:
@@ -111,14 +113,14 @@ def _noisy_references(questions: list, rows: list, encoder: ToyEncoder, toy: Toy
 
 
 def _build(out: Path, toy: ToyConfig, layout_cfg: LayoutConfig, log: Callable[[str], None]) -> None:
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    tokenizer = build_tokenizer(vocabulary_words(), layout_fields(layout_cfg))
+    questions = all_questions(toy.max_operand)
+    tokenizer = build_tokenizer(toy_corpus(questions), layout_fields(layout_cfg))
     layout = resolve_layout(layout_cfg, tokenizer)
-    vocab = tokenizer.get_vocab()
-    encoder = ToyEncoder(vocab, layout, toy_codec(toy, layout.num_speech_tokens))
+    encode = lambda text: tokenizer.encode(text, add_special_tokens=False)  # noqa: E731
+    encoder = ToyEncoder(encode, layout, layout_cfg, toy_codec(toy, layout.num_speech_tokens))
     assets = ToyAssets(out)
 
-    train_q, eval_q = split_questions(all_questions(toy.max_operand), toy.eval_fraction, toy.seed)
+    train_q, eval_q = split_questions(questions, toy.eval_fraction, toy.seed)
     for split, questions in (("train", train_q), ("eval", eval_q)):
         rows = [encoder.row(q, f"toy-{split}-{i:04d}") for i, q in enumerate(questions)]
         for suffix in (".jsonl", ".parquet"):
@@ -131,7 +133,7 @@ def _build(out: Path, toy: ToyConfig, layout_cfg: LayoutConfig, log: Callable[[s
     train_rows, eval_rows = load("train"), load("eval")
     model = build_tiny_model(len(tokenizer), layout, toy)
     log(f"toy assets: tiny Qwen2 model, {sum(p.numel() for p in model.parameters()):,} parameters")
-    scorer = toy_scorer(layout, toy, vocab)
+    scorer = toy_scorer(layout, toy, tokenizer)
     reference_for = _noisy_references(train_q, train_rows, encoder, toy)
     result = warm_start(model, train_rows, reference_for, scorer, toy.warm_start, toy.seed, log)
     model.save_pretrained(assets.model_dir, safe_serialization=True)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from wavalign.interleave import follows_layout, split_channels
@@ -70,16 +70,17 @@ def js_divergence(p_counts: Counter[int], q_counts: Counter[int]) -> float:
 
 
 class ToyScorer:
-    """Scores responses of the toy task; `id_to_word` maps plain-word token ids to words."""
+    """Scores responses of the toy task; `decode_text` turns text-channel ids into a string (the
+    tokenizer's decode with special tokens skipped)."""
 
-    def __init__(self, layout: SpeechLayout, codec: ToyCodec, id_to_word: dict[int, str]) -> None:
-        self.layout, self.codec, self.id_to_word = layout, codec, id_to_word
+    def __init__(self, layout: SpeechLayout, codec: ToyCodec, decode_text: Callable[[list[int]], str]) -> None:
+        self.layout, self.codec, self.decode_text = layout, codec, decode_text
 
     def channels(self, response_ids: Sequence[int]) -> tuple[list[str], list[int]]:
         """(text-channel words, speech codes) of a response, up to its first eos."""
         content, _ = until_eos(response_ids, self.layout.eos_id)
         text_ids, speech_ids = split_channels(content, self.layout)
-        words = [self.id_to_word[t] for t in text_ids if t in self.id_to_word]
+        words = self.decode_text(text_ids).split()
         return words, [t - self.layout.speech_start for t in speech_ids]
 
     def score(self, response_ids: Sequence[int], answer: int) -> ResponseScore:

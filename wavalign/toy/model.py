@@ -18,6 +18,7 @@ from wavalign.config import ToyConfig, WarmStartConfig
 from wavalign.data import PromptRow
 from wavalign.layout import SpeechLayout
 from wavalign.toy.metrics import ToyScorer
+from wavalign.toy.tokenizer import MAX_POSITIONS
 
 HEAD_DIM = 64  # vLLM's CPU attention kernels reject smaller heads
 
@@ -32,7 +33,7 @@ def build_tiny_model(vocab_size: int, layout: SpeechLayout, toy: ToyConfig) -> Q
         num_attention_heads=heads,
         num_key_value_heads=heads,
         head_dim=HEAD_DIM,
-        max_position_embeddings=512,
+        max_position_embeddings=MAX_POSITIONS,
         tie_word_embeddings=True,
         eos_token_id=layout.eos_id,
         pad_token_id=layout.pad_id,

@@ -1,55 +1,53 @@
-"""Token ids and data rows of the toy task, for a resolved layout and the tiny tokenizer's vocab.
+"""Token ids and data rows of the toy task.
 
-The prompt follows the chat format the method uses (method.md §5.2): a system turn, a user turn whose
+The prompt is the chat format the method uses (method.md §5.2): a system turn, a user turn whose
 content is the spoken question (BOA + speech + EOA in place of `<|audio|>`), then the generation
 prompt `<|im_start|>assistant\\n`. The reference answer is the assistant content "<text>\\n<|audio|>"
 re-interleaved with the layout's ratio, followed by eos.
 
-Pure module: standard library only.
+Pure module: the tokenizer enters as an `encode(text) -> ids` callable.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+from wavalign.config import LayoutConfig
 from wavalign.interleave import interleave
 from wavalign.layout import SpeechLayout
 from wavalign.toy.codec import ToyCodec
 from wavalign.toy.task import AUDIO_PLACEHOLDER, SYSTEM_PROMPT, Question
 
-IM_START = "<|im_start|>"
-NEWLINE = "\n"
+Encode = Callable[[str], list[int]]
+
+
+def chat_prompt(system: str, user: str) -> str:
+    """The prompt text up to and including the assistant's generation prompt."""
+    return f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
 
 
 class ToyEncoder:
-    """Builds token ids from words; `vocab` is the tokenizer's token -> id map."""
+    """Builds token ids for toy questions; `encode` is the tokenizer's (adding no special tokens)."""
 
-    def __init__(self, vocab: dict[str, int], layout: SpeechLayout, codec: ToyCodec) -> None:
-        self.vocab, self.layout, self.codec = vocab, layout, codec
-
-    def word_ids(self, words: list[str]) -> list[int]:
-        return [self.vocab[w] for w in words]
+    def __init__(self, encode: Encode, layout: SpeechLayout, names: LayoutConfig, codec: ToyCodec) -> None:
+        self.encode, self.layout, self.names, self.codec = encode, layout, names, codec
 
     def speech_ids(self, words: list[str]) -> list[int]:
         return [self.layout.speech_start + code for code in self.codec.encode(words)]
 
-    def turn(self, role: str, content: list[int]) -> list[int]:
-        return [self.vocab[IM_START], self.vocab[role], self.vocab[NEWLINE], *content, self.layout.eos_id, self.vocab[NEWLINE]]
+    def spoken_text(self, words: list[str]) -> str:
+        """The words' speech as token text: BOA <|audio_i|>... EOA."""
+        codes = "".join(self.names.speech_token_format.format(i=c) for c in self.codec.encode(words))
+        return f"{self.names.begin_audio_token}{codes}{self.names.end_audio_token}"
 
     def prompt_ids(self, question: Question) -> list[int]:
-        spoken = [self.layout.boa_id, *self.speech_ids(question.question_words()), self.layout.eoa_id]
-        return [
-            *self.turn("system", self.word_ids(SYSTEM_PROMPT.split())),
-            *self.turn("user", spoken),
-            self.vocab[IM_START],
-            self.vocab["assistant"],
-            self.vocab[NEWLINE],
-        ]
+        return self.encode(chat_prompt(SYSTEM_PROMPT, self.spoken_text(question.question_words())))
 
     def reference_ids(self, question: Question, stated_result: int | None = None) -> list[int]:
         """Interleaved "<answer text>\\n" + answer speech, then eos."""
         words = question.answer_words(stated_result)
-        text = [*self.word_ids(words), self.vocab[NEWLINE]]
+        text = self.encode(" ".join(words) + "\n")
         return [*interleave(text, self.speech_ids(words), self.layout), self.layout.eos_id]
 
     def row(self, question: Question, row_id: str) -> dict[str, Any]:
@@ -68,3 +66,11 @@ class ToyEncoder:
             "reference_token_ids": self.reference_ids(question),
         }
 
+
+def toy_corpus(questions: list[Question]) -> list[str]:
+    """Every text the toy task's tokenizer must encode as whole words."""
+    lines = [SYSTEM_PROMPT, "system", "user", "assistant"]
+    for q in questions:
+        lines += [" ".join(q.question_words()), " ".join(q.answer_words()) + "\n"]
+        lines += [" ".join(q.answer_words(r)) + "\n" for r in range(19)]  # every stated result
+    return lines

@@ -1,40 +1,64 @@
-"""The tiny model's tokenizer: a word-level `PreTrainedTokenizerFast` holding the toy words, the
-chat/audio special tokens and the speech tokens (as the vocabulary's tail, like GLM-4-Voice)."""
+"""The tiny model's tokenizer: a byte-level BPE in Qwen2's own format (vocab + merges, Qwen2's
+pre-tokenizer and decoder), trained on the toy task's sentences until every word is one token,
+plus the chat/audio special tokens and the speech tokens `<|audio_0|>`.. as the vocabulary's tail
+(as in GLM-4-Voice). Because it *is* a `Qwen2Tokenizer`, it behaves the same whichever way it is
+loaded (`AutoTokenizer`, vLLM, the class itself)."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast
+from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers, trainers
+from transformers import Qwen2Tokenizer
 
-from wavalign.toy.rows import IM_START, NEWLINE
 from wavalign.toy.task import AUDIO_PLACEHOLDER
 
-UNK = "<unk>"
+IM_START = "<|im_start|>"
+MAX_POSITIONS = 512  # the tiny model's max_position_embeddings
+
+# Qwen-style chat template: system and user turns in <|im_start|>role\n...<|im_end|>\n blocks.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 
 
-def build_tokenizer(words: list[str], layout_fields: dict[str, Any]) -> PreTrainedTokenizerFast:
-    """Ids: specials, newline, words, then the speech tokens <|audio_0|>.. at the end."""
-    specials = [
-        UNK,
-        layout_fields["pad_token"],
-        IM_START,
-        layout_fields["eos_token"],
-        layout_fields["begin_audio_token"],
-        layout_fields["end_audio_token"],
-        AUDIO_PLACEHOLDER,
-    ]
-    speech = [layout_fields["speech_token_format"].format(i=i) for i in range(layout_fields["num_speech_tokens"])]
-    ordered = [*dict.fromkeys(specials), NEWLINE, *words, *speech]
-    backend = Tokenizer(models.WordLevel({token: i for i, token in enumerate(ordered)}, unk_token=UNK))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    # Added tokens are matched before whitespace splitting, so "<|audio_3|><|im_end|>" needs no spaces.
-    backend.add_special_tokens([AddedToken(t, normalized=False) for t in (*dict.fromkeys(specials), *speech)])
-    backend.add_tokens([AddedToken(NEWLINE, normalized=False)])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        unk_token=UNK,
+def build_tokenizer(corpus: list[str], layout_fields: dict[str, Any]) -> Qwen2Tokenizer:
+    """Ids: the special tokens, byte-level BPE pieces, then the speech tokens at the end."""
+    specials = list(
+        dict.fromkeys(
+            [
+                layout_fields["pad_token"],
+                IM_START,
+                layout_fields["eos_token"],
+                layout_fields["begin_audio_token"],
+                layout_fields["end_audio_token"],
+                AUDIO_PLACEHOLDER,
+            ]
+        )
+    )
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=100_000,  # never reached: merging stops once every word is a single token
+        min_frequency=1,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(corpus, trainer)
+    state = json.loads(bpe.to_str())["model"]  # the trained vocab and merges
+    tokenizer = Qwen2Tokenizer(
+        vocab=state["vocab"],
+        merges=[tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in state["merges"]],
+        unk_token=None,
         eos_token=layout_fields["eos_token"],
         pad_token=layout_fields["pad_token"],
+        model_max_length=MAX_POSITIONS,
     )
+    tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in specials], special_tokens=True)
+    speech = [layout_fields["speech_token_format"].format(i=i) for i in range(layout_fields["num_speech_tokens"])]
+    tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in speech], special_tokens=True)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
