@@ -19,11 +19,8 @@ fi
 echo "install: pip install -e .[$flavour,test] (first time: a few minutes)"
 # (Some machines' pip configs list local index folders that lack most packages; pip warns once per
 # package about each. Those lines are noise and are filtered; everything else is shown.)
-set +o pipefail
 .venv/bin/pip install --quiet --disable-pip-version-check -e ".[$flavour,test]" 2>&1 \
-    | grep -v "is ignored: it is neither a file nor a directory"
-pip_status=${PIPESTATUS[0]}
-set -o pipefail
+    | { grep -v "is ignored: it is neither a file nor a directory" || true; } && pip_status=0 || pip_status=$?
 [ "$pip_status" -eq 0 ] || { echo "install: pip install failed (exit $pip_status)" >&2; exit "$pip_status"; }
 
 # vLLM pulls PyPI builds of torchvision/torchaudio/torchcodec that do not match torch+cpu: importing
