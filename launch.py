@@ -1,7 +1,7 @@
 """wavalign-ray driver: `python launch.py --config pipeline.yaml [--set a.b=c ...] [--dry-run]`.
 
 What runs today (the foundation): resolve and snapshot the config, build or reuse the toy assets,
-start (or join) a Ray cluster, put one RolloutWorker (vLLM) on it, sample G responses for every
+start (or join) a Ray cluster, start the rollout pool (vLLM workers), sample G responses for every
 evaluation prompt and score both toy axes. The RL training loop (rollouts -> rewards -> advantages
 and λ -> learner step -> weight sync) lands with the pipeline issue; until then this job says so.
 """
@@ -52,17 +52,16 @@ def main(argv: list[str] | None = None) -> int:
     # 4. Ray: join the cluster we were submitted to, or start a local one (dashboard on 127.0.0.1).
     import ray
 
-    from actors.rollout import RolloutWorker
+    from actors.pool import RolloutPool
 
     connect_ray(args.address)
-    worker = ray.remote(num_cpus=cfg.rollout.cpus_per_worker, num_gpus=cfg.rollout.gpus_per_worker)(RolloutWorker)
-    rollout = worker.remote(str(model_path), cfg)
+    pool = RolloutPool(cfg, str(model_path))
 
-    # 5. Sample G responses per evaluation prompt and score both toy axes.
+    # 5. Sample G responses per evaluation prompt (spread over the pool) and score both toy axes.
     rows = read_eval_rows(cfg, model_path, eval_files)
     print(f"sampling {cfg.rollout.group_size} responses for each of {len(rows)} evaluation prompts")
     started = time.monotonic()
-    records = ray.get(rollout.generate.remote([(r.row_id, r.prompt_token_ids) for r in rows]), timeout=cfg.rollout.timeout_s)
+    records = pool.generate([(r.row_id, r.prompt_token_ids) for r in rows])
     seconds = time.monotonic() - started
     summary = evaluate(cfg, model_path, rows, records)
     summary["rollout_tokens_per_s"] = sum(len(r.response_token_ids) for r in records) / seconds
@@ -71,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # 6. Until the pipeline issue lands, this is where the job ends.
     print("note: the RL training loop is not implemented yet; this run sampled and evaluated the policy only")
+    pool.shutdown()
     ray.shutdown()
     return 0
 

@@ -6,6 +6,7 @@ can also be built directly in a test.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -31,9 +32,12 @@ class RolloutRecord:
 
 
 class RolloutWorker:
+    """Serves one policy version at a time; `policy_version` says which (0 = the checkpoint on disk)."""
+
     def __init__(self, model_path: str, cfg: PipelineConfig) -> None:
         _, self.layout = load_tokenizer_and_layout(model_path, cfg.model.layout)
         self.group_size = cfg.rollout.group_size
+        self.update_timeout_s = cfg.rollout.update_timeout_s
         self.policy_version = 0
         self.engine = VLLMEngine(
             model_path,
@@ -43,6 +47,27 @@ class RolloutWorker:
             seed=cfg.run.seed,
             eos_id=self.layout.eos_id,
         )
+
+    def ready(self) -> dict[str, int]:
+        """Answers once the engine is up: the process id and the version served."""
+        return {"pid": os.getpid(), "policy_version": self.policy_version}
+
+    def update_weights(self, version: int, expected_tensors: int, *buckets: bytes) -> int:
+        """Load new weights (safetensors buckets, in order) and serve them as `version`.
+
+        One call per update: Ray resolves the bucket refs straight into this call's arguments. The
+        engine changes only once every bucket has arrived and the tensor count matches."""
+        timeout = self.update_timeout_s
+        self.engine.begin_update(version, timeout)
+        received = sum(self.engine.add_bucket(blob, timeout) for blob in buckets)
+        if received != expected_tensors:
+            raise RuntimeError(f"weight update to version {version}: {received} of {expected_tensors} tensors arrived")
+        self.engine.finish_update(expected_tensors, timeout)
+        self.policy_version = version
+        return version
+
+    def continuation_logprobs(self, prompt: Sequence[int], continuation: Sequence[int]) -> list[float]:
+        return self.engine.continuation_logprobs(prompt, continuation)
 
     def generate(self, prompts: Sequence[tuple[str, Sequence[int]]]) -> list[RolloutRecord]:
         """G = rollout.group_size records per (prompt_id, prompt token ids), in prompt order."""

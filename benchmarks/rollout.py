@@ -1,0 +1,162 @@
+"""Rollout benchmark, measured in one run on the same model, prompts and sampling:
+
+1. tokens/s of bare `vllm.LLM.generate` in this process (the baseline);
+2. tokens/s of the rollout pool path (Ray workers, records with logprobs and modality masks);
+3. weight-update latency of the pool (safetensors buckets -> Ray -> vLLM worker -> reload in place)
+   next to the time to copy the same bytes in memory.
+
+Prints both ratios (targets: pool/bare >= 0.95; update/copy <= 3). `--sync-hidden H` repeats the
+weight-update measurement on a larger random Qwen2 (hidden H, `--sync-layers` layers, the toy
+tokenizer), where fixed per-update costs weigh less. Usage:
+    .venv/bin/python benchmarks/rollout.py [--config pipeline.yaml] [--prompts 124] [--repeats 3] [--sync-hidden 1024]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import statistics
+import time
+
+
+def bare_vllm_tokens_per_s(cfg, model_dir, prompts, repeats: int, eos_id: int) -> float:
+    import os
+
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(cfg.rollout.kv_cache_gib))))
+    from vllm import LLM, SamplingParams
+
+    rc = cfg.rollout
+    llm = LLM(model=str(model_dir), dtype=cfg.model.dtype, max_model_len=cfg.model.max_model_len, seed=cfg.run.seed, enforce_eager=True)
+    params = SamplingParams(n=rc.group_size, temperature=rc.temperature, top_p=rc.top_p, top_k=rc.top_k,
+                            max_tokens=rc.max_new_tokens, stop_token_ids=[eos_id], logprobs=0)
+    batch = [{"prompt_token_ids": list(p)} for p in prompts]
+    llm.generate(batch[:4], params, use_tqdm=False)  # warm-up
+    rates = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        outputs = llm.generate(batch, params, use_tqdm=False)
+        seconds = time.perf_counter() - started
+        rates.append(sum(len(c.token_ids) for o in outputs for c in o.outputs) / seconds)
+    llm.llm_engine.engine_core.shutdown()
+    del llm
+    gc.collect()
+    return statistics.median(rates)
+
+
+def pool_tokens_per_s(pool, prompts, repeats: int) -> float:
+    pool.generate(prompts[:4])  # warm-up
+    rates = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        records = pool.generate(prompts)
+        rates.append(sum(len(r.response_token_ids) for r in records) / (time.perf_counter() - started))
+    return statistics.median(rates)
+
+
+def update_vs_copy(pool, model_dir, bucket_bytes: int, repeats: int) -> tuple[float, float, int]:
+    from transformers import AutoModelForCausalLM
+
+    from wavalign.weights import pack_buckets
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    buckets = list(pack_buckets(model.state_dict().items(), bucket_bytes))
+    nbytes = sum(len(blob) for blob, _ in buckets)
+    updates, copies = [], []
+    for _ in range(repeats):
+        updates.append(pool.sync_weights(buckets, pool.version + 1))
+        started = time.perf_counter()
+        copied = [bytearray(blob) for blob, _ in buckets]
+        copies.append(time.perf_counter() - started)
+        del copied
+    return statistics.median(updates), statistics.median(copies), nbytes
+
+
+def larger_model(model_dir, hidden: int, layers: int, out_dir) -> str:
+    """A random Qwen2 of the given size with the toy tokenizer, saved for vLLM."""
+    from transformers import AutoConfig, AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    settings = AutoConfig.from_pretrained(model_dir).to_dict()
+    settings.pop("layer_types", None)  # derived from the layer count
+    heads = hidden // 64
+    settings.update(hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
+                    num_attention_heads=heads, num_key_value_heads=heads)
+    Qwen2ForCausalLM(Qwen2Config(**settings)).save_pretrained(out_dir)
+    AutoTokenizer.from_pretrained(model_dir).save_pretrained(out_dir)
+    return str(out_dir)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="pipeline.yaml")
+    parser.add_argument("--set", action="append", default=[])
+    parser.add_argument("--prompts", type=int, default=124, help="prompt groups per measured batch")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--sync-hidden", type=int, default=0, help="also time weight updates of a larger model")
+    parser.add_argument("--sync-layers", type=int, default=8)
+    args = parser.parse_args()
+
+    from wavalign.config_file import read_config
+    from wavalign.data import read_rows
+    from wavalign.model_files import load_tokenizer_and_layout
+    from wavalign.toy.assets import ensure_toy_assets
+
+    cfg = read_config(args.config, args.set)
+    assets = ensure_toy_assets(cfg.toy, cfg.model.layout)
+    tokenizer, layout = load_tokenizer_and_layout(assets.model_dir, cfg.model.layout)
+    rows = read_rows(assets.data_file("train"), vocab_size=len(tokenizer), max_prompt_tokens=cfg.data.max_prompt_tokens).rows
+    prompts = [(r.row_id, r.prompt_token_ids) for r in (rows * (1 + args.prompts // len(rows)))[: args.prompts]]
+    prompts = [(f"{pid}#{i}", ids) for i, (pid, ids) in enumerate(prompts)]
+
+    bare = bare_vllm_tokens_per_s(cfg, assets.model_dir, [ids for _, ids in prompts], args.repeats, layout.eos_id)
+    print(f"bare vllm.LLM.generate: {bare:.0f} tokens/s")
+
+    import ray
+
+    from actors.pool import RolloutPool
+
+    ray.init(num_cpus=2, dashboard_host="127.0.0.1", include_dashboard=False)
+    pool = RolloutPool(cfg, str(assets.model_dir), log=lambda line: None)
+    pooled = pool_tokens_per_s(pool, prompts, args.repeats)
+    print(f"rollout pool ({len(pool.members)} worker): {pooled:.0f} tokens/s")
+    bucket_bytes = int(cfg.rollout.weight_bucket_mb * 2**20)
+    update, copy, nbytes = update_vs_copy(pool, assets.model_dir, bucket_bytes, args.repeats)
+    pool.shutdown()
+    larger = {}
+    if args.sync_hidden:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            big_dir = larger_model(assets.model_dir, args.sync_hidden, args.sync_layers, tmp)
+            big_pool = RolloutPool(cfg, big_dir, log=lambda line: None)
+            big_update, big_copy, big_bytes = update_vs_copy(big_pool, big_dir, bucket_bytes, args.repeats)
+            big_pool.shutdown()
+        larger = {
+            "larger_model_weight_bytes": big_bytes,
+            "larger_model_update_s": round(big_update, 4),
+            "larger_model_memory_copy_s": round(big_copy, 5),
+            "larger_model_update_over_copy": round(big_update / big_copy, 1),
+        }
+    ray.shutdown()
+
+    result = {
+        "prompts": len(prompts),
+        "group_size": cfg.rollout.group_size,
+        "bare_tokens_per_s": round(bare, 1),
+        "pool_tokens_per_s": round(pooled, 1),
+        "pool_over_bare": round(pooled / bare, 3),
+        "weight_bytes": nbytes,
+        "weight_update_s": round(update, 4),
+        "memory_copy_s": round(copy, 5),
+        "update_over_copy": round(update / copy, 1),
+        **larger,
+    }
+    print(json.dumps(result, indent=2))
+    print(f"pool / bare tokens/s = {result['pool_over_bare']:.3f} (target >= 0.95)")
+    print(f"weight update / memory copy = {result['update_over_copy']:.1f}x (target <= 3x)")
+    if larger:
+        print(f"larger model ({big_bytes / 2**20:.0f} MiB): weight update / memory copy = {larger['larger_model_update_over_copy']:.1f}x")
+
+
+if __name__ == "__main__":
+    main()

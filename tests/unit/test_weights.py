@@ -1,0 +1,27 @@
+"""Packing weights into safetensors buckets."""
+
+import torch
+
+from wavalign.weights import pack_buckets, unpack_bucket
+
+
+def test_buckets_are_bounded_complete_and_round_trip():
+    tensors = [(f"t{i}", torch.full((256,), float(i))) for i in range(10)]  # 1 KiB each (float32)
+    buckets = list(pack_buckets(tensors, bucket_bytes=3 * 1024))
+    assert [count for _, count in buckets] == [3, 3, 3, 1]
+    merged = {k: v for blob, _ in buckets for k, v in unpack_bucket(blob).items()}
+    assert sorted(merged) == sorted(name for name, _ in tensors)  # safetensors orders keys itself
+    assert all(torch.equal(merged[name], t) for name, t in tensors)
+
+
+def test_oversized_tensor_gets_its_own_bucket():
+    buckets = list(pack_buckets([("small", torch.zeros(4)), ("big", torch.zeros(1000)), ("tail", torch.zeros(4))], 64))
+    assert [count for _, count in buckets] == [1, 1, 1]
+
+
+def test_tied_alias_is_sent_under_its_own_name():
+    embed = torch.randn(8, 4)
+    buckets = list(pack_buckets([("model.embed_tokens.weight", embed), ("lm_head.weight", embed)], 1 << 20))
+    merged = unpack_bucket(buckets[0][0])
+    assert set(merged) == {"model.embed_tokens.weight", "lm_head.weight"}
+    assert torch.equal(merged["lm_head.weight"], embed)
