@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
@@ -161,7 +162,8 @@ class RolloutPool:
         if version <= self.version:
             raise ValueError(f"policy version must increase: {version} <= {self.version}")
         started = time.monotonic()
-        self._weights = [(ray.put(blob), count) for blob, count in buckets]
+        # uint8 arrays: the workers read them zero-copy from the object store.
+        self._weights = [(ray.put(np.frombuffer(blob, dtype=np.uint8)), count) for blob, count in buckets]
         self.version = version
         finishing = {self._push_weights(m): m for m in self.members}
         deadline = time.monotonic() + self.cfg.rollout.update_timeout_s

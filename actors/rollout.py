@@ -7,6 +7,8 @@ can also be built directly in a test.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -38,6 +40,8 @@ class RolloutWorker:
         _, self.layout = load_tokenizer_and_layout(model_path, cfg.model.layout)
         self.group_size = cfg.rollout.group_size
         self.update_timeout_s = cfg.rollout.update_timeout_s
+        shm = cfg.rollout.weight_staging_dir
+        self.staging_dir = shm if os.path.isdir(shm) else tempfile.gettempdir()
         self.policy_version = 0
         self.engine = VLLMEngine(
             model_path,
@@ -52,17 +56,24 @@ class RolloutWorker:
         """Answers once the engine is up: the process id and the version served."""
         return {"pid": os.getpid(), "policy_version": self.policy_version}
 
-    def update_weights(self, version: int, expected_tensors: int, *buckets: bytes) -> int:
+    def update_weights(self, version: int, expected_tensors: int, *buckets) -> int:
         """Load new weights (safetensors buckets, in order) and serve them as `version`.
 
-        One call per update: Ray resolves the bucket refs straight into this call's arguments. The
-        engine changes only once every bucket has arrived and the tensor count matches."""
-        timeout = self.update_timeout_s
-        self.engine.begin_update(version, timeout)
-        received = sum(self.engine.add_bucket(blob, timeout) for blob in buckets)
-        if received != expected_tensors:
-            raise RuntimeError(f"weight update to version {version}: {received} of {expected_tensors} tensors arrived")
-        self.engine.finish_update(expected_tensors, timeout)
+        One call per update: Ray resolves the bucket refs straight into this call's arguments
+        (zero-copy views of the object store for uint8 arrays). Each bucket is written once into a
+        shared-memory staging directory that the vLLM worker reads; the engine changes only once
+        every bucket has arrived and the tensor count matches."""
+        staging = tempfile.mkdtemp(prefix=f"wavalign-v{version}-", dir=self.staging_dir)
+        try:
+            paths = []
+            for index, bucket in enumerate(buckets):
+                path = os.path.join(staging, f"{index:05d}.safetensors")
+                with open(path, "wb") as out:
+                    out.write(memoryview(bucket))
+                paths.append(path)
+            self.engine.load_weight_files(paths, expected_tensors, self.update_timeout_s)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
         self.policy_version = version
         return version
 

