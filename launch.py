@@ -1,4 +1,5 @@
-"""wavalign-ray driver: `python launch.py --config pipeline.yaml [--set a.b=c ...] [--dry-run]`.
+"""wavalign-ray driver: `python launch.py --config pipeline.yaml [--set a.b=c ...] [--dry-run]`;
+operators resize a running job's rollout pool with `python launch.py scale --workers N`.
 
 What runs today (the foundation): resolve and snapshot the config, build or reuse the toy assets,
 start (or join) a Ray cluster, start the rollout pool (vLLM workers), sample G responses for every
@@ -27,6 +28,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["scale"]:  # operator command against a running job
+        from actors.control import scale_main
+
+        return scale_main(argv[1:])
     args = parse_args(argv)
     from wavalign.config_file import config_yaml, read_config, save_config
 
@@ -52,10 +58,13 @@ def main(argv: list[str] | None = None) -> int:
     # 4. Ray: join the cluster we were submitted to, or start a local one (dashboard on 127.0.0.1).
     import ray
 
+    from actors.control import apply_requests, start_control
     from actors.pool import RolloutPool
 
     connect_ray(args.address)
     pool = RolloutPool(cfg, str(model_path))
+    control = start_control(cfg.run.name)  # `python launch.py scale --workers N` talks to it
+    apply_requests(control, pool)
 
     # 5. Sample G responses per evaluation prompt (spread over the pool) and score both toy axes.
     rows = read_eval_rows(cfg, model_path, eval_files)

@@ -115,3 +115,34 @@ def test_growing_the_pool_mid_run_serves_the_current_version(setup, cfg):
     assert {r.policy_version for r in records} == {pool.version}
     pool.resize(1)
     assert len(pool.members) == 1
+
+
+def test_operator_scale_command_resizes_the_pool_between_steps(setup, cfg):
+    import subprocess
+    import sys
+
+    import ray
+
+    from actors.control import apply_requests, start_control
+    from tests.integration.conftest import ROOT
+
+    pool, _, rows, _ = setup
+    control = start_control("scale-test")
+    address = ray.get_runtime_context().gcs_address
+    out = subprocess.run(
+        [sys.executable, "launch.py", "scale", "--workers", "2", "--run", "scale-test", "--address", address],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "requested 2 rollout workers" in out.stdout
+    apply_requests(control, pool, log=lambda line: None)  # what the driver does between steps
+    assert len(pool.members) == 2 and all(m.version == pool.version for m in pool.members)
+    apply_requests(control, pool, log=lambda line: None)  # no new request: unchanged
+    assert len(pool.members) == 2
+    missing = subprocess.run(
+        [sys.executable, "launch.py", "scale", "--workers", "1", "--run", "nope", "--address", address],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert missing.returncode == 1 and "no running job named 'nope'" in missing.stdout
+    pool.resize(1)
+    ray.kill(control)
