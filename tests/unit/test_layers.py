@@ -16,6 +16,11 @@ PURE_MODULES = [
     "wavalign.toy.rows",
     "wavalign.toy.metrics",
     "learner.masks",
+    "rewards.types",
+    "rewards.toy",
+    "rewards.scores",
+    "rewards.speech",
+    "rewards.wav",
 ]
 HEAVY = ["ray", "vllm", "deepspeed", "transformers", "pyarrow", "aiohttp", "requests"]
 

@@ -1,0 +1,39 @@
+"""What a reward function sees, and the one signature every reward function has.
+
+    RewardFn = Callable[[Sequence[ScoredResponse]], list[float]]
+
+A reward function scores a batch of responses and returns one float per response, on the judge's
+scale (method.md §4: 1 to 5). It sees the *semantic* view of a response: the plain question, the
+response's text channel (special tokens stripped), the decoded speech if a speech decoder is
+configured, and the dataset's reference answer. Pure module: standard library only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Audio:
+    """A mono waveform: samples in [-1, 1] (float) at `sample_rate` Hz."""
+
+    samples: Sequence[float]
+    sample_rate: int
+
+    @property
+    def seconds(self) -> float:
+        return len(self.samples) / self.sample_rate
+
+
+@dataclass(frozen=True)
+class ScoredResponse:
+    question: str  # the plain-text question (`question_text`)
+    text: str  # the response's text channel, special tokens stripped
+    audio: Audio | None = None  # the decoded speech channel, when a speech decoder is configured
+    reference: str | None = None  # the dataset's reference answer text (`sft_target_text`)
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. the toy task's `answer`
+
+
+RewardFn = Callable[[Sequence[ScoredResponse]], list[float]]
