@@ -56,7 +56,7 @@ class RolloutWorker:
         """Answers once the engine is up: the process id and the version served."""
         return {"pid": os.getpid(), "policy_version": self.policy_version}
 
-    def update_weights(self, version: int, expected_tensors: int, *buckets) -> int:
+    def update_weights(self, version: int, expected_tensors: int, *buckets) -> dict[str, int]:
         """Load new weights (safetensors buckets, in order) and serve them as `version`.
 
         One call per update: Ray resolves the bucket refs straight into this call's arguments
@@ -75,7 +75,7 @@ class RolloutWorker:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         self.policy_version = version
-        return version
+        return self.ready()
 
     def continuation_logprobs(self, prompt: Sequence[int], continuation: Sequence[int]) -> list[float]:
         return self.engine.continuation_logprobs(prompt, continuation)

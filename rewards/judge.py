@@ -62,6 +62,7 @@ class JudgeSettings:
     send_audio: bool = True
     wav_header_rate: int | None = None  # None = the audio's true rate (method §15 item 2)
     max_tokens: int = 512
+    extra_body: dict | None = None  # merged into each request, e.g. vLLM's {"structured_outputs": {"regex": ...}}
 
 
 class OpenAIJudge:
@@ -136,6 +137,7 @@ class OpenAIJudge:
             "model": s.model,
             "messages": [{"role": "system", "content": s.rubric}, {"role": "user", "content": content}],
             "max_tokens": s.max_tokens,
+            **(s.extra_body or {}),
         }
 
     def _post(self, payload: dict) -> str:

@@ -201,10 +201,51 @@ class RolloutConfig(Section):
     max_redispatch: int = Field(2, ge=0, description="times a lost chunk of groups is re-sent after worker deaths")
 
 
+class JudgeConfig(Section):
+    """An OpenAI-compatible chat-completions judge (method §4)."""
+
+    url: str | None = Field(None, description="full chat-completions URL; null = $WAVALIGN_REWARD_API_BASE")
+    model: str = Field("gpt-4o", description="model name sent to the judge (method default)")
+    api_key_env: str = Field("WAVALIGN_REWARD_API_KEY", description="environment variable holding the key")
+    mode: Literal["holistic", "two_judges"] = Field("holistic", description="one judge, or semantic + acoustic")
+    semantic_weight: float = Field(0.7, ge=0, le=1, description="two_judges: r = w_sem * semantic + w_ac * acoustic")
+    acoustic_weight: float = Field(0.3, ge=0, le=1)
+    timeout_s: float = Field(60, gt=0, description="per request (method: 60)")
+    max_attempts: int = Field(5, ge=1, description="method: 5")
+    backoff_s: float = Field(5, ge=0, description="wait before retry k: backoff_s * 2^(k-1)")
+    max_backoff_s: float = Field(60, ge=0)
+    max_concurrency: int = Field(8, ge=1, description="requests in flight per reward worker")
+    out_of_range: Literal["default", "clamp"] = Field("default", description="a score outside the scale")
+    send_audio: bool = Field(True, description="send the decoded speech as base64 WAV")
+    wav_header_rate: int | None = Field(None, description="null = the audio's true rate; 24000 = authors' bug")
+    max_tokens: int = Field(512, ge=1, description="reply length limit")
+    extra_body: dict[str, Any] = Field(default_factory=dict, description="merged into each request body")
+
+    @model_validator(mode="after")
+    def _check(self) -> "JudgeConfig":
+        if self.mode == "two_judges" and abs(self.semantic_weight + self.acoustic_weight - 1) > 1e-9:
+            raise ConfigError("semantic_weight", "semantic_weight + acoustic_weight must be 1 (stays on the scale)")
+        return self
+
+
+class RewardFunctionConfig(Section):
+    name: Literal["toy_answer", "judge", "reward_model"]
+    weight: float = Field(1.0, ge=0)
+
+
 class RewardConfig(Section):
     scale_min: float = Field(1.0, description="the judge's scale; λ's constants derive from it")
     scale_max: float = Field(5.0)
     default_score: float = Field(2.5, description="score of a failed judge call (method §4)")
+    functions: list[RewardFunctionConfig] = Field(
+        default_factory=lambda: [RewardFunctionConfig(name="judge")], description="weighted; weights sum to 1"
+    )
+    judge: JudgeConfig = JudgeConfig()
+    reward_model_path: str | None = Field(None, description="local HF sequence-classification model directory")
+    speech_decoder: Literal["toy", "none"] = Field("toy", description="speech codes -> audio for the judge")
+    num_workers: int = Field(1, ge=1, description="reward workers")
+    cpus_per_worker: float = Field(0.5, gt=0, description="mostly waiting on HTTP; little CPU")
+    timeout_s: float = Field(900, gt=0, description="a scoring call that takes longer is an error naming the worker")
 
     @model_validator(mode="after")
     def _check(self) -> "RewardConfig":
@@ -212,6 +253,16 @@ class RewardConfig(Section):
             raise ConfigError("scale_max", f"{self.scale_max} must be > scale_min ({self.scale_min})")
         if not self.scale_min <= self.default_score <= self.scale_max:
             raise ConfigError("default_score", f"{self.default_score} lies outside [scale_min, scale_max]")
+        if not self.functions:
+            raise ConfigError("functions", "at least one reward function is needed")
+        names = [f.name for f in self.functions]
+        if len(set(names)) != len(names):
+            raise ConfigError("functions", f"each function at most once, got {names}")
+        total = sum(f.weight for f in self.functions)
+        if abs(total - 1) > 1e-9:
+            raise ConfigError("functions", f"weights sum to {total:g}; they must sum to 1 so the total stays on the scale")
+        if "reward_model" in names and not self.reward_model_path:
+            raise ConfigError("reward_model_path", "required when 'reward_model' is among the functions")
         return self
 
 

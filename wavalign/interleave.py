@@ -58,3 +58,13 @@ def follows_layout(content_ids: Sequence[int], layout: SpeechLayout) -> bool:
     """True when content (without eos) is exactly what interleaving its own two channels gives."""
     text, speech = split_channels(content_ids, layout)
     return interleave(text, speech, layout) == list(content_ids)
+
+
+def response_channels(response_ids: Sequence[int], layout: SpeechLayout) -> tuple[list[int], list[int], bool]:
+    """(text ids, speech codes, ended) of a response up to its first eos: the text channel without
+    BOA/EOA and eos, the speech channel as codebook indices (id - speech_start)."""
+    ids = list(response_ids)
+    ended = layout.eos_id in ids
+    content = ids[: ids.index(layout.eos_id)] if ended else ids
+    text, speech = split_channels(content, layout)
+    return text, [t - layout.speech_start for t in speech], ended

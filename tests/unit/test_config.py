@@ -71,10 +71,23 @@ def problems(tmp_path, overrides=(), tree=None):
         ("toy.warm_start.correct_rate_min=0.9", "toy.warm_start.correct_rate_min: 0.9 > correct_rate_max (0.8)"),
         ("reward.default_score=9", "reward.default_score: 9.0 lies outside [scale_min, scale_max]"),
         ("run=3", "run: Input should be a valid dictionary"),
+        ("reward.functions=[{name: toy_answer, weight: 0.5}]", "reward.functions: weights sum to 0.5; they must sum to 1"),
+        ("reward.functions=[]", "reward.functions: at least one reward function is needed"),
+        ("reward.functions=[{name: judge, weight: 0.5}, {name: judge, weight: 0.5}]", "reward.functions: each function at most once"),
+        ("reward.functions=[{name: reward_model}]", "reward.reward_model_path: required when 'reward_model'"),
+        ("reward.functions=[{name: bleu}]", "reward.functions.0.name: Input should be"),
+        ("reward.judge.out_of_range=ignore", "reward.judge.out_of_range: Input should be 'default' or 'clamp'"),
     ],
 )
 def test_bad_configs_name_the_key_path(tmp_path, override, expected):
     assert any(p.startswith(expected) for p in problems(tmp_path, [override])), problems(tmp_path, [override])
+
+
+def test_two_judges_weights_must_sum_to_one(tmp_path):
+    cfg = read_config(PIPELINE, ["reward.judge.mode=two_judges"])
+    assert (cfg.reward.judge.semantic_weight, cfg.reward.judge.acoustic_weight) == (0.7, 0.3)
+    found = problems(tmp_path, ["reward.judge.mode=two_judges", "reward.judge.acoustic_weight=0.5"])
+    assert any(p.startswith("reward.judge.semantic_weight: semantic_weight + acoustic_weight must be 1") for p in found)
 
 
 def test_custom_layout_needs_every_field(tmp_path):

@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from wavalign.interleave import follows_layout, split_channels
+from wavalign.interleave import follows_layout, response_channels, split_channels
 from wavalign.layout import SpeechLayout
 from wavalign.toy.codec import ToyCodec
 from wavalign.toy.task import parse_answer
@@ -78,10 +78,8 @@ class ToyScorer:
 
     def channels(self, response_ids: Sequence[int]) -> tuple[list[str], list[int]]:
         """(text-channel words, speech codes) of a response, up to its first eos."""
-        content, _ = until_eos(response_ids, self.layout.eos_id)
-        text_ids, speech_ids = split_channels(content, self.layout)
-        words = self.decode_text(text_ids).split()
-        return words, [t - self.layout.speech_start for t in speech_ids]
+        text_ids, codes, _ = response_channels(response_ids, self.layout)
+        return self.decode_text(text_ids).split(), codes
 
     def score(self, response_ids: Sequence[int], answer: int) -> ResponseScore:
         content, ended = until_eos(response_ids, self.layout.eos_id)

@@ -1,0 +1,81 @@
+"""RewardWorker: scores rollouts with the configured reward functions.
+
+It turns each response into what a reward function sees (rewards.types.ScoredResponse): the text
+channel decoded with special tokens stripped, and the speech channel decoded to audio when a speech
+decoder is configured; then runs every function (concurrently) and returns each function's column
+plus the weighted total. A plain class; the driver makes it a Ray worker at the call site.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from rewards.registry import build_reward_functions
+from rewards.speech import ToySpeechDecoder
+from rewards.types import ScoredResponse
+from wavalign.config import PipelineConfig
+from wavalign.interleave import response_channels
+from wavalign.model_files import load_tokenizer_and_layout
+
+
+@dataclass(frozen=True)
+class RewardRequest:
+    prompt_id: str
+    sample_index: int
+    response_token_ids: tuple[int, ...]
+    question_text: str
+    reference_text: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. the toy task's `answer`
+
+
+@dataclass(frozen=True)
+class RewardResult:
+    prompt_id: str
+    sample_index: int
+    scores: dict[str, float]  # one column per reward function
+    total: float  # the weighted sum (weights sum to 1: stays on the scale)
+
+
+class RewardWorker:
+    def __init__(self, model_path: str, cfg: PipelineConfig) -> None:
+        self.tokenizer, self.layout = load_tokenizer_and_layout(model_path, cfg.model.layout)
+        self.functions = build_reward_functions(cfg.reward)
+        self.weights = {spec.name: spec.weight for spec in cfg.reward.functions}
+        self.decoder = ToySpeechDecoder() if cfg.reward.speech_decoder == "toy" else None
+
+    def ready(self) -> dict[str, int]:
+        return {"pid": os.getpid()}
+
+    def view(self, request: RewardRequest) -> ScoredResponse:
+        text_ids, codes, _ = response_channels(request.response_token_ids, self.layout)
+        audio = self.decoder.decode(codes) if self.decoder is not None and codes else None
+        return ScoredResponse(
+            question=request.question_text,
+            text=self.tokenizer.decode(text_ids, skip_special_tokens=True).strip(),
+            audio=audio,
+            reference=request.reference_text,
+            extra=request.extra,
+        )
+
+    def score(self, requests: Sequence[RewardRequest]) -> list[RewardResult]:
+        responses = [self.view(r) for r in requests]
+        with ThreadPoolExecutor(max_workers=len(self.functions)) as pool:
+            columns = dict(zip(self.functions, pool.map(lambda fn: fn(responses), self.functions.values())))
+        results = []
+        for i, request in enumerate(requests):
+            scores = {name: float(column[i]) for name, column in columns.items()}
+            total = sum(self.weights[name] * score for name, score in scores.items())
+            results.append(RewardResult(request.prompt_id, request.sample_index, scores, total))
+        return results
+
+    def counters(self) -> dict[str, int]:
+        """Failure counters of the judges (requests, retries, failures, ...), by function."""
+        out = {}
+        for name, fn in self.functions.items():
+            if hasattr(fn, "counters"):
+                out.update({f"{name}/{key}": value for key, value in fn.counters().items()})
+        return out

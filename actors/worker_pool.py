@@ -1,0 +1,213 @@
+"""WorkerPool: a resizable, self-healing set of identical Ray workers with deadlines on every wait.
+
+The rollout and reward pools are built on it. It
+- starts workers (plain classes made Ray workers here) and brings each up through `bring_up`, which a
+  subclass extends (the rollout pool pushes the current weights before a worker is used);
+- grows or shrinks to a size between batches (`resize`);
+- maps chunks of work over the idle workers (`map_chunks`): a chunk whose worker dies is re-sent, to
+  a replacement (brought up first) or another worker, at most `max_redispatch` times; a chunk's
+  result is accepted once, so every chunk comes back exactly once;
+- turns any wait that passes its deadline into an error naming the worker.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+from ray.exceptions import RayActorError, RayTaskError
+
+
+class WorkerError(RuntimeError):
+    """A worker failed, or did not answer in time; the message names it."""
+
+
+@dataclass(frozen=True)
+class PoolSettings:
+    kind: str  # "rollout" | "reward": names the workers
+    num_workers: int
+    num_cpus: float
+    num_gpus: float
+    start_timeout_s: float
+    call_timeout_s: float
+    max_redispatch: int
+
+
+@dataclass(eq=False)  # identity: two members are never equal
+class Member:
+    name: str
+    handle: Any  # ray.actor.ActorHandle
+    state: str = "starting"  # starting -> idle <-> busy; removed when dead
+    pid: int | None = None
+    start_deadline: float = 0.0
+    info: dict = field(default_factory=dict)  # what the worker said when it came up
+
+
+@dataclass
+class _Chunk:
+    index: int
+    work: Any
+    attempts: int = 0
+
+
+@dataclass
+class _Call:
+    member: Member
+    kind: str  # "start" | "work"
+    deadline: float
+    chunk: _Chunk | None = None
+    started: float = field(default_factory=time.monotonic)
+
+
+class WorkerPool:
+    def __init__(
+        self,
+        settings: PoolSettings,
+        worker_cls: type,
+        worker_args: tuple,
+        log: Callable[[str], None] = print,
+        on_dispatch: Callable[[Member, int], None] | None = None,
+    ) -> None:
+        self.settings, self.worker_args, self.log = settings, worker_args, log
+        self.on_dispatch = on_dispatch  # called with (member, chunk index) as a chunk is sent (tests, metrics)
+        self._remote_cls = ray.remote(num_cpus=settings.num_cpus, num_gpus=settings.num_gpus, max_restarts=0)(worker_cls)
+        self._pool_id = uuid.uuid4().hex[:6]
+        self._serial = 0
+        self.members: list[Member] = []
+        self._starting: dict[ray.ObjectRef, Member] = {}  # replacements still coming up
+        self.replacements = 0
+        self.target_size = settings.num_workers
+
+    # ----------------------------------------------------------------------------------- membership
+    def states(self) -> dict[str, str]:
+        return {m.name: m.state for m in self.members}
+
+    def resize(self, num_workers: int) -> None:
+        """Grow (each new worker is brought up before it is used) or shrink to num_workers."""
+        if num_workers < 1:
+            raise ValueError(f"a {self.settings.kind} pool needs at least one worker")
+        self.target_size = num_workers
+        while len(self.members) > num_workers:
+            member = self.members[-1]
+            self._remove(member)
+            self.log(f"{self.settings.kind} pool: removed {member.name}")
+        pending = {self.bring_up(m): m for m in [self._start_member() for _ in range(num_workers - len(self.members))]}
+        deadline = time.monotonic() + self.settings.start_timeout_s
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+            if not ready:
+                names = ", ".join(m.name for m in pending.values())
+                raise WorkerError(f"{names}: not up after start_timeout_s={self.settings.start_timeout_s:g}s")
+            self._mark_up(pending.pop(ready[0]), ready[0])
+
+    def _start_member(self) -> Member:
+        name = f"{self.settings.kind}-{self._pool_id}-{self._serial}"
+        self._serial += 1
+        handle = self._remote_cls.options(name=name).remote(*self.worker_args)
+        member = Member(name=name, handle=handle, start_deadline=time.monotonic() + self.settings.start_timeout_s)
+        self.members.append(member)
+        return member
+
+    def bring_up(self, member: Member) -> ray.ObjectRef:
+        """A ref that resolves (to a dict about the worker) once the member may be given work."""
+        return member.handle.ready.remote()
+
+    def _mark_up(self, member: Member, ref: ray.ObjectRef) -> None:
+        try:
+            member.info = ray.get(ref)
+        except (RayActorError, RayTaskError) as err:
+            self._remove(member)
+            raise WorkerError(f"{member.name}: failed to start: {first_line(err)}") from None
+        member.state, member.pid = "idle", member.info.get("pid")
+        self.log(f"{self.settings.kind} pool: {member.name} up")
+
+    def _remove(self, member: Member) -> None:
+        if member in self.members:
+            self.members.remove(member)
+        self._starting = {ref: m for ref, m in self._starting.items() if m is not member}
+        ray.kill(member.handle)
+
+    def pids(self) -> dict[str, int]:
+        return {m.name: m.pid for m in self.members}
+
+    def shutdown(self) -> None:
+        for member in list(self.members):
+            self._remove(member)
+
+    # ---------------------------------------------------------------------------------------- work
+    def map_chunks(self, chunks: Sequence[Any], submit: Callable[[Any, Any], ray.ObjectRef]) -> list[Any]:
+        """Results of `submit(handle, chunk)` for every chunk, in chunk order, each exactly once."""
+        queue = deque(_Chunk(i, work) for i, work in enumerate(chunks))
+        results: dict[int, Any] = {}
+        for _ in range(self.target_size - len(self.members)):  # top up after removals
+            member = self._start_member()
+            self._starting[self.bring_up(member)] = member
+        calls = {ref: _Call(m, "start", m.start_deadline) for ref, m in self._starting.items()}
+        self._starting = {}
+        while queue or any(c.kind == "work" for c in calls.values()):
+            for member in [m for m in self.members if m.state == "idle"]:
+                if not queue:
+                    break
+                chunk = queue.popleft()
+                chunk.attempts += 1
+                member.state = "busy"
+                deadline = time.monotonic() + self.settings.call_timeout_s
+                calls[submit(member.handle, chunk.work)] = _Call(member, "work", deadline, chunk)
+                if self.on_dispatch:
+                    self.on_dispatch(member, chunk.index)
+            if not calls:
+                raise WorkerError(f"no {self.settings.kind} worker left")
+            nearest = min(c.deadline for c in calls.values())
+            ready, _ = ray.wait(list(calls), num_returns=1, timeout=max(0.0, nearest - time.monotonic()))
+            if not ready:
+                late = min(calls.values(), key=lambda c: c.deadline)
+                what = "its work" if late.kind == "work" else "start-up"
+                raise WorkerError(f"{late.member.name}: no answer to {what} after {time.monotonic() - late.started:.0f}s")
+            call = calls.pop(ready[0])
+            if call.kind == "start":
+                self._mark_up(call.member, ready[0])
+                continue
+            try:
+                result = ray.get(ready[0])
+            except (RayActorError, RayTaskError) as err:
+                if isinstance(err, RayTaskError) and not _process_died(err):
+                    raise WorkerError(f"{call.member.name}: failed: {first_line(err)}") from None
+                queue.appendleft(self._lost(call, err))
+                replacement = self._start_member()
+                calls[self.bring_up(replacement)] = _Call(replacement, "start", replacement.start_deadline)
+                continue
+            call.member.state = "idle"
+            results.setdefault(call.chunk.index, result)  # a chunk's result counts once
+        # Replacements still starting finish coming up in the background; the next call collects them.
+        self._starting = {ref: c.member for ref, c in calls.items() if c.kind == "start"}
+        return [results[i] for i in range(len(chunks))]
+
+    def split(self, items: Sequence[Any], per_chunk: int = 0) -> list[list[Any]]:
+        """Chunks of `per_chunk` items (0 = spread evenly over the pool: one chunk per worker)."""
+        size = per_chunk or -(-len(items) // max(1, len(self.members)))
+        return [list(items[start : start + size]) for start in range(0, len(items), max(1, size))]
+
+    def _lost(self, call: _Call, err: Exception) -> _Chunk:
+        """The member died holding a chunk: remove it; give the chunk back unless re-sent too often."""
+        self._remove(call.member)
+        self.replacements += 1
+        chunk = call.chunk
+        self.log(f"{self.settings.kind} pool: {call.member.name} died ({first_line(err)}); re-sending chunk {chunk.index}")
+        if chunk.attempts > self.settings.max_redispatch:
+            raise WorkerError(f"{call.member.name}: chunk {chunk.index} lost {chunk.attempts} times (max_redispatch)")
+        return chunk
+
+
+def _process_died(err: RayTaskError) -> bool:
+    """A child engine process died under a live worker (vLLM's EngineCore): as good as dead."""
+    return "EngineDeadError" in str(err) or "EngineCore" in str(err)
+
+
+def first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[-1] if text else type(err).__name__

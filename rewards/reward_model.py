@@ -1,0 +1,40 @@
+"""A local HF sequence-classification model as a reward function (method §4's model-based path):
+the reward is `logits[:, 0]` of the (question, answer transcript) pair. Any local directory that
+`AutoModelForSequenceClassification` loads works; heavy imports happen in the constructor."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from rewards.types import ScoredResponse
+
+
+class HFRewardModel:
+    """`HFRewardModel("/path/to/rm")(responses) -> list[float]`, scored in batches on CPU or a GPU."""
+
+    def __init__(self, path: str, batch_size: int = 16, max_length: int = 1024, device: str = "cpu") -> None:
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        self._torch = torch
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.model = AutoModelForSequenceClassification.from_pretrained(path).to(device).eval()
+        if self.model.config.pad_token_id is None:
+            self.model.config.pad_token_id = self.tokenizer.pad_token_id
+        self.batch_size, self.max_length, self.device = batch_size, max_length, device
+
+    def __call__(self, responses: Sequence[ScoredResponse]) -> list[float]:
+        scores: list[float] = []
+        for start in range(0, len(responses), self.batch_size):
+            batch = responses[start : start + self.batch_size]
+            inputs = self.tokenizer(
+                [r.question for r in batch],
+                [r.text or "[empty]" for r in batch],
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
+            ).to(self.device)
+            with self._torch.no_grad():
+                scores.extend(self.model(**inputs).logits[:, 0].float().tolist())
+        return scores

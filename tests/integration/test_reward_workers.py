@@ -1,0 +1,71 @@
+"""Reward workers on the real stack: a local HF reward model; a pool of 2 RewardWorkers scoring a
+batch with the toy reward and a judge (a real HTTP server on 127.0.0.1) concurrently."""
+
+import pytest
+
+from actors.reward import RewardRequest
+from rewards.types import ScoredResponse
+from tests.integration.judge_server import JudgeServer
+from wavalign.data import read_rows
+from wavalign.model_files import load_tokenizer_and_layout
+
+
+def test_local_hf_reward_model(tmp_path, toy_assets):
+    import torch
+    from transformers import AutoConfig, AutoTokenizer, Qwen2ForSequenceClassification
+
+    config = AutoConfig.from_pretrained(toy_assets.model_dir)
+    config.num_labels = 1
+    torch.manual_seed(0)
+    Qwen2ForSequenceClassification(config).save_pretrained(tmp_path)
+    AutoTokenizer.from_pretrained(toy_assets.model_dir).save_pretrained(tmp_path)
+
+    from rewards.reward_model import HFRewardModel
+
+    rm = HFRewardModel(str(tmp_path), batch_size=2)
+    responses = [ScoredResponse("what is one plus one", t) for t in ("one plus one is two", "one plus one is five", "")]
+    batched = rm(responses)
+    one_by_one = [rm([r])[0] for r in responses]
+    assert len(batched) == 3 and all(isinstance(x, float) for x in batched)
+    assert batched == pytest.approx(one_by_one, abs=1e-4)  # padding does not change a score
+    assert batched[0] != batched[1]
+
+
+def test_reward_pool_of_two_scores_with_toy_reward_and_judge(toy_assets, cfg, ray_cluster):
+    from actors.reward_pool import RewardPool
+
+    server = JudgeServer()
+    try:
+        run_cfg = cfg.model_copy(deep=True)
+        run_cfg.reward = run_cfg.reward.model_validate({
+            **cfg.reward.model_dump(),
+            "num_workers": 2,
+            "functions": [{"name": "toy_answer", "weight": 0.5}, {"name": "judge", "weight": 0.5}],
+            "judge": {**cfg.reward.judge.model_dump(), "url": server.url("ok"), "backoff_s": 0.01},
+        })
+        tokenizer, _ = load_tokenizer_and_layout(toy_assets.model_dir, cfg.model.layout)
+        rows = read_rows(toy_assets.data_file("train"), vocab_size=len(tokenizer), max_prompt_tokens=128).rows[:6]
+        requests = [
+            RewardRequest(r.row_id, 0, r.reference_token_ids, r.question_text, r.sft_target_text, {"answer": r.answer})
+            for r in rows
+        ]
+        dispatched = []
+        pool = RewardPool(run_cfg, str(toy_assets.model_dir), log=lambda line: None, on_dispatch=lambda m, i: dispatched.append(m.name))
+        try:
+            results = pool.score(requests)
+            counters = pool.counters()
+        finally:
+            pool.shutdown()
+    finally:
+        server.close()
+    assert len(set(dispatched)) == 2  # both workers got a share
+    assert [(x.prompt_id, x.sample_index) for x in results] == [(r.row_id, 0) for r in rows]
+    for x in results:
+        assert x.scores == {"toy_answer": 5.0, "judge": 4.0}  # references are right; the judge says 4
+        assert x.total == pytest.approx(4.5)
+    assert counters["judge/requests"] == 6 and "judge/failures" not in counters
+    # The judge heard the reference's speech: a WAV for every request, and the text channel as transcript.
+    audio_parts = [b["messages"][1]["content"][1] for b in server.bodies]
+    assert len(audio_parts) == 6 and all(p["type"] == "input_audio" for p in audio_parts)
+    transcripts = {b["messages"][1]["content"][0]["text"].split("Transcript of answer:\n")[1] for b in server.bodies}
+    assert transcripts == {r.sft_target_text for r in rows}
