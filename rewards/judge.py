@@ -70,6 +70,11 @@ class OpenAIJudge:
 
     `judge(responses) -> list[float]`; `judge.counters()` reports requests, attempts, retries,
     failures (default score used), timeouts, HTTP errors, unreadable replies and out-of-range scores.
+
+    Example (against a judge at 127.0.0.1:8000 that answers "<score>4</score>"):
+
+        judge = OpenAIJudge(JudgeSettings(url="http://127.0.0.1:8000/v1/chat/completions", model="gpt-4o"))
+        judge([ScoredResponse("what is one plus one", "one plus one is two")])   # -> [4.0]
     """
 
     def __init__(self, settings: JudgeSettings, name: str = "judge") -> None:

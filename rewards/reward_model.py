@@ -10,7 +10,11 @@ from rewards.types import ScoredResponse
 
 
 class HFRewardModel:
-    """`HFRewardModel("/path/to/rm")(responses) -> list[float]`, scored in batches on CPU or a GPU."""
+    """Scores (question, transcript) pairs in batches, on CPU or a GPU. Example:
+
+        rm = HFRewardModel("/models/my-reward-model")
+        rm([ScoredResponse("what is one plus one", "one plus one is two")])   # -> [0.83], say
+    """
 
     def __init__(self, path: str, batch_size: int = 16, max_length: int = 1024, device: str = "cpu") -> None:
         import torch
