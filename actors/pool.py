@@ -66,13 +66,22 @@ class RolloutPool(WorkerPool):
         # Bucket refs as top-level arguments: Ray resolves them into the worker's call.
         return member.handle.update_weights.remote(self.version, total, *(ref for ref, _ in self._weights))
 
-    def sync_weights(self, buckets: Iterable[tuple[bytes, int]], version: int) -> float:
-        """Stream new weights (safetensors buckets, see wavalign.weights) to every worker; returns seconds."""
+    @staticmethod
+    def put_buckets(buckets: Iterable[tuple[bytes, int]]) -> list[tuple[ray.ObjectRef, int]]:
+        """Buckets into Ray's object store as uint8 arrays, which workers read zero-copy. A learner
+        calls this where the weights are, so they cross to the rollout workers without the driver."""
+        return [(ray.put(np.frombuffer(blob, dtype=np.uint8)), count) for blob, count in buckets]
+
+    def sync_weights(self, buckets: Iterable[tuple[bytes | ray.ObjectRef, int]], version: int) -> float:
+        """Stream new weights to every worker; returns seconds. Buckets are (safetensors bytes, tensor
+        count) pairs (see wavalign.weights), or (object ref, count) pairs from `put_buckets`."""
         if version <= self.version:
             raise ValueError(f"policy version must increase: {version} <= {self.version}")
         started = time.monotonic()
-        # uint8 arrays: the workers read them zero-copy from the object store.
-        self._weights = [(ray.put(np.frombuffer(blob, dtype=np.uint8)), count) for blob, count in buckets]
+        buckets = list(buckets)
+        put = [(blob, count) for blob, count in buckets if not isinstance(blob, ray.ObjectRef)]
+        refs = iter(self.put_buckets(put))
+        self._weights = [(blob, count) if isinstance(blob, ray.ObjectRef) else next(refs) for blob, count in buckets]
         self.version = version
         finishing = {self._push_weights(m): m for m in self.members}
         timeout = self.cfg.rollout.update_timeout_s

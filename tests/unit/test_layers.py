@@ -16,6 +16,8 @@ PURE_MODULES = [
     "wavalign.toy.rows",
     "wavalign.toy.metrics",
     "learner.masks",
+    "learner.advantages",
+    "learner.mixing",
     "rewards.types",
     "rewards.toy",
     "rewards.scores",
