@@ -18,6 +18,7 @@ PURE_MODULES = [
     "learner.masks",
     "learner.advantages",
     "learner.mixing",
+    "learner.loss",
     "rewards.types",
     "rewards.toy",
     "rewards.scores",
