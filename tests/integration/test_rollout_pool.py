@@ -81,6 +81,12 @@ def test_weight_update_matches_hf_forward_and_advances_version(setup, toy_assets
         assert max(abs(a - b) for a, b in zip(got, expected)) <= 1e-3
     records = pool.generate(prompts(rows, 2))
     assert {r.policy_version for r in records} == {1}
+    # Buckets already in the object store (as a learner puts them) work the same way.
+    model = perturbed_state(toy_assets.model_dir, seed=2)
+    pool.sync_weights(pool.put_buckets(pack_buckets(model.state_dict().items(), bucket_bytes)), version=2)
+    expected = hf_continuation_logprobs(model, prompt, continuation)
+    got = ray.get(pool.members[0].handle.continuation_logprobs.remote(prompt, continuation), timeout=120)
+    assert max(abs(a - b) for a, b in zip(got, expected)) <= 1e-3 and set(pool.versions().values()) == {2}
 
 
 def test_killed_worker_mid_batch_still_returns_every_group_once(setup, cfg):

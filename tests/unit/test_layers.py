@@ -19,6 +19,8 @@ PURE_MODULES = [
     "learner.advantages",
     "learner.mixing",
     "learner.loss",
+    "learner.dpo",
+    "learner.dpo_pairs",
     "rewards.types",
     "rewards.toy",
     "rewards.scores",

@@ -121,3 +121,19 @@ def test_splitting_into_micro_batches_leaves_the_gradient_unchanged():
         sub = ModalityMasks(*(x[part] for x in (m.completion, m.text, m.speech, m.boundary)))
         (rl_loss(token_logprobs(logits[part], ids[part]), adv[part], w[part], sub).loss * 4 / 8).backward()
     assert torch.allclose(logits.grad, full, atol=1e-7)
+
+
+def test_dpo_by_hand():
+    from learner.dpo import dpo_loss, sequence_logps
+
+    logp = torch.log(torch.tensor([[0.5, 0.5, 0.1], [0.25, 0.5, 0.1]]))
+    w = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0]])
+    s = sequence_logps(logp, w)  # sums over allowed tokens: ln .25, ln .125
+    assert s.tolist() == pytest.approx([math.log(0.25), math.log(0.125)])
+    # policy margin ln 2 over a reference margin 0, beta 0.2: z = 0.2 ln 2; L = -log sigmoid(z)
+    loss, acc = dpo_loss(s[:1], s[1:], torch.zeros(1), torch.zeros(1), torch.tensor([True]), beta=0.2)
+    z = 0.2 * math.log(2)
+    assert loss.item() == pytest.approx(-math.log(1 / (1 + math.exp(-z)))) and acc.item() == 1.0
+    # an unusable pair (a side with no allowed token) is skipped
+    loss2, _ = dpo_loss(torch.tensor([s[0], 9.0]), torch.tensor([s[1], -9.0]), torch.zeros(2), torch.zeros(2), torch.tensor([True, False]))
+    assert loss2.item() == pytest.approx(loss.item())

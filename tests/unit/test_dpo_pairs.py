@@ -1,0 +1,52 @@
+"""The DPO pair builder (method.md §8.1) on hand-made samples."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from learner.dpo_pairs import ScoreRule, build_pairs
+
+
+def cand(text, sem, para):
+    return {"output-text": text, "output-audio": f"{text}.wav", "gemini_score": {"semantic_score": sem, "paralinguistic_score": para}}
+
+
+SAMPLES = [
+    {"id": "a", "sft_target_text": "ref-a", "output": {"x": cand("x", 4, 4), "y": cand("y", 1, 2), "z": cand("z", 4, 4)}},
+    {"id": "b", "sft_target_text": "ref-b", "output": {"x": cand("x", 3, 3), "y": cand("y", 3, 2.5)}},  # gap 0.5
+    {"id": "c", "output": {"x": cand("x", 5, 1), "y": {"output-text": "y", "gemini_score": {"semantic_score": "n/a"}}}},
+    {"id": "d", "output": {"x": cand("x", 5, 5), "y": cand("y", 1, 1)}},
+]
+
+
+def test_best_vs_worst_with_gap_filter_and_ties():
+    pairs = build_pairs(SAMPLES, ScoreRule("sum"), min_gap=1.0)
+    assert [p["id"] for p in pairs] == ["a", "d"]  # b: gap 0.5; c: one scored candidate
+    a = pairs[0]
+    assert (a["chosen_key"], a["rejected_key"]) == ("x", "y")  # x and z tie at 8: the first wins
+    assert (a["sft_target_text"], a["rejected_text"], a["orig_sft_target_text"]) == ("x", "y", "ref-a")
+    assert (a["chosen_score"], a["rejected_score"], a["score_gap"]) == (8, 3, 5)
+    assert "output" not in a
+
+
+def test_score_modes_top_k_and_reference_as_chosen():
+    assert [p["id"] for p in build_pairs(SAMPLES, ScoreRule("semantic"), min_gap=1.0)] == ["a", "d"]
+    assert [p["id"] for p in build_pairs(SAMPLES, ScoreRule("paralinguistic"), min_gap=0.5)] == ["a", "b", "d"]
+    weighted = build_pairs(SAMPLES, ScoreRule("weighted", w_sem=2.0, w_para=0.0), min_gap=1.0)
+    assert weighted[0]["score_gap"] == 6  # 2 x (4 - 1)
+    assert [p["id"] for p in build_pairs(SAMPLES, ScoreRule(), min_gap=1.0, top_k=1)] == ["d"]  # gap 8 beats 5
+    own = build_pairs(SAMPLES, ScoreRule(), min_gap=1.0, chosen_source="sft_target")
+    assert own[0]["sft_target_text"] == "ref-a" and own[0]["rejected_text"] == "y"
+
+
+def test_command_line(tmp_path):
+    source = tmp_path / "scored.jsonl"
+    source.write_text("".join(json.dumps(s) + "\n" for s in SAMPLES))
+    out = tmp_path / "pairs.jsonl"
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-m", "learner.dpo_pairs", "--input", str(source), "--output", str(out)],
+                          cwd=root, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "2 pairs from 4 samples" in done.stdout
+    assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == ["a", "d"]
