@@ -21,6 +21,7 @@ PURE_MODULES = [
     "learner.loss",
     "learner.dpo",
     "learner.dpo_pairs",
+    "learner.diagnostics",
     "rewards.types",
     "rewards.toy",
     "rewards.scores",

@@ -1,0 +1,38 @@
+"""Per-step diagnostics of the objective (method.md §11, §13). Pure module: torch only.
+
+- per-modality predictive entropy: the mean over text (speech) tokens of the entropy of the
+  policy's next-token distribution;
+- per-modality gradient norms — the paper's gradient-imbalance diagnostic, our addition: the norm
+  of the gradient that the policy-gradient term would have if it trained on the text tokens only,
+  and on the speech tokens only (computed every N steps: it costs two extra backward passes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+from learner.masks import ModalityMasks
+
+
+def token_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """(B, T, V) logits -> (B, T) entropy in nats."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return -(logp.exp() * logp).sum(dim=-1)
+
+
+def modality_entropy(logits: torch.Tensor, masks: ModalityMasks) -> dict[str, float]:
+    entropy = token_entropy(logits.detach())
+    out = {}
+    for name, mask in (("text_entropy", masks.text), ("speech_entropy", masks.speech), ("total_entropy", masks.completion)):
+        count = mask.sum()
+        out[name] = float((entropy * mask).sum() / count) if count else 0.0
+    return out
+
+
+def grad_norm(loss: torch.Tensor, params: Iterable[torch.Tensor]) -> float:
+    """L2 norm of d loss / d params, without touching .grad (the graph is kept for the real backward)."""
+    params = [p for p in params if p.requires_grad]
+    grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+    return float(torch.sqrt(sum((g.float() ** 2).sum() for g in grads if g is not None) or torch.tensor(0.0)))

@@ -1,0 +1,37 @@
+"""Diagnostics by hand: entropy per modality, gradient norms."""
+
+import math
+
+import pytest
+import torch
+
+from learner.diagnostics import grad_norm, modality_entropy, token_entropy
+from learner.masks import modality_masks
+from wavalign.layout import SpeechLayout
+from tests.conftest import HAND
+
+
+def test_entropy_by_hand():
+    uniform4 = torch.zeros(1, 1, 4)
+    assert token_entropy(uniform4).item() == pytest.approx(math.log(4))
+    certain = torch.tensor([[[100.0, 0.0, 0.0, 0.0]]])
+    assert token_entropy(certain).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_modality_entropy_averages_over_each_modality():
+    layout = SpeechLayout(**HAND, interleave_ratio=(1, 4))
+    masks = modality_masks(torch.tensor([[1, 10, 20, 11, 12]]), layout)  # text, BOA, speech, EOA, eos(text)
+    logits = torch.zeros(1, 5, 4)
+    logits[0, 1:4] = torch.tensor([100.0, 0, 0, 0])  # certain on speech positions
+    e = modality_entropy(logits, masks)
+    assert e["text_entropy"] == pytest.approx(math.log(4)) and e["speech_entropy"] == pytest.approx(0.0, abs=1e-6)
+    assert e["total_entropy"] == pytest.approx(2 * math.log(4) / 5)
+
+
+def test_grad_norm_by_hand_and_leaves_grads_alone():
+    w = torch.tensor([3.0, 4.0], requires_grad=True)
+    loss = (w * torch.tensor([1.0, 1.0])).sum() * 2  # d/dw = (2, 2): norm 2 sqrt 2
+    assert grad_norm(loss, [w]) == pytest.approx(2 * math.sqrt(2))
+    assert w.grad is None
+    loss.backward()  # the graph was kept
+    assert w.grad.tolist() == [2.0, 2.0]
