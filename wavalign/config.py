@@ -282,11 +282,18 @@ class TrainConfig(Section):
 
 class LearnerConfig(Section):
     num_workers: int = Field(1, ge=1, description="data-parallel learner workers")
-    zero_stage: int = Field(2, ge=0, le=3)
-    learning_rate: float = Field(1e-6, gt=0)
-    warmup_steps: int = Field(20, ge=0)
+    cpus_per_worker: float = Field(1, gt=0)
+    gpus_per_worker: float = Field(0, ge=0)
+    zero_stage: int = Field(2, ge=0, le=3, description="method: ZeRO-2")
+    precision: Literal["float32", "bfloat16"] = Field("bfloat16", description="method: bf16; CPU runs use float32")
+    learning_rate: float = Field(1e-6, gt=0, description="method: 1e-6")
+    adam_betas: tuple[float, float] = Field((0.9, 0.95), description="method: (0.9, 0.95)")
+    adam_eps: float = Field(1e-8, gt=0)
     weight_decay: float = Field(0.01, ge=0)
-    grad_clip: float = Field(1.2, gt=0)
+    grad_clip: float = Field(1.2, gt=0, description="method: 1.2")
+    warmup_steps: int = Field(20, ge=0, description="method script: 20")
+    schedule: Literal["cosine", "linear", "constant"] = Field("cosine", description="after warm-up (method §15.5)")
+    micro_batch_rows: int = Field(8, ge=1, description="sequences per forward/backward; gradients accumulate")
 
 
 class PipelineConfig(Section):

@@ -22,6 +22,7 @@ PURE_MODULES = [
     "learner.dpo",
     "learner.dpo_pairs",
     "learner.diagnostics",
+    "learner.schedule",
     "rewards.types",
     "rewards.toy",
     "rewards.scores",
