@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -31,3 +32,11 @@ def ray_cluster():
     ray.init(num_cpus=2, dashboard_host="127.0.0.1", include_dashboard=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def dist_port() -> int:
+    """One free port for the session's torch.distributed (gloo) group: it is set up once per process."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

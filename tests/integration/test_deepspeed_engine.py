@@ -1,31 +1,20 @@
 """One DeepSpeed step (ZeRO-2 and ZeRO-3, two accumulated micro-batches) on the tiny model matches
 a plain torch AdamW step with the same clipping; a non-finite loss skips the step."""
 
-import socket
-
 import pytest
 import torch
 
 from wavalign.config import LearnerConfig
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-PORT = free_port()  # one process group for the whole module
-
-
 @pytest.mark.parametrize("stage,tolerance", [(2, 1e-6), (3, 1e-4)])
-def test_one_step_matches_torch_adamw(toy_assets, stage, tolerance):
+def test_one_step_matches_torch_adamw(toy_assets, dist_port, stage, tolerance):
     from transformers import AutoModelForCausalLM
 
     from learner.deepspeed_engine import DeepSpeedEngine
 
     cfg = LearnerConfig(zero_stage=stage, precision="float32", learning_rate=1e-3, warmup_steps=0, schedule="constant")
-    engine = DeepSpeedEngine(str(toy_assets.model_dir), cfg, total_steps=10, master_port=PORT)
+    engine = DeepSpeedEngine(str(toy_assets.model_dir), cfg, total_steps=10, master_port=dist_port)
     reference = AutoModelForCausalLM.from_pretrained(toy_assets.model_dir)
     optimizer = torch.optim.AdamW(reference.parameters(), lr=1e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.01)
     torch.manual_seed(stage)
