@@ -19,6 +19,7 @@ from learner.loss import rl_loss, sft_loss, token_logprobs, token_weights, with_
 from learner.masks import ModalityMasks, modality_masks
 from wavalign.config import PipelineConfig
 from wavalign.model_files import load_tokenizer_and_layout
+from wavalign.weights import pack_buckets
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ class _Rows:
 class LearnerWorker:
     def __init__(self, model_path: str, cfg: PipelineConfig, rank: int = 0, world_size: int = 1, master_port: int = 29500) -> None:
         _, self.layout = load_tokenizer_and_layout(model_path, cfg.model.layout)
-        self.cfg = cfg
+        self.cfg, self.model_path = cfg, model_path
         self.engine = DeepSpeedEngine(
             model_path, cfg.learner, cfg.run.steps, rank=rank, world_size=world_size, master_port=master_port
         )
@@ -116,6 +117,13 @@ class LearnerWorker:
 
     def full_weights(self):
         return list(self.engine.full_weights())
+
+    def weight_buckets(self, bucket_bytes: int) -> list[tuple[bytes, int]]:
+        """The policy's weights as safetensors buckets for the rollout pool (see wavalign.weights)."""
+        return list(pack_buckets(self.engine.full_weights(), bucket_bytes))
+
+    def save_hf(self, directory: str) -> None:
+        self.engine.save_hf(directory, self.model_path)
 
 
 def _slice(masks: ModalityMasks, part: slice) -> ModalityMasks:

@@ -99,6 +99,29 @@ class DeepSpeedEngine:
             else:
                 yield name, param.detach()
 
+    def save_hf(self, directory: str, tokenizer_dir: str) -> None:
+        """The policy as an HF directory (safetensors + config + tokenizer) that transformers and vLLM
+        load, written into a temporary directory beside the target and renamed into place."""
+        import shutil
+        import tempfile
+        from pathlib import Path
+
+        from transformers import AutoTokenizer
+
+        target = Path(directory)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        try:
+            state = {name: tensor.clone() for name, tensor in self.full_weights()}
+            if self.rank == 0:
+                self.module.save_pretrained(staging, state_dict=state, safe_serialization=True)
+                AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(staging)
+                staging.chmod(0o755)
+                shutil.rmtree(target, ignore_errors=True)
+                staging.rename(target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
     def save_checkpoint(self, directory: str, tag: str, client_state: dict | None = None) -> None:
         self.engine.save_checkpoint(directory, tag=tag, client_state=client_state or {})
 

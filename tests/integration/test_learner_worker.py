@@ -54,3 +54,29 @@ def test_mixed_steps_learn_and_report(toy_assets, cfg, dist_port):
     for _ in range(3):
         last = w.train_step(batch)
     assert last["sft_loss"] < first["sft_loss"]
+
+
+def test_exported_hf_directory_loads_in_vllm_with_the_learners_logprobs(toy_assets, cfg, dist_port, tmp_path, ray_cluster):
+    from transformers import AutoModelForCausalLM
+
+    from actors.rollout import RolloutWorker
+    from tests.integration.test_rollout_pool import hf_continuation_logprobs
+
+    w = worker(toy_assets, cfg, 8, dist_port)
+    batch = make_batch(toy_assets, cfg, lam=0.5)
+    w.train_step(batch)
+    export = tmp_path / "policy-v1"
+    w.save_hf(str(export))
+    assert (export / "model.safetensors").is_file() and (export / "tokenizer.json").is_file()
+    reloaded = AutoModelForCausalLM.from_pretrained(export)
+    learner_weights = dict(w.full_weights())
+    assert all(torch.equal(learner_weights[n], p) for n, p in reloaded.named_parameters())
+    prompt, continuation = batch.sft_prompts[0], batch.sft_targets[0]
+    expected = hf_continuation_logprobs(reloaded, prompt, continuation)
+    ray = ray_cluster
+    engine = ray.remote(num_cpus=1)(RolloutWorker).remote(str(export), cfg)
+    try:
+        got = ray.get(engine.continuation_logprobs.remote(prompt, continuation), timeout=600)
+    finally:
+        ray.kill(engine)
+    assert max(abs(a - b) for a, b in zip(got, expected)) <= 1e-3
