@@ -60,11 +60,15 @@ def follows_layout(content_ids: Sequence[int], layout: SpeechLayout) -> bool:
     return interleave(text, speech, layout) == list(content_ids)
 
 
+def until_eos(ids: Sequence[int], eos_id: int) -> tuple[list[int], bool]:
+    """(content before the first eos, whether an eos was found)."""
+    ids = list(ids)
+    return (ids[: ids.index(eos_id)], True) if eos_id in ids else (ids, False)
+
+
 def response_channels(response_ids: Sequence[int], layout: SpeechLayout) -> tuple[list[int], list[int], bool]:
     """(text ids, speech codes, ended) of a response up to its first eos: the text channel without
     BOA/EOA and eos, the speech channel as codebook indices (id - speech_start)."""
-    ids = list(response_ids)
-    ended = layout.eos_id in ids
-    content = ids[: ids.index(layout.eos_id)] if ended else ids
+    content, ended = until_eos(response_ids, layout.eos_id)
     text, speech = split_channels(content, layout)
     return text, [t - layout.speech_start for t in speech], ended

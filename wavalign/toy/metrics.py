@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from wavalign.interleave import follows_layout, response_channels, split_channels
+from wavalign.interleave import follows_layout, response_channels, until_eos
 from wavalign.layout import SpeechLayout
 from wavalign.toy.codec import ToyCodec
 from wavalign.toy.task import parse_answer
@@ -32,12 +32,6 @@ class ResponseScore:
     well_formed: bool
     n_text_tokens: int
     n_speech_tokens: int
-
-
-def until_eos(ids: Sequence[int], eos_id: int) -> tuple[list[int], bool]:
-    """(content before the first eos, whether an eos was found)."""
-    ids = list(ids)
-    return (ids[: ids.index(eos_id)], True) if eos_id in ids else (ids, False)
 
 
 def edit_distance(reference: Sequence[str], hypothesis: Sequence[str]) -> int:
@@ -82,9 +76,9 @@ class ToyScorer:
         return self.decode_text(text_ids).split(), codes
 
     def score(self, response_ids: Sequence[int], answer: int) -> ResponseScore:
-        content, ended = until_eos(response_ids, self.layout.eos_id)
-        words, codes = self.channels(response_ids)
-        text_ids, _ = split_channels(content, self.layout)
+        text_ids, codes, ended = response_channels(response_ids, self.layout)
+        content, _ = until_eos(response_ids, self.layout.eos_id)
+        words = self.decode_text(text_ids).split()
         return ResponseScore(
             correct=parse_answer(words) == answer,
             word_error_rate=word_error_rate(words, self.codec.decode(codes)),
