@@ -2,8 +2,9 @@
 
 One `train_step` = one optimizer step over the step's rollout rows (policy gradient on the chosen
 modality, text by default) and SFT rows (teacher forcing on the references, all tokens by default),
-mixed by the step's λ, in micro-batches whose gradients accumulate to the whole batch's. A plain
-class; the driver makes it a Ray worker at the call site.
+mixed by the step's λ, in micro-batches whose gradients accumulate to the whole batch's.
+`dpo_step` is the DPO variant (method §8). A plain class; the driver makes it a Ray worker at the
+call site.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from dataclasses import dataclass
 
 import torch
 
-from learner.deepspeed_engine import DeepSpeedEngine
-from learner.diagnostics import modality_entropy
+from learner.deepspeed_engine import DeepSpeedEngine, frozen_policy
+from learner.diagnostics import grad_norm, modality_entropy
+from learner.dpo import dpo_loss, sequence_logps
 from learner.loss import rl_loss, sft_loss, token_logprobs, token_weights, with_group_fallback
 from learner.masks import ModalityMasks, modality_masks
 from wavalign.config import PipelineConfig
@@ -32,6 +34,15 @@ class TrainBatch:
     sft_prompts: Sequence[Sequence[int]]  # (P,) prompt ids
     sft_targets: Sequence[Sequence[int]]  # (P,) reference answer ids (interleaved, ending with eos)
     lam: float  # the step's mixing weight (from the λ controller, global over the step's groups)
+    staleness: int = 0  # policy versions between the rollouts' sampler and the weights trained now
+    rollout_logprobs: Sequence[Sequence[float]] | None = None  # (N,) the sampler's per-token logprobs
+
+
+@dataclass(frozen=True)
+class DpoBatch:
+    prompts: Sequence[Sequence[int]]  # (B,)
+    chosen: Sequence[Sequence[int]]  # (B,) preferred responses (e.g. the reference)
+    rejected: Sequence[Sequence[int]]  # (B,) dispreferred responses (offline pairs or fresh samples)
 
 
 @dataclass(frozen=True)
@@ -51,6 +62,8 @@ class LearnerWorker:
         self.engine = DeepSpeedEngine(
             model_path, cfg.learner, cfg.run.steps, rank=rank, world_size=world_size, master_port=master_port
         )
+        self.reference = frozen_policy(model_path, cfg.learner) if cfg.algorithm.needs_reference else None
+        self.steps_done = 0
 
     def _rows(self, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]]) -> _Rows:
         pad = self.layout.pad_id
@@ -65,13 +78,33 @@ class LearnerWorker:
             response_ids[i, : len(r)] = torch.tensor(r)
         return _Rows(ids, attention, response_ids, torch.tensor([len(p) for p in prompts]))
 
-    def _response_logits(self, rows: _Rows, part: slice) -> torch.Tensor:
-        """(b, T, V) logits scoring each response token of rows[part]."""
-        logits = self.engine.engine(input_ids=rows.input_ids[part], attention_mask=rows.attention[part]).logits
+    def _response_logits(self, rows: _Rows, part: slice, model: torch.nn.Module | None = None) -> torch.Tensor:
+        """(b, T, V) logits scoring each response token of rows[part] (the policy's by default)."""
+        model = model if model is not None else self.engine.engine
+        logits = model(input_ids=rows.input_ids[part], attention_mask=rows.attention[part]).logits
         t = rows.responses.shape[1]
         # position start-1+k predicts response token k; clamp the tail (padding, masked out later)
         index = (rows.starts[part, None] - 1 + torch.arange(t)).clamp(max=logits.shape[1] - 1)
         return logits.gather(1, index[:, :, None].expand(-1, -1, logits.shape[-1]))
+
+    def _reference_logprobs(self, rows: _Rows, part: slice) -> torch.Tensor | None:
+        if self.reference is None:
+            return None
+        with torch.no_grad():
+            return token_logprobs(self._response_logits(rows, part, self.reference), rows.responses[part])
+
+    def _old_logprobs(self, batch: TrainBatch, width: int) -> torch.Tensor | None:
+        """The sampler's logprobs, (N, T), when stale rollouts get the clipped importance ratio."""
+        if batch.staleness == 0 or self.cfg.algorithm.stale_correction == "none":
+            return None  # on-policy: the ratio is 1 in value
+        if batch.rollout_logprobs is None:
+            raise ValueError(f"rollouts {batch.staleness} versions old need rollout_logprobs for the importance ratio")
+        old = torch.zeros(len(batch.rollout_logprobs), width)
+        for i, (lps, ids) in enumerate(zip(batch.rollout_logprobs, batch.rollout_responses)):
+            if len(lps) != len(ids):
+                raise ValueError(f"rollout row {i}: {len(lps)} logprobs for {len(ids)} response tokens")
+            old[i, : len(lps)] = torch.tensor(lps, dtype=torch.float32)
+        return old
 
     def train_step(self, batch: TrainBatch) -> dict[str, float]:
         algo, micro = self.cfg.algorithm, self.cfg.learner.micro_batch_rows
@@ -84,17 +117,25 @@ class LearnerWorker:
         )
         sft_w = token_weights(sft_masks, algo.sft_token_type)
         advantages = torch.tensor(batch.advantages, dtype=torch.float32)
+        old_logp = self._old_logprobs(batch, rl_rows.responses.shape[1])
         n, m, lam = len(batch.rollout_prompts), len(batch.sft_prompts), batch.lam
-        stats: dict[str, float] = {"rl_loss": 0.0, "sft_loss": 0.0}
+        stats: dict[str, float] = {"rl_loss": 0.0, "sft_loss": 0.0, "kl_text": 0.0, "kl_speech": 0.0, "clip_frac": 0.0}
+
+        def rl_terms(logits: torch.Tensor, part: slice, weights: torch.Tensor):
+            return rl_loss(
+                token_logprobs(logits, rl_rows.responses[part]), advantages[part], weights, _slice(rl_masks, part),
+                old_logp=old_logp[part] if old_logp is not None else None, clip_eps=algo.ratio_clip,
+                ref_logp=self._reference_logprobs(rl_rows, part), beta_text=algo.kl_beta_text, beta_speech=algo.kl_beta_speech,
+            )
 
         def rl_part(part: slice):
             def loss() -> torch.Tensor:
                 logits = self._response_logits(rl_rows, part)
-                sub = _slice(rl_masks, part)
-                terms = rl_loss(token_logprobs(logits, rl_rows.responses[part]), advantages[part], rl_w[part], sub)
+                terms = rl_terms(logits, part, rl_w[part])
                 share = (part.stop - part.start) / n
-                stats["rl_loss"] += float(terms.loss.detach()) * share
-                for key, value in modality_entropy(logits, sub).items():
+                for key, value in (("rl_loss", terms.loss), ("kl_text", terms.kl_text), ("kl_speech", terms.kl_speech), ("clip_frac", terms.clip_frac)):
+                    stats[key] += float(value.detach()) * share
+                for key, value in modality_entropy(logits, _slice(rl_masks, part)).items():
                     stats[key] = stats.get(key, 0.0) + value * share
                 return lam * terms.loss * share
 
@@ -112,8 +153,67 @@ class LearnerWorker:
 
         parts = [rl_part(slice(i, min(i + micro, n))) for i in range(0, n, micro)]
         parts += [sft_part(slice(i, min(i + micro, m))) for i in range(0, m, micro)]
+        every = self.cfg.learner.grad_norm_every
+        if every and self.steps_done % every == 0:
+            stats.update(self._modality_grad_norms(rl_rows, rl_terms, slice(0, min(micro, n))))
         result = self.engine.step(parts)
+        self.steps_done += 1
         return {**stats, **result, "lambda": lam}
+
+    def _modality_grad_norms(self, rows: _Rows, rl_terms, part: slice) -> dict[str, float]:
+        """The paper's gradient-imbalance diagnostic: the norm of the gradient the RL term would have
+        on the text tokens alone and on the speech tokens alone (same advantages), sampled on the
+        step's first micro-batch. It runs its own forward on the bare module, outside DeepSpeed (whose
+        post-backward hooks would treat it as a training backward). ZeRO-3 partitions the module's
+        parameters, so there it is not computed (NaN)."""
+        if self.cfg.learner.zero_stage == 3:
+            return {"grad_norm_text": float("nan"), "grad_norm_speech": float("nan")}
+        module = self.engine.module
+        logits = self._response_logits(rows, part, module)
+        masks = modality_masks(rows.responses[part], self.layout)
+        params = [p for p in module.parameters() if p.requires_grad]
+        return {
+            f"grad_norm_{kind}": grad_norm(rl_terms(logits, part, getattr(masks, kind).float()).loss, params)
+            for kind in ("text", "speech")
+        }
+
+    def dpo_step(self, batch: DpoBatch) -> dict[str, float]:
+        """One DPO optimizer step (method §8): sums of log-probs over the allowed tokens (text by
+        default), against the frozen reference; pairs with no allowed token on a side are skipped.
+        The loss is the mean over all usable pairs of the step, whatever the micro-batching."""
+        if self.reference is None:
+            raise ValueError("dpo_step needs the frozen reference: set algorithm.objective: dpo")
+        algo, micro = self.cfg.algorithm, self.cfg.learner.micro_batch_rows
+        chosen, rejected = self._rows(batch.prompts, batch.chosen), self._rows(batch.prompts, batch.rejected)
+        w_chosen = token_weights(modality_masks(chosen.responses, self.layout), algo.dpo_token_type)
+        w_rejected = token_weights(modality_masks(rejected.responses, self.layout), algo.dpo_token_type)
+        usable = (w_chosen.sum(dim=1) > 0) & (w_rejected.sum(dim=1) > 0)
+        n_usable = max(int(usable.sum()), 1)
+        stats = {"dpo_loss": 0.0, "dpo_accuracy": 0.0, "dpo_margin": 0.0, "dpo_pairs": float(usable.sum())}
+
+        def part_loss(part: slice):
+            def loss() -> torch.Tensor:
+                def logps(rows: _Rows, weights: torch.Tensor, model=None) -> torch.Tensor:
+                    logits = self._response_logits(rows, part, model)
+                    return sequence_logps(token_logprobs(logits, rows.responses[part]), weights[part])
+
+                with torch.no_grad():
+                    ref_w, ref_l = logps(chosen, w_chosen, self.reference), logps(rejected, w_rejected, self.reference)
+                pol_w, pol_l = logps(chosen, w_chosen), logps(rejected, w_rejected)
+                value, accuracy = dpo_loss(pol_w, pol_l, ref_w, ref_l, usable[part], beta=algo.dpo_beta)
+                share = int(usable[part].sum()) / n_usable
+                margin = algo.dpo_beta * ((pol_w - pol_l) - (ref_w - ref_l)).detach()[usable[part]]
+                stats["dpo_loss"] += float(value.detach()) * share
+                stats["dpo_accuracy"] += float(accuracy) * share
+                stats["dpo_margin"] += float(margin.sum()) / n_usable
+                return value * share
+
+            return loss
+
+        parts = [part_loss(slice(i, min(i + micro, len(batch.prompts)))) for i in range(0, len(batch.prompts), micro)]
+        result = self.engine.step(parts)
+        self.steps_done += 1
+        return {**stats, **result}
 
     def full_weights(self):
         return list(self.engine.full_weights())

@@ -8,6 +8,7 @@ On CPU DeepSpeed picks its CPU accelerator and the gloo backend; the optimizer i
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 
@@ -39,8 +40,7 @@ class DeepSpeedEngine:
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
         if not torch.distributed.is_initialized():
             deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
-        dtype = torch.bfloat16 if cfg.precision == "bfloat16" else torch.float32
-        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=_dtype(cfg))
         optimizer = torch.optim.AdamW(
             model.parameters(), lr=cfg.learning_rate, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps, weight_decay=cfg.weight_decay
         )
@@ -66,25 +66,37 @@ class DeepSpeedEngine:
     def step(self, micro_losses: Sequence[Callable[[], torch.Tensor]]) -> dict[str, float]:
         """One optimizer step. Each callable runs one micro-batch's forward and returns its share of
         the step's loss (already weighted), so the accumulated gradient is that of the whole batch.
-        A non-finite loss skips the step, leaves the weights untouched, and is counted. (Non-finite
-        gradients under a finite loss are not caught yet: the learner issue's remaining work.)"""
-        total = 0.0
+
+        A non-finite loss or gradient skips the step on every rank, leaves weights, optimizer and
+        schedule untouched, and is counted. A non-finite loss still goes through backward: every
+        rank must take part in each gradient reduction (or the others hang), and its non-finite
+        gradients reach the check below on all ranks alike."""
+        total, finite_loss = 0.0, True
         for index, loss_of in enumerate(micro_losses):
             self.engine.set_gradient_accumulation_boundary(index == len(micro_losses) - 1)
             loss = loss_of()
-            if not torch.isfinite(loss.detach()):
-                return self._skip("loss")
+            finite_loss &= bool(torch.isfinite(loss.detach()))
             self.engine.backward(loss, scale_wrt_gas=False)
             total += float(loss.detach())
         lr = self.lr  # the rate this step uses
-        self.engine.step()
-        norm = self.engine.get_global_grad_norm()
-        return {"loss": total, "grad_norm": float(norm) if norm is not None else float("nan"), "lr": lr}
+        # ZeRO-0 neither checks nor reports the gradient norm; ZeRO 1-3 do both (all-reduced) in step()
+        own_norm = self._gradient_norm() if self.cfg.zero_stage == 0 else None
+        if own_norm is not None and not math.isfinite(own_norm):
+            self.engine.zero_grad()
+            applied = False
+        else:
+            self.engine.step()
+            applied = self.engine.was_step_applied()
+        if not applied:
+            self.skipped_steps += 1
+            return {"loss": total, "grad_norm": float("nan"), "lr": lr, "skipped": 1.0, "nonfinite_loss": float(not finite_loss)}
+        grad_norm = own_norm if own_norm is not None else float(self.engine.get_global_grad_norm())
+        return {"loss": total, "grad_norm": grad_norm, "lr": lr, "skipped": 0.0, "nonfinite_loss": 0.0}
 
-    def _skip(self, what: str) -> dict[str, float]:
-        self.engine.zero_grad()
-        self.skipped_steps += 1
-        return {"loss": float("nan"), "grad_norm": float("nan"), "lr": self.lr, "skipped": what}
+    def _gradient_norm(self) -> float:
+        """The L2 norm of the (ZeRO-0: already all-reduced, so every rank agrees) gradients."""
+        grads = [p.grad.float() for p in self.module.parameters() if p.grad is not None]
+        return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))) if grads else 0.0
 
     @property
     def lr(self) -> float:
@@ -128,3 +140,15 @@ class DeepSpeedEngine:
     def load_checkpoint(self, directory: str, tag: str) -> dict:
         _, client_state = self.engine.load_checkpoint(directory, tag=tag)
         return client_state or {}
+
+
+def frozen_policy(model_path: str, cfg: LearnerConfig) -> torch.nn.Module:
+    """The initial policy, frozen: the reference of the KL term and of DPO (method §3.4, §8)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=_dtype(cfg)).eval()
+    return model.requires_grad_(False)
+
+
+def _dtype(cfg: LearnerConfig) -> torch.dtype:
+    return torch.bfloat16 if cfg.precision == "bfloat16" else torch.float32

@@ -267,6 +267,7 @@ class RewardConfig(Section):
 
 
 class AlgorithmConfig(Section):
+    objective: Literal["wavalign", "dpo"] = Field("wavalign", description="RL + SFT mix (§7), or the DPO variant (§8)")
     rl_token_type: Literal["text", "speech", "all"] = "text"
     sft_token_type: Literal["all", "text", "speech"] = "all"
     adaptive_mixing: bool = True
@@ -274,6 +275,19 @@ class AlgorithmConfig(Section):
     ema_alpha: float = Field(0.9, ge=0, lt=1)
     gate_slope: float = Field(5.0, gt=0)
     fixed_rl_weight: float = Field(0.7, ge=0, le=1, description="λ when adaptive_mixing is off")
+    kl_beta_text: float = Field(0.0, ge=0, description="k3 KL weight on text tokens; > 0 builds a frozen reference")
+    kl_beta_speech: float = Field(0.0, ge=0, description="the same on speech tokens (method: 0.001 each when on)")
+    stale_correction: Literal["clipped_ratio", "none"] = Field(
+        "clipped_ratio", description="rollouts from older weights: importance ratio vs the sampler's logprobs"
+    )
+    ratio_clip: float = Field(0.2, gt=0, lt=1, description="the ratio is kept within [1 - clip, 1 + clip]")
+    dpo_beta: float = Field(0.2, gt=0, description="method §15.10: the script's 0.2")
+    dpo_token_type: Literal["text", "speech", "all"] = Field("text", description="tokens whose log-probs DPO compares")
+
+    @property
+    def needs_reference(self) -> bool:
+        """A frozen copy of the initial policy exists only when something uses it (method §3.4)."""
+        return self.objective == "dpo" or self.kl_beta_text > 0 or self.kl_beta_speech > 0
 
 
 class TrainConfig(Section):
@@ -294,6 +308,7 @@ class LearnerConfig(Section):
     warmup_steps: int = Field(20, ge=0, description="method script: 20")
     schedule: Literal["cosine", "linear", "constant"] = Field("cosine", description="after warm-up (method §15.5)")
     micro_batch_rows: int = Field(8, ge=1, description="sequences per forward/backward; gradients accumulate")
+    grad_norm_every: int = Field(10, ge=0, description="steps between per-modality gradient norms; 0 = never")
 
 
 class PipelineConfig(Section):

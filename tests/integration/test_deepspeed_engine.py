@@ -1,5 +1,6 @@
 """One DeepSpeed step (ZeRO-2 and ZeRO-3, two accumulated micro-batches) on the tiny model matches
-a plain torch AdamW step with the same clipping; a non-finite loss skips the step."""
+a plain torch AdamW step with the same clipping; a non-finite loss, or a non-finite gradient under a
+finite loss, skips the step and leaves the weights untouched."""
 
 import pytest
 import torch
@@ -7,7 +8,7 @@ import torch
 from wavalign.config import LearnerConfig
 
 
-@pytest.mark.parametrize("stage,tolerance", [(2, 1e-6), (3, 1e-4)])
+@pytest.mark.parametrize("stage,tolerance", [(0, 1e-6), (2, 1e-6), (3, 1e-4)])
 def test_one_step_matches_torch_adamw(toy_assets, dist_port, stage, tolerance):
     from transformers import AutoModelForCausalLM
 
@@ -35,8 +36,27 @@ def test_one_step_matches_torch_adamw(toy_assets, dist_port, stage, tolerance):
     assert diff <= tolerance
 
     skipped = engine.step([lambda: half(engine.engine, slice(0, 2)) * float("nan")])
-    assert skipped["skipped"] == "loss" and engine.skipped_steps == 1
+    assert skipped["skipped"] == 1 and skipped["nonfinite_loss"] == 1 and engine.skipped_steps == 1
     assert all(torch.equal(trained[name], p) for name, p in engine.full_weights())  # untouched
+
+    def nan_gradient():  # the loss is finite, its gradient is not
+        return _NanGradient.apply(engine.engine(input_ids=ids).logits).mean()
+
+    lr = engine.lr
+    skipped = engine.step([lambda: half(engine.engine, slice(0, 2)), nan_gradient])
+    assert skipped["skipped"] == 1 and skipped["nonfinite_loss"] == 0 and engine.skipped_steps == 2
+    assert all(torch.equal(trained[name], p) for name, p in engine.full_weights())
+    assert engine.lr == lr
+
+
+class _NanGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * float("nan")
 
 
 @pytest.mark.parametrize("stage", [2, 3])

@@ -1,5 +1,8 @@
 """The LearnerWorker on the tiny model with DeepSpeed (CPU): a mixed RL + SFT step runs, learns,
-and does not depend on how the batch is cut into micro-batches."""
+and does not depend on how the batch is cut into micro-batches; stale rollouts get the importance
+ratio, the KL term uses a frozen reference, DPO steps learn the preference."""
+
+import dataclasses
 
 import pytest
 import torch
@@ -25,18 +28,23 @@ def make_batch(toy_assets, cfg, lam):
     return TrainBatch(prompts, responses, advantages, [r.prompt_token_ids for r in rows], [r.reference_token_ids for r in rows], lam)
 
 
-def worker(toy_assets, cfg, micro_batch_rows, port):
+def worker(toy_assets, cfg, micro_batch_rows, port, grad_norm_every=0, **algorithm):
     from actors.learner import LearnerWorker
 
     run_cfg = cfg.model_copy(deep=True)
-    run_cfg.learner = run_cfg.learner.model_copy(update={"micro_batch_rows": micro_batch_rows, "warmup_steps": 0, "learning_rate": 1e-3})
+    run_cfg.learner = run_cfg.learner.model_copy(
+        update={"micro_batch_rows": micro_batch_rows, "warmup_steps": 0, "learning_rate": 1e-3, "grad_norm_every": grad_norm_every}
+    )
+    run_cfg.algorithm = run_cfg.algorithm.model_copy(update=algorithm)
     return LearnerWorker(str(toy_assets.model_dir), run_cfg, master_port=port)
 
 
 def test_micro_batching_leaves_the_update_unchanged(toy_assets, cfg, dist_port):
     batch = make_batch(toy_assets, cfg, lam=0.5)
-    a, b = worker(toy_assets, cfg, 2, dist_port), worker(toy_assets, cfg, 64, dist_port)
+    # the per-modality gradient norms (extra backward passes) must not touch the update either
+    a, b = worker(toy_assets, cfg, 2, dist_port, grad_norm_every=1), worker(toy_assets, cfg, 64, dist_port)
     out_a, out_b = a.train_step(batch), b.train_step(batch)
+    assert out_a["grad_norm_text"] > 0 and out_a["grad_norm_speech"] > 0 and "grad_norm_text" not in out_b
     assert out_a["rl_loss"] == pytest.approx(out_b["rl_loss"], rel=1e-5)
     assert out_a["sft_loss"] == pytest.approx(out_b["sft_loss"], rel=1e-5)
     assert out_a["grad_norm"] == pytest.approx(out_b["grad_norm"], rel=1e-4)
@@ -115,3 +123,55 @@ def test_two_data_parallel_workers_equal_one(toy_assets, cfg, dist_port, ray_clu
     expected = dict(single.full_weights())
     # float32 all-reduce order differs from one process: Adam maps that to ~1e-6 differences
     assert max((expected[name] - t).abs().max().item() for name, t in weights) <= 1e-5
+
+
+def test_stale_rollouts_get_the_clipped_importance_ratio(toy_assets, cfg, dist_port):
+    from transformers import AutoModelForCausalLM
+
+    from tests.integration.test_rollout_pool import hf_continuation_logprobs
+
+    batch = make_batch(toy_assets, cfg, lam=1.0)
+    model = AutoModelForCausalLM.from_pretrained(toy_assets.model_dir)
+    current = [hf_continuation_logprobs(model, p, r) for p, r in zip(batch.rollout_prompts, batch.rollout_responses)]
+    on_policy = worker(toy_assets, cfg, 8, dist_port).train_step(batch)
+    # sampled by these very weights but labelled stale: ratio 1 (to float error), the on-policy gradient
+    stale = worker(toy_assets, cfg, 8, dist_port)
+    out = stale.train_step(dataclasses.replace(batch, staleness=1, rollout_logprobs=current))
+    assert out["clip_frac"] == 0
+    assert out["rl_loss"] == pytest.approx(on_policy["rl_loss"], abs=1e-5)
+    assert out["grad_norm"] == pytest.approx(on_policy["grad_norm"], rel=1e-5)
+    # a sampler far from the policy: ratios leave [0.8, 1.2] and are clipped
+    shifted = [[lp - 1.0 for lp in row] for row in current]
+    assert worker(toy_assets, cfg, 8, dist_port).train_step(dataclasses.replace(batch, staleness=1, rollout_logprobs=shifted))["clip_frac"] > 0
+    with pytest.raises(ValueError, match="rollout_logprobs"):
+        stale.train_step(dataclasses.replace(batch, staleness=2))
+
+
+def test_kl_to_the_frozen_reference(toy_assets, cfg, dist_port):
+    assert worker(toy_assets, cfg, 8, dist_port).reference is None  # method default: no reference model
+    w = worker(toy_assets, cfg, 8, dist_port, kl_beta_text=0.001, kl_beta_speech=0.001)
+    batch = make_batch(toy_assets, cfg, lam=0.5)
+    first = w.train_step(batch)
+    assert first["kl_text"] == pytest.approx(0, abs=1e-7) and first["kl_speech"] == pytest.approx(0, abs=1e-7)
+    second = w.train_step(batch)
+    assert second["kl_text"] > 0 and second["kl_speech"] > 0
+
+
+def test_dpo_steps_learn_the_preference(toy_assets, cfg, dist_port):
+    from actors.learner import DpoBatch
+
+    batch = make_batch(toy_assets, cfg, lam=0.5)
+    G = cfg.rollout.group_size
+    pairs = DpoBatch(batch.sft_prompts, batch.sft_targets, [batch.rollout_responses[i * G + 1] for i in range(len(batch.sft_prompts))])
+    with pytest.raises(ValueError, match="reference"):
+        worker(toy_assets, cfg, 8, dist_port).dpo_step(pairs)
+    a = worker(toy_assets, cfg, 1, dist_port, objective="dpo")
+    b = worker(toy_assets, cfg, 8, dist_port, objective="dpo")
+    first, first_b = a.dpo_step(pairs), b.dpo_step(pairs)
+    assert first["dpo_loss"] == pytest.approx(0.6931472, abs=1e-5) and first["dpo_pairs"] == len(pairs.prompts)  # z = 0
+    assert first_b["dpo_loss"] == pytest.approx(first["dpo_loss"], abs=1e-6)
+    diff = max((x - y).abs().max().item() for (_, x), (_, y) in zip(a.full_weights(), b.full_weights()))
+    assert diff <= 1e-5  # micro-batching leaves the DPO update unchanged (float sums, amplified by Adam)
+    for _ in range(3):
+        last = a.dpo_step(pairs)
+    assert last["dpo_loss"] < first["dpo_loss"] and last["dpo_accuracy"] == 1.0 and last["dpo_margin"] > 0
