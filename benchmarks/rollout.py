@@ -83,20 +83,6 @@ def update_vs_copy(pool, model_dir, bucket_bytes: int, repeats: int) -> dict[str
     }
 
 
-def larger_model(model_dir, hidden: int, layers: int, out_dir) -> str:
-    """A random Qwen2 of the given size with the toy tokenizer, saved for vLLM."""
-    from transformers import AutoConfig, AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
-
-    settings = AutoConfig.from_pretrained(model_dir).to_dict()
-    settings.pop("layer_types", None)  # derived from the layer count
-    heads = hidden // 64
-    settings.update(hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
-                    num_attention_heads=heads, num_key_value_heads=heads)
-    Qwen2ForCausalLM(Qwen2Config(**settings)).save_pretrained(out_dir)
-    AutoTokenizer.from_pretrained(model_dir).save_pretrained(out_dir)
-    return str(out_dir)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="pipeline.yaml")
@@ -111,6 +97,7 @@ def main() -> None:
     from wavalign.data import read_rows
     from wavalign.model_files import load_tokenizer_and_layout
     from wavalign.toy.assets import ensure_toy_assets
+    from wavalign.toy.resized import resized_model
 
     cfg = read_config(args.config, args.set)
     assets = ensure_toy_assets(cfg.toy, cfg.model.layout)
@@ -143,7 +130,7 @@ def main() -> None:
         import tempfile
 
         with tempfile.TemporaryDirectory() as tmp:
-            big_dir = larger_model(assets.model_dir, args.sync_hidden, args.sync_layers, tmp)
+            big_dir = resized_model(assets.model_dir, args.sync_hidden, args.sync_layers, tmp)
             big_pool = RolloutPool(cfg, big_dir, log=lambda line: None)
             larger = update_vs_copy(big_pool, big_dir, bucket_bytes, args.repeats)
             big_pool.shutdown()

@@ -102,7 +102,7 @@ def test_two_data_parallel_workers_equal_one(toy_assets, cfg, dist_port, ray_clu
 
     G, P = cfg.rollout.group_size, len(batch.sft_prompts)
     run_cfg = cfg.model_copy(deep=True)
-    run_cfg.learner = run_cfg.learner.model_copy(update={"micro_batch_rows": 8, "warmup_steps": 0, "learning_rate": 1e-3, "num_workers": 2})
+    run_cfg.learner = run_cfg.learner.model_copy(update={"micro_batch_rows": 8, "warmup_steps": 0, "learning_rate": 1e-3, "num_workers": 2, "zero_stage": 2})
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
