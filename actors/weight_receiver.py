@@ -1,5 +1,6 @@
-"""vLLM worker extension (runs inside each vLLM worker process): loads new policy weights from
-safetensors bucket files and reloads them in place through the worker's public `reload_weights`.
+"""vLLM worker extension (runs inside each vLLM worker process): reseeds the sampler, and loads new
+policy weights from safetensors bucket files and reloads them in place through the worker's public
+`reload_weights`.
 
 Installed with `LLM(worker_extension_cls="actors.weight_receiver.WeightReceiver")` and driven by
 `LLM.collective_rpc(<method name>, args=...)`. Only file paths cross vLLM's RPC; the bytes move
@@ -12,6 +13,7 @@ Imports no vLLM.
 from __future__ import annotations
 
 import safetensors.torch
+import torch
 
 
 class WeightReceiver:
@@ -25,3 +27,7 @@ class WeightReceiver:
             raise RuntimeError(f"weight update incomplete: {len(staged)} of {expected_tensors} tensors arrived")
         self.reload_weights(weights_iterator=iter(staged.items()))
         return len(staged)
+
+    def wavalign_reseed(self, seed: int) -> None:
+        """Restart the sampler's random stream (vLLM samples from this process's torch generator)."""
+        torch.manual_seed(seed)

@@ -140,8 +140,14 @@ class WorkerPool:
             self._remove(member)
 
     # ---------------------------------------------------------------------------------------- work
-    def map_chunks(self, chunks: Sequence[Any], submit: Callable[[Any, Any], ray.ObjectRef]) -> list[Any]:
-        """Results of `submit(handle, chunk)` for every chunk, in chunk order, each exactly once."""
+    def map_chunks(
+        self,
+        chunks: Sequence[Any],
+        submit: Callable[[Any, Any], ray.ObjectRef],
+        on_result: Callable[[int, Any], None] | None = None,
+    ) -> list[Any]:
+        """Results of `submit(handle, chunk)` for every chunk, in chunk order, each exactly once.
+        `on_result(index, result)` sees each chunk's result as it is accepted (streaming consumers)."""
         queue = deque(_Chunk(i, work) for i, work in enumerate(chunks))
         results: dict[int, Any] = {}
         for _ in range(self.target_size - len(self.members)):  # top up after removals
@@ -182,7 +188,10 @@ class WorkerPool:
                 calls[self.bring_up(replacement)] = _Call(replacement, "start", replacement.start_deadline)
                 continue
             call.member.state = "idle"
-            results.setdefault(call.chunk.index, result)  # a chunk's result counts once
+            if call.chunk.index not in results:  # a chunk's result counts once
+                results[call.chunk.index] = result
+                if on_result:
+                    on_result(call.chunk.index, result)
         # Replacements still starting finish coming up in the background; the next call collects them.
         self._starting = {ref: c.member for ref, c in calls.items() if c.kind == "start"}
         return [results[i] for i in range(len(chunks))]

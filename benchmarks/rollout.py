@@ -27,6 +27,8 @@ class BareVLLM:
         import os
 
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(cfg.rollout.kv_cache_gib))))
+        if cfg.rollout.reproducible:  # the pool's engine mode (see actors/vllm_engine.py)
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         from vllm import LLM, SamplingParams
 
         rc = cfg.rollout

@@ -84,8 +84,11 @@ class LambdaController:
         self.state: float | None = None
 
     def step(self, rewards: torch.Tensor) -> LambdaStep:
+        return self.apply(group_gates(rewards, self.settings))
+
+    def apply(self, g: GroupGates) -> LambdaStep:
+        """This step's λ from its groups' gates (gathered one group at a time: see step_stats)."""
         s = self.settings
-        g = group_gates(rewards, s)
         if s.adaptive:
             per_group = g.raw if self.state is None else (1 - s.ema_alpha) * g.raw + s.ema_alpha * self.state
             lam = float(per_group.clamp(0.0, s.lambda_max).mean())

@@ -199,6 +199,9 @@ class RolloutConfig(Section):
     weight_staging_dir: str = Field("/dev/shm", description="shared memory where a worker hands weights to vLLM")
     groups_per_call: int = Field(0, ge=0, description="prompt groups per generate call; 0 = spread evenly, one call per worker")
     max_redispatch: int = Field(2, ge=0, description="times a lost chunk of groups is re-sent after worker deaths")
+    reproducible: bool = Field(
+        True, description="seeded steps sample identically (exact resume); false = vLLM's multiprocess engine core"
+    )
 
 
 class JudgeConfig(Section):
@@ -283,6 +286,10 @@ class AlgorithmConfig(Section):
     ratio_clip: float = Field(0.2, gt=0, lt=1, description="the ratio is kept within [1 - clip, 1 + clip]")
     dpo_beta: float = Field(0.2, gt=0, description="method §15.10: the script's 0.2")
     dpo_token_type: Literal["text", "speech", "all"] = Field("text", description="tokens whose log-probs DPO compares")
+    lambda_scope: Literal["global", "per_rank"] = Field(
+        "global", description="λ from all of the step's groups, or each learner rank's own (the authors' code, §15.6)"
+    )
+    advantage_std: Literal["population", "unbiased"] = Field("population", description="method §15.8")
 
     @property
     def needs_reference(self) -> bool:
@@ -292,6 +299,12 @@ class AlgorithmConfig(Section):
 
 class TrainConfig(Section):
     rollout_batch_size: int = Field(4, ge=1, description="responses per step = prompts per step x group_size")
+    max_staleness: int = Field(
+        0, ge=0, le=1, description="0 = on-policy; 1 = the next step's rollouts are sampled while the learner trains"
+    )
+    eval_every: int = Field(0, ge=0, description="steps between evaluations on the eval split; 0 = never")
+    checkpoint_every: int = Field(10, ge=0, description="steps between checkpoints (also at the end and on SIGTERM); 0 = only those")
+    keep_checkpoints: int = Field(3, ge=1, description="the newest this many checkpoints are kept")
 
 
 class LearnerConfig(Section):
@@ -309,6 +322,7 @@ class LearnerConfig(Section):
     schedule: Literal["cosine", "linear", "constant"] = Field("cosine", description="after warm-up (method §15.5)")
     micro_batch_rows: int = Field(8, ge=1, description="sequences per forward/backward; gradients accumulate")
     grad_norm_every: int = Field(10, ge=0, description="steps between per-modality gradient norms; 0 = never")
+    timeout_s: float = Field(1800, gt=0, description="a learner call that takes longer is an error naming the rank")
 
 
 class PipelineConfig(Section):

@@ -25,11 +25,23 @@ def toy_assets(cfg):
     return ensure_toy_assets(cfg.toy, cfg.model.layout)
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.fixture(scope="session")
-def ray_cluster():
+def metrics_port() -> int:
+    """Where the session cluster's Prometheus endpoint listens (ray.util.metrics)."""
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(metrics_port):
     import ray
 
-    ray.init(num_cpus=2, dashboard_host="127.0.0.1", include_dashboard=False)
+    ray.init(num_cpus=2, dashboard_host="127.0.0.1", include_dashboard=False, _metrics_export_port=metrics_port)
     yield ray
     ray.shutdown()
 
@@ -37,6 +49,4 @@ def ray_cluster():
 @pytest.fixture(scope="session")
 def dist_port() -> int:
     """One free port for the session's torch.distributed (gloo) group: it is set up once per process."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_port()

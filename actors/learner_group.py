@@ -1,0 +1,79 @@
+"""LearnerGroup: the run's data-parallel LearnerWorkers as Ray workers (one per rank).
+
+Every call goes to all ranks at once (DeepSpeed's collectives need each of them) and has a
+deadline; a failure or a hang is an error naming the rank. A learner that dies ends the run: it
+continues from the last checkpoint with `--resume`.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Sequence
+
+import ray
+from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+
+from actors.learner import DpoBatch, LearnerWorker, TrainBatch
+from actors.worker_pool import WorkerError, first_line
+from wavalign.config import PipelineConfig
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LearnerGroup:
+    def __init__(self, cfg: PipelineConfig, model_path: str) -> None:
+        lc = cfg.learner
+        self.timeout_s, self.world_size = lc.timeout_s, lc.num_workers
+        remote = ray.remote(num_cpus=lc.cpus_per_worker, num_gpus=lc.gpus_per_worker, max_restarts=0)(LearnerWorker)
+        port = free_port()  # ranks meet on this node (multi-node learners: the GPU issue)
+        self.ranks = [
+            remote.options(name=f"learner-{cfg.run.name}-{rank}-{port}").remote(
+                model_path, cfg, rank=rank, world_size=self.world_size, master_port=port
+            )
+            for rank in range(self.world_size)
+        ]
+        self._call("ready")  # up, or an error naming the rank that failed to start
+
+    def _call(self, method: str, per_rank: Sequence[tuple] | None = None) -> list:
+        refs = [getattr(w, method).remote(*(per_rank[i] if per_rank else ())) for i, w in enumerate(self.ranks)]
+        results = []
+        for rank, ref in enumerate(refs):
+            try:
+                results.append(ray.get(ref, timeout=self.timeout_s))
+            except GetTimeoutError:
+                raise WorkerError(f"learner rank {rank}: no answer to {method} within learner.timeout_s={self.timeout_s:g}s") from None
+            except (RayActorError, RayTaskError) as err:
+                raise WorkerError(f"learner rank {rank}: {method} failed: {first_line(err)}") from None
+        return results
+
+    def train(self, batches: Sequence[TrainBatch]) -> dict[str, float]:
+        """One optimizer step; the ranks' statistics averaged (their shares of the batch are equal)."""
+        return _mean(self._call("train_step", [(b,) for b in batches]))
+
+    def train_dpo(self, batches: Sequence[DpoBatch]) -> dict[str, float]:
+        return _mean(self._call("dpo_step", [(b,) for b in batches]))
+
+    def weight_buckets(self, bucket_bytes: int) -> list[tuple[bytes, int]]:
+        return self._call("weight_buckets", [(bucket_bytes,)] * self.world_size)[0]
+
+    def save_checkpoint(self, directory: str, tag: str) -> None:
+        self._call("save_checkpoint", [(directory, tag)] * self.world_size)
+
+    def load_checkpoint(self, directory: str, tag: str) -> None:
+        self._call("load_checkpoint", [(directory, tag)] * self.world_size)
+
+    def save_hf(self, directory: str) -> None:
+        self._call("save_hf", [(directory,)] * self.world_size)
+
+    def shutdown(self) -> None:
+        for worker in self.ranks:
+            ray.kill(worker)
+
+
+def _mean(stats: list[dict[str, float]]) -> dict[str, float]:
+    keys = dict.fromkeys(k for s in stats for k in s)
+    return {k: sum(s[k] for s in stats if k in s) / sum(1 for s in stats if k in s) for k in keys}

@@ -1,0 +1,24 @@
+"""Evaluation of the policy on held-out prompts: the toy task's semantic and acoustic metrics
+(or, for other data, response lengths), from G sampled responses per prompt."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from actors.rollout import RolloutRecord
+from wavalign.config import PipelineConfig
+from wavalign.data import PromptRow
+
+
+def evaluate(cfg: PipelineConfig, tokenizer, layout, rows: Sequence[PromptRow], records: Sequence[RolloutRecord]) -> dict[str, float]:
+    if cfg.model.path is not None or any(r.answer is None for r in rows):
+        lengths = [len(r.response_token_ids) for r in records]
+        return {"responses": len(records), "mean_response_tokens": sum(lengths) / max(len(lengths), 1)}
+    from wavalign.toy.assets import toy_scorer
+
+    by_id = {r.row_id: r for r in rows}
+    return toy_scorer(layout, cfg.toy, tokenizer).evaluate(
+        [r.response_token_ids for r in records],
+        [int(by_id[r.prompt_id].answer) for r in records],
+        [r.reference_token_ids for r in rows],
+    )

@@ -1,0 +1,56 @@
+"""What a run starts from: the policy checkpoint and its data (the user's, or the project's tiny
+model and toy task), and the Ray cluster it runs on."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from wavalign.config import PipelineConfig
+from wavalign.data import PromptRow
+
+
+def resolve_inputs(cfg: PipelineConfig) -> tuple[Path, list[str], list[str]]:
+    """(model directory, train files, eval files)."""
+    if cfg.model.path is not None:
+        return Path(cfg.model.path), cfg.data.train_files, cfg.data.eval_files
+    from wavalign.toy.assets import ensure_toy_assets
+
+    assets = ensure_toy_assets(cfg.toy, cfg.model.layout)
+    return (
+        assets.model_dir,
+        cfg.data.train_files or [str(assets.data_file("train"))],
+        cfg.data.eval_files or [str(assets.data_file("eval"))],
+    )
+
+
+def read_prompt_rows(cfg: PipelineConfig, vocab_size: int, files: list[str], log=print) -> list[PromptRow]:
+    """Every valid row of the files; skipped rows are counted and the first is shown. Row ids must
+    be unique: they key a step's groups."""
+    from wavalign.data import read_rows
+
+    rows: list[PromptRow] = []
+    for path in files:
+        report = read_rows(path, vocab_size=vocab_size, max_prompt_tokens=cfg.data.max_prompt_tokens,
+                           skip_invalid_rows=cfg.data.skip_invalid_rows, task_types=cfg.data.task_types)
+        if report.skipped:
+            log(f"data: skipped {len(report.skipped)} invalid rows of {path}; first: {report.skipped[0]}")
+        rows += report.rows
+    seen: set[str] = set()
+    for row in rows:
+        if row.row_id in seen:
+            raise ValueError(f"data: row id {row.row_id!r} appears more than once in {files}")
+        seen.add(row.row_id)
+    return rows
+
+
+def connect_ray(address: str | None) -> None:
+    """Join the cluster we were submitted to (RAY_ADDRESS, set by `ray job submit`) or the given
+    address; otherwise start a local cluster with its dashboard on 127.0.0.1."""
+    import ray
+
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address)
+    else:
+        ray.init(num_cpus=os.cpu_count(), dashboard_host="127.0.0.1", include_dashboard=True)

@@ -1,0 +1,83 @@
+"""RunOutputs: what a run leaves in its directory, each file written atomically.
+
+- metrics.parquet: one row per step (rewritten whole after every step: it is small);
+- rollouts/step-NNNNNN.parquet: one file per step, one row per sampled response; rollouts.parquet
+  is their concatenation, refreshed at every checkpoint and at the end of the run;
+- tensorboard/: event files with every numeric step metric.
+
+On resume, everything after the checkpoint's step is dropped first, so the continued run writes
+exactly the rows an uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from wavalign.atomic import atomic_path
+
+_PART = re.compile(r"^step-(\d{6})\.parquet$")
+
+
+def write_parquet_atomic(path: Path, table: pa.Table) -> None:
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+class RunOutputs:
+    def __init__(self, run_dir: str | Path, resume_step: int | None = None) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.run_dir = Path(run_dir)
+        self.metrics_path = self.run_dir / "metrics.parquet"
+        self.rollouts_dir = self.run_dir / "rollouts"
+        self.rollouts_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics: list[dict] = []
+        if resume_step is not None:
+            self._truncate(resume_step)
+        # purge_step drops events a killed run wrote after its checkpoint
+        self.tensorboard = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=None if resume_step is None else resume_step + 1)
+
+    def _truncate(self, step: int) -> None:
+        if self.metrics_path.exists():
+            self.metrics = [row for row in pq.read_table(self.metrics_path).to_pylist() if row["step"] <= step]
+            write_parquet_atomic(self.metrics_path, _table(self.metrics))
+        for part in self._parts():
+            if int(_PART.match(part.name)[1]) > step:
+                part.unlink()
+
+    def _parts(self) -> list[Path]:
+        return sorted(p for p in self.rollouts_dir.iterdir() if _PART.match(p.name))
+
+    def add_step(self, metrics: dict, rollouts: Sequence[dict]) -> None:
+        """The step's rollouts first, then its metrics row: a metrics row implies its rollouts exist."""
+        step = int(metrics["step"])
+        write_parquet_atomic(self.rollouts_dir / f"step-{step:06d}.parquet", pa.Table.from_pylist(list(rollouts)))
+        self.metrics.append(metrics)
+        write_parquet_atomic(self.metrics_path, _table(self.metrics))
+        for key, value in metrics.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "step" and math.isfinite(value):
+                self.tensorboard.add_scalar(key, value, global_step=step)
+        self.tensorboard.flush()
+
+    def merge_rollouts(self) -> Path:
+        """rollouts.parquet = every step's rollouts, in step order."""
+        tables = [pq.read_table(part) for part in self._parts()]
+        target = self.run_dir / "rollouts.parquet"
+        if tables:
+            write_parquet_atomic(target, pa.concat_tables(tables, promote_options="default"))
+        return target
+
+    def close(self) -> None:
+        self.tensorboard.close()
+
+
+def _table(rows: list[dict]) -> pa.Table:
+    """Rows may differ in keys (e.g. evaluation metrics every N steps): missing values are null."""
+    keys = list(dict.fromkeys(key for row in rows for key in row))
+    return pa.Table.from_pylist([{key: row.get(key) for key in keys} for row in rows])

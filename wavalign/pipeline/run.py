@@ -1,0 +1,181 @@
+"""Pipeline: the state of a run and the pieces of one step that launch.py narrates.
+
+It owns the workers (rollout pool, reward pool, data-parallel learners, the operator's control
+worker), the prompt stream, the λ controller(s), the step counter and the policy version, and the
+run's outputs. Every method is one narrated step of the loop; none of them loops over steps.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from actors.control import apply_requests, start_control
+from actors.learner_group import LearnerGroup
+from actors.pool import RolloutPool, WeightSyncError
+from actors.reward_pool import RewardPool
+from learner.mixing import LambdaController, LambdaSettings, LambdaStep
+from learner.step_stats import StepStats
+from wavalign.config import PipelineConfig
+from wavalign.data import PromptRow
+from wavalign.interleave import response_channels
+from wavalign.model_files import load_tokenizer_and_layout
+from wavalign.pipeline.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from wavalign.pipeline.dashboard import DashboardMetrics
+from wavalign.pipeline.evaluation import evaluate
+from wavalign.pipeline.inputs import connect_ray, read_prompt_rows, resolve_inputs
+from wavalign.pipeline.outputs import RunOutputs
+from wavalign.pipeline.prompts import PromptStream
+from wavalign.pipeline.reward_stream import RewardStream
+from wavalign.pipeline.step_data import Group, advantages_of, assemble_groups, learner_batches, rollout_rows, step_lambdas
+from wavalign.pipeline.step_metrics import progress_line, step_metrics
+
+
+def lambda_settings(cfg: PipelineConfig) -> LambdaSettings:
+    a = cfg.algorithm
+    return LambdaSettings(
+        lambda_max=a.lambda_max, ema_alpha=a.ema_alpha, gate_slope=a.gate_slope, scale_min=cfg.reward.scale_min,
+        scale_max=cfg.reward.scale_max, adaptive=a.adaptive_mixing, fixed_weight=a.fixed_rl_weight,
+    )
+
+
+def step_seed(cfg: PipelineConfig, step: int) -> int:
+    """The sampler seed of a step (chunk i adds i): a function of the run seed and the step only."""
+    return (cfg.run.seed * 1_000_003 + step * 7919) % (2**31)
+
+
+class Pipeline:
+    def __init__(self, cfg: PipelineConfig, run_dir: Path, address: str | None) -> None:
+        if cfg.algorithm.objective != "wavalign":
+            raise NotImplementedError("the pipeline runs objective 'wavalign'; DPO runs use LearnerWorker.dpo_step (see README)")
+        self.cfg, self.run_dir = cfg, run_dir
+        self.group_size = cfg.rollout.group_size
+        model_path, train_files, eval_files = resolve_inputs(cfg)
+        self.tokenizer, self.layout = load_tokenizer_and_layout(model_path, cfg.model.layout)
+        train_rows = read_prompt_rows(cfg, len(self.tokenizer), train_files)
+        self.eval_rows = read_prompt_rows(cfg, len(self.tokenizer), eval_files) if cfg.train.eval_every else []
+        self.prompts = PromptStream(train_rows, cfg.run.seed, cfg.train.rollout_batch_size // self.group_size)
+        print(f"data: {len(train_rows)} train prompts, {len(self.eval_rows)} eval prompts; policy: {model_path}", flush=True)
+
+        connect_ray(address)
+        self.rollouts = RolloutPool(cfg, str(model_path))
+        self.rewards = RewardPool(cfg, str(model_path))
+        self.learners = LearnerGroup(cfg, str(model_path))
+        self.control = start_control(cfg.run.name)
+        self.dashboard = DashboardMetrics(cfg.run.name)
+        per_rank = cfg.algorithm.lambda_scope == "per_rank"
+        self.controllers = [LambdaController(lambda_settings(cfg)) for _ in range(cfg.learner.num_workers if per_rank else 1)]
+        self.step, self.version = 0, 0
+        self.outputs: RunOutputs | None = None
+        self._step_seconds: list[float] = []
+
+    # ------------------------------------------------------------------------------ run state
+    def resume(self) -> None:
+        checkpoint = latest_checkpoint(self.run_dir)
+        if checkpoint is None:
+            print("resume: no checkpoint yet; starting from step 0", flush=True)
+        else:
+            state = load_checkpoint(checkpoint, self.learners)
+            self.step, self.version = state["step"], state["policy_version"]
+            self.prompts.load_state_dict(state["prompts"])
+            for controller, saved in zip(self.controllers, state["lambda"], strict=True):
+                controller.load_state_dict(saved)
+            self.sync_weights(advance=False)
+            print(f"resumed from {checkpoint.name}: step {self.step}, policy version {self.version}", flush=True)
+        self.outputs = RunOutputs(self.run_dir, resume_step=self.step)
+
+    def checkpoint(self) -> None:
+        state = {
+            "policy_version": self.version,
+            "prompts": self.prompts.state_dict(),
+            "lambda": [c.state_dict() for c in self.controllers],
+        }
+        directory = save_checkpoint(self.run_dir, self.step, self.learners, state, self.cfg.train.keep_checkpoints)
+        self._outputs().merge_rollouts()
+        print(f"checkpoint: {directory}", flush=True)
+
+    def _outputs(self) -> RunOutputs:
+        if self.outputs is None:
+            self.outputs = RunOutputs(self.run_dir)
+        return self.outputs
+
+    def apply_operator_requests(self) -> None:
+        apply_requests(self.control, self.rollouts)
+
+    # ------------------------------------------------------------------------------ one step
+    def sample_and_score(self, step: int, prompts: Sequence[PromptRow]):
+        """G responses per prompt; each chunk goes to the reward pool the moment it is in."""
+        stats = StepStats(self.controllers[0].settings, self.group_size)
+        scoring = RewardStream(self.rewards, {r.row_id: r for r in prompts}, stats)
+        started = time.monotonic()
+        records = self.rollouts.generate(
+            [(r.row_id, r.prompt_token_ids) for r in prompts], seed=step_seed(self.cfg, step), on_chunk=scoring.submit
+        )
+        return records, scoring, time.monotonic() - started
+
+    def assemble(self, prompts, records, results, stats: StepStats):
+        groups = assemble_groups(prompts, records, results, self.group_size)
+        advantages = advantages_of(groups, unbiased_std=self.cfg.algorithm.advantage_std == "unbiased")
+        lambdas, aggregates = step_lambdas(stats, self.controllers, groups)
+        return groups, advantages, lambdas, aggregates
+
+    def learn(self, groups: Sequence[Group], advantages: torch.Tensor, lambdas: Sequence[LambdaStep]) -> dict[str, float]:
+        batches = learner_batches(groups, advantages, [s.lam for s in lambdas], self.cfg.learner.num_workers)
+        return self.learners.train(batches)
+
+    def sync_weights(self, advance: bool = True) -> float:
+        """The learner's weights into every rollout worker, as the next policy version."""
+        buckets = self.learners.weight_buckets(int(self.cfg.rollout.weight_bucket_mb * 2**20))
+        if advance:
+            self.version += 1
+        started = time.monotonic()
+        try:
+            return self.rollouts.sync_weights(buckets, self.version)
+        except WeightSyncError as err:
+            # The failed workers are gone (never stale); the next step starts replacements, which
+            # receive this version before they sample.
+            print(f"warning: {err}", flush=True)
+            return time.monotonic() - started
+
+    def record_step(self, step, groups, advantages, lambdas, aggregates, learned, timings) -> None:
+        self.step = step
+        row = step_metrics(
+            step=step, version=self.version, lambdas=lambdas, reward_aggregates=aggregates, learned=learned, timings=timings,
+            response_tokens=sum(len(r.response_token_ids) for g in groups for r in g.records),
+            workers={"rollout": len(self.rollouts.members), "reward": len(self.rewards.members)},
+        )
+        row.update(self._judge_counters())
+        if self.eval_rows and step % self.cfg.train.eval_every == 0:
+            row.update(self.evaluate(step))
+        self._outputs().add_step(row, rollout_rows(step, groups, advantages, self._decode_text))
+        self.dashboard.report_step(row)
+        self.dashboard.report_workers({"rollout": self.rollouts.states(), "reward": self.rewards.states()})
+        self._step_seconds.append(timings["step_seconds"])
+        recent = self._step_seconds[-5:]
+        print(progress_line(row, self.cfg.run.steps, sum(recent) / len(recent)), flush=True)
+
+    def _judge_counters(self) -> dict[str, float]:
+        return {f"judge_{key.replace('/', '_')}": float(v) for key, v in self.rewards.counters().items()}
+
+    def _decode_text(self, record) -> str:
+        text_ids, _, _ = response_channels(record.response_token_ids, self.layout)
+        return self.tokenizer.decode(text_ids, skip_special_tokens=True).strip()
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        """G samples per eval prompt from the current policy (seeded apart from training's)."""
+        records = self.rollouts.generate([(r.row_id, r.prompt_token_ids) for r in self.eval_rows], seed=step_seed(self.cfg, -step))
+        return {f"eval_{k}": v for k, v in evaluate(self.cfg, self.tokenizer, self.layout, self.eval_rows, records).items()}
+
+    def finish(self, export: bool) -> None:
+        self._outputs().merge_rollouts()
+        if export:
+            self.learners.save_hf(str(self.run_dir / "policy"))
+        self._outputs().close()
+        for pool in (self.rollouts, self.rewards, self.learners):
+            pool.shutdown()
+        import ray
+
+        ray.shutdown()
