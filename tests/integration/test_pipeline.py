@@ -186,3 +186,12 @@ def test_live_scaling_from_one_to_two_rollout_workers(tmp_path, address, toy_ass
     rows = metrics_rows(run_dir_of(tmp_path, "scaled"))
     assert rows[0]["rollout_workers"] == 1 and rows[-1]["rollout_workers"] == 2, output[-3000:]
     assert "operator request: rollout workers 1 -> 2" in output
+
+
+def test_report_renders_the_curves_to_png(straight, tmp_path):
+    out = subprocess.run([sys.executable, "-m", "wavalign.report", str(straight[0]), "--out", str(tmp_path)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    names = {p.stem for p in tmp_path.glob("*.png")}
+    assert names == {"rewards", "lambda", "losses", "entropy", "grad_norms", "evaluation"}
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in tmp_path.glob("*.png"))

@@ -1,0 +1,82 @@
+"""Render a run's curves to PNG: `python -m wavalign.report RUN_DIR [--out DIR]`.
+
+Panels (one PNG each, in RUN_DIR/report/ unless --out): rewards, λ and its gates, losses,
+per-modality entropy, per-modality gradient norms, and the evaluation metrics (the toy task's
+semantic accuracy and acoustic measures). Metrics a run did not record are left out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+PANELS = {
+    "rewards": ("reward", ["reward_mean", "reward_max_mean", "reward_std"]),
+    "lambda": ("λ and gates", ["lambda", "lambda_raw", "gate_reward", "gate_info", "zero_var_group_frac"]),
+    "losses": ("loss", ["loss", "rl_loss", "sft_loss"]),
+    "entropy": ("entropy (nats)", ["text_entropy", "speech_entropy"]),
+    "grad_norms": ("gradient norm", ["grad_norm", "grad_norm_text", "grad_norm_speech"]),
+    "evaluation": ("evaluation", ["eval_semantic_accuracy", "eval_acoustic_wer", "eval_speech_js_divergence", "eval_well_formed_frac"]),
+}
+
+
+def render(run_dir: Path, out_dir: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pyarrow.parquet as pq
+
+    from wavalign.atomic import atomic_path
+
+    metrics = run_dir / "metrics.parquet"
+    if not metrics.exists():
+        raise FileNotFoundError(f"{metrics} does not exist: is {run_dir} a run directory with at least one step?")
+    rows = pq.read_table(metrics).to_pylist()
+    written = []
+    for name, (ylabel, keys) in PANELS.items():
+        series = {}
+        for key in keys:
+            points = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
+            if points:
+                series[key] = points
+        if not series:
+            continue
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for key, points in series.items():
+            steps, values = zip(*points)
+            ax.plot(steps, values, marker="o" if len(points) < 30 else None, markersize=3, label=key)
+        ax.set_xlabel("step")
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"{run_dir.name}: {name}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        target = out_dir / f"{name}.png"
+        with atomic_path(target) as tmp:
+            fig.savefig(tmp, format="png", dpi=100)
+        plt.close(fig)
+        written.append(target)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m wavalign.report", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--out", type=Path, default=None, help="default: RUN_DIR/report")
+    args = parser.parse_args(argv)
+    try:
+        written = render(args.run_dir, args.out or args.run_dir / "report")
+    except FileNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for path in written:
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
