@@ -59,6 +59,8 @@ class LearnerWorker:
     def __init__(self, model_path: str, cfg: PipelineConfig, rank: int = 0, world_size: int = 1, master_port: int = 29500) -> None:
         _, self.layout = load_tokenizer_and_layout(model_path, cfg.model.layout)
         self.cfg, self.model_path = cfg, model_path
+        if cfg.learner.torch_threads:
+            torch.set_num_threads(cfg.learner.torch_threads)
         self.engine = DeepSpeedEngine(
             model_path, cfg.learner, cfg.run.steps, rank=rank, world_size=world_size, master_port=master_port
         )

@@ -323,6 +323,7 @@ class LearnerConfig(Section):
     micro_batch_rows: int = Field(8, ge=1, description="sequences per forward/backward; gradients accumulate")
     grad_norm_every: int = Field(10, ge=0, description="steps between per-modality gradient norms; 0 = never")
     timeout_s: float = Field(1800, gt=0, description="a learner call that takes longer is an error naming the rank")
+    torch_threads: int = Field(0, ge=0, description="CPU threads of each learner's torch; 0 = Ray's setting (its CPUs)")
 
 
 class PipelineConfig(Section):

@@ -53,4 +53,5 @@ def connect_ray(address: str | None) -> None:
     if address:
         ray.init(address=address)
     else:
-        ray.init(num_cpus=os.cpu_count(), dashboard_host="127.0.0.1", include_dashboard=True)
+        # "local": always a new cluster, never whatever /tmp/ray last recorded (possibly dead)
+        ray.init(address="local", num_cpus=os.cpu_count(), dashboard_host="127.0.0.1", include_dashboard=True)
