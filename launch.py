@@ -73,16 +73,17 @@ def main(argv: list[str] | None = None) -> int:
         step = pipe.step + 1
         started = time.monotonic()
         pipe.apply_operator_requests()  # `launch.py scale --workers N`, between steps
-        # 5a. Prompts -> rollouts, each chunk of groups scored as soon as it is in.
-        prompts = pipe.prompts.next_step()
-        records, scoring, generation_s = pipe.sample_and_score(step, prompts)
+        # 5a. Prompts -> rollouts, each chunk of groups scored as soon as it is in (with
+        #     train.max_staleness: 1, sampled while the learner took the previous step).
+        prompts, records, scoring, generation_s = pipe.rollouts_for(step)
+        wait_started = time.monotonic()
         results = scoring.finish(cfg.reward.timeout_s)
-        reward_wait_s = time.monotonic() - started - generation_s
+        reward_wait_s = time.monotonic() - wait_started
         # 5b. Advantages per group; λ from the streamed group statistics.
         groups, advantages, lambdas, aggregates = pipe.assemble(prompts, records, results, scoring.stats)
         # 5c. One learner step on the RL rows (text tokens) and the SFT rows, mixed by λ.
         learn_started = time.monotonic()
-        learned = pipe.learn(groups, advantages, lambdas)
+        learned = pipe.learn(step, groups, advantages, lambdas)
         learn_s = time.monotonic() - learn_started
         # 5d. The new weights into every rollout worker: the next step samples from them.
         sync_s = pipe.sync_weights()

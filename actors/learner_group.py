@@ -39,7 +39,12 @@ class LearnerGroup:
         self._call("ready")  # up, or an error naming the rank that failed to start
 
     def _call(self, method: str, per_rank: Sequence[tuple] | None = None) -> list:
-        refs = [getattr(w, method).remote(*(per_rank[i] if per_rank else ())) for i, w in enumerate(self.ranks)]
+        return self._gather(method, self._submit(method, per_rank))
+
+    def _submit(self, method: str, per_rank: Sequence[tuple] | None = None) -> list:
+        return [getattr(w, method).remote(*(per_rank[i] if per_rank else ())) for i, w in enumerate(self.ranks)]
+
+    def _gather(self, method: str, refs: list) -> list:
         results = []
         for rank, ref in enumerate(refs):
             try:
@@ -52,7 +57,14 @@ class LearnerGroup:
 
     def train(self, batches: Sequence[TrainBatch]) -> dict[str, float]:
         """One optimizer step; the ranks' statistics averaged (their shares of the batch are equal)."""
-        return _mean(self._call("train_step", [(b,) for b in batches]))
+        return self.train_result(self.train_start(batches))
+
+    def train_start(self, batches: Sequence[TrainBatch]) -> list:
+        """Start the step and return at once (the driver samples the next step meanwhile)."""
+        return self._submit("train_step", [(b,) for b in batches])
+
+    def train_result(self, started: list) -> dict[str, float]:
+        return _mean(self._gather("train_step", started))
 
     def train_dpo(self, batches: Sequence[DpoBatch]) -> dict[str, float]:
         return _mean(self._call("dpo_step", [(b,) for b in batches]))

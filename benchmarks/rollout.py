@@ -114,7 +114,7 @@ def main() -> None:
 
     # Both engines stay up and the measurements alternate, so machine noise hits both alike.
     bare_engine = BareVLLM(cfg, assets.model_dir, layout.eos_id)
-    ray.init(num_cpus=2, dashboard_host="127.0.0.1", include_dashboard=False)
+    ray.init(address="local", num_cpus=2, dashboard_host="127.0.0.1", include_dashboard=False)
     pool = RolloutPool(cfg, str(assets.model_dir), log=lambda line: None)
     bare_engine.tokens_per_s(prompts[:4]), pool_tokens_per_s(pool, prompts[:4])  # warm-up
     bare_rates, pool_rates = [], []

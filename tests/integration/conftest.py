@@ -41,7 +41,7 @@ def metrics_port() -> int:
 def ray_cluster(metrics_port):
     import ray
 
-    ray.init(num_cpus=2, dashboard_host="127.0.0.1", include_dashboard=False, _metrics_export_port=metrics_port)
+    ray.init(address="local", num_cpus=2, dashboard_host="127.0.0.1", include_dashboard=False, _metrics_export_port=metrics_port)
     yield ray
     ray.shutdown()
 

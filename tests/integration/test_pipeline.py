@@ -195,3 +195,15 @@ def test_report_renders_the_curves_to_png(straight, tmp_path):
     names = {p.stem for p in tmp_path.glob("*.png")}
     assert names == {"rewards", "lambda", "losses", "entropy", "grad_norms", "evaluation"}
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in tmp_path.glob("*.png"))
+
+
+def test_bounded_staleness_samples_the_next_step_while_the_learner_trains(tmp_path, address, toy_assets):
+    job = Job(tmp_path, "stale", address, toy_assets, "--set", "train.max_staleness=1", "--set", "run.steps=3",
+              "--set", "train.eval_every=0")
+    job.finish()
+    run_dir = run_dir_of(tmp_path, "stale")
+    rows = metrics_rows(run_dir)
+    assert [r["staleness"] for r in rows] == [0, 1, 1]  # step t+1 was sampled by the weights before step t
+    rollouts = pq.read_table(run_dir / "rollouts.parquet").to_pylist()
+    assert {r["policy_version"] for r in rollouts if r["step"] == 3} == {1}
+    assert all(r["clip_frac"] >= 0 for r in rows[1:])

@@ -33,8 +33,9 @@ class PromptStream:
         self.position += self.per_step
         return [self.rows[i] for i in picked]
 
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "position": self.position}
+    def state_dict(self, give_back_last_step: bool = False) -> dict[str, int]:
+        """The cursor; `give_back_last_step`: as if the last step's prompts had not been taken."""
+        return {"epoch": self.epoch, "position": self.position - (self.per_step if give_back_last_step else 0)}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.epoch, self.position = int(state["epoch"]), int(state["position"])

@@ -69,6 +69,7 @@ class Pipeline:
         per_rank = cfg.algorithm.lambda_scope == "per_rank"
         self.controllers = [LambdaController(lambda_settings(cfg)) for _ in range(cfg.learner.num_workers if per_rank else 1)]
         self.step, self.version = 0, 0
+        self._prefetched: tuple | None = None  # the next step's rollouts, sampled while the learner trained
         self.outputs: RunOutputs | None = None
         self._step_seconds: list[float] = []
 
@@ -90,7 +91,9 @@ class Pipeline:
     def checkpoint(self) -> None:
         state = {
             "policy_version": self.version,
-            "prompts": self.prompts.state_dict(),
+            # rollouts sampled ahead are not saved: a resumed run samples that step again (from the
+            # saved weights, so bounded-staleness runs resume close to, not exactly like, the original)
+            "prompts": self.prompts.state_dict(give_back_last_step=self._prefetched is not None),
             "lambda": [c.state_dict() for c in self.controllers],
         }
         directory = save_checkpoint(self.run_dir, self.step, self.learners, state, self.cfg.train.keep_checkpoints)
@@ -106,15 +109,22 @@ class Pipeline:
         apply_requests(self.control, self.rollouts)
 
     # ------------------------------------------------------------------------------ one step
-    def sample_and_score(self, step: int, prompts: Sequence[PromptRow]):
-        """G responses per prompt; each chunk goes to the reward pool the moment it is in."""
+    def rollouts_for(self, step: int):
+        """The step's prompts and their G responses each; every chunk goes to the reward pool the
+        moment it is in. With train.max_staleness: 1 they were sampled during the previous step."""
+        if self._prefetched is not None:
+            prefetched, self._prefetched = self._prefetched, None
+            return prefetched
+        return self._sample_and_score(step, self.prompts.next_step())
+
+    def _sample_and_score(self, step: int, prompts: Sequence[PromptRow]):
         stats = StepStats(self.controllers[0].settings, self.group_size)
         scoring = RewardStream(self.rewards, {r.row_id: r for r in prompts}, stats)
         started = time.monotonic()
         records = self.rollouts.generate(
             [(r.row_id, r.prompt_token_ids) for r in prompts], seed=step_seed(self.cfg, step), on_chunk=scoring.submit
         )
-        return records, scoring, time.monotonic() - started
+        return prompts, records, scoring, time.monotonic() - started
 
     def assemble(self, prompts, records, results, stats: StepStats):
         groups = assemble_groups(prompts, records, results, self.group_size)
@@ -122,9 +132,17 @@ class Pipeline:
         lambdas, aggregates = step_lambdas(stats, self.controllers, groups)
         return groups, advantages, lambdas, aggregates
 
-    def learn(self, groups: Sequence[Group], advantages: torch.Tensor, lambdas: Sequence[LambdaStep]) -> dict[str, float]:
-        batches = learner_batches(groups, advantages, [s.lam for s in lambdas], self.cfg.learner.num_workers)
-        return self.learners.train(batches)
+    def learn(self, step: int, groups: Sequence[Group], advantages: torch.Tensor, lambdas: Sequence[LambdaStep]) -> dict[str, float]:
+        """One learner step. Rollouts older than the learner's weights (bounded staleness) carry
+        their staleness, so the learner applies the clipped importance ratio. With
+        train.max_staleness: 1 the next step's rollouts are sampled while the learner works."""
+        staleness = self.version - min(r.policy_version for g in groups for r in g.records)
+        lams = [s.lam for s in lambdas]
+        started = self.learners.train_start(learner_batches(groups, advantages, lams, self.cfg.learner.num_workers, staleness))
+        if self.cfg.train.max_staleness and step < self.cfg.run.steps:
+            self._prefetched = self._sample_and_score(step + 1, self.prompts.next_step())
+        learned = self.learners.train_result(started)
+        return {**learned, "staleness": float(staleness)}
 
     def sync_weights(self, advance: bool = True) -> float:
         """The learner's weights into every rollout worker, as the next policy version."""
@@ -170,6 +188,8 @@ class Pipeline:
         return {f"eval_{k}": v for k, v in evaluate(self.cfg, self.tokenizer, self.layout, self.eval_rows, records).items()}
 
     def finish(self, export: bool) -> None:
+        if self._prefetched is not None:  # sampled ahead for a step this run will not take
+            self._prefetched[2].finish(self.cfg.reward.timeout_s)
         self._outputs().merge_rollouts()
         if export:
             self.learners.save_hf(str(self.run_dir / "policy"))

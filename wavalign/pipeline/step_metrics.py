@@ -9,7 +9,7 @@ from learner.mixing import LambdaStep
 
 # Columns every row has (NaN where a step did not compute one), so the Parquet schema is stable.
 LEARNER_KEYS = ("rl_loss", "sft_loss", "loss", "text_entropy", "speech_entropy", "total_entropy", "kl_text", "kl_speech",
-                "clip_frac", "grad_norm", "grad_norm_text", "grad_norm_speech", "lr", "skipped", "nonfinite_loss")
+                "clip_frac", "staleness", "grad_norm", "grad_norm_text", "grad_norm_speech", "lr", "skipped", "nonfinite_loss")
 LAMBDA_KEYS = ("lambda_raw", "gate_reward", "gate_info", "reward_max_mean", "reward_var_mean", "zero_var_group_frac")
 
 
