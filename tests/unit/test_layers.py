@@ -23,6 +23,8 @@ PURE_MODULES = [
     "learner.dpo_pairs",
     "learner.diagnostics",
     "learner.schedule",
+    "learner.step_stats",
+    "wavalign.pipeline.prompts",
     "rewards.types",
     "rewards.toy",
     "rewards.scores",

@@ -1,0 +1,51 @@
+"""Driver-side pieces on hand-made data: the prompt stream's order and cursor, and step assembly."""
+
+import pytest
+import torch
+
+from actors.reward import RewardResult
+from actors.rollout import RolloutRecord
+from wavalign.data import PromptRow
+from wavalign.pipeline.prompts import PromptStream
+from wavalign.pipeline.step_data import advantages_of, assemble_groups, learner_batches
+
+
+def rows(n):
+    return [PromptRow(f"q{i}", (i, i), (9, i), f"question {i}", f"answer {i}", answer=i) for i in range(n)]
+
+
+def test_prompt_stream_covers_each_epoch_and_resumes_from_its_cursor():
+    stream = PromptStream(rows(10), seed=3, prompts_per_step=4)
+    taken = [[r.row_id for r in stream.next_step()] for _ in range(2)]
+    assert len(set(taken[0] + taken[1])) == 8  # no repeat within an epoch
+    state = stream.state_dict()
+    third = [r.row_id for r in stream.next_step()]  # only 2 left: the next epoch starts
+    assert stream.epoch == 1 and len(set(third)) == 4
+    again = PromptStream(rows(10), seed=3, prompts_per_step=4)
+    again.load_state_dict(state)
+    assert [r.row_id for r in again.next_step()] == third
+    given_back = PromptStream(rows(10), seed=3, prompts_per_step=4)
+    given_back.load_state_dict(stream.state_dict(give_back_last_step=True))
+    assert [r.row_id for r in given_back.next_step()] == third
+    with pytest.raises(ValueError, match="rollout_batch_size"):
+        PromptStream(rows(3), seed=0, prompts_per_step=4)
+
+
+def record(prompt_id, index, version=0):
+    return RolloutRecord(prompt_id, index, (1, 2, index), (-0.1, -0.2, -0.3), (1, 1, 1), "stop", version)
+
+
+def test_groups_are_checked_whole_and_split_evenly_over_learner_ranks():
+    prompts = rows(4)
+    records = [record(r.row_id, i) for r in reversed(prompts) for i in reversed(range(2))]  # any arrival order
+    rewards = {(r.row_id, i): RewardResult(r.row_id, i, {"toy": float(i + k)}, float(i + k)) for k, r in enumerate(prompts) for i in range(2)}
+    groups = assemble_groups(prompts, records, rewards, group_size=2)
+    assert [g.row.row_id for g in groups] == ["q0", "q1", "q2", "q3"]
+    assert all([r.sample_index for r in g.records] == [0, 1] for g in groups)
+    advantages = advantages_of(groups, unbiased_std=False)
+    assert torch.allclose(advantages, torch.tensor([[-1.0, 1.0]] * 4, dtype=torch.float64), atol=1e-3)
+    batches = learner_batches(groups, advantages, [0.3], world_size=2, staleness=1)
+    assert [len(b.sft_prompts) for b in batches] == [2, 2] and all(b.lam == 0.3 for b in batches)
+    assert batches[1].sft_targets == [(9, 2), (9, 3)] and batches[0].rollout_logprobs[0] == (-0.1, -0.2, -0.3)
+    with pytest.raises(RuntimeError, match="q0"):
+        assemble_groups(prompts, records[:-1], rewards, group_size=2)
