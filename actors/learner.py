@@ -187,37 +187,46 @@ class LearnerWorker:
     def dpo_step(self, batch: DpoBatch) -> dict[str, float]:
         """One DPO optimizer step (method §8): sums of log-probs over the allowed tokens (text by
         default), against the frozen reference; pairs with no allowed token on a side are skipped.
-        The loss is the mean over all usable pairs of the step, whatever the micro-batching."""
+        The loss is the mean over all usable pairs of the step, whatever the micro-batching; with
+        algorithm.dpo_sft_weight > 0 an SFT anchor on the chosen side is added (§15.9)."""
         if self.reference is None:
             raise ValueError("dpo_step needs the frozen reference: set algorithm.objective: dpo")
         algo, micro = self.cfg.algorithm, self.cfg.learner.micro_batch_rows
         chosen, rejected = self._rows(batch.prompts, batch.chosen), self._rows(batch.prompts, batch.rejected)
-        w_chosen = token_weights(modality_masks(chosen.responses, self.layout), algo.dpo_token_type)
+        chosen_masks = modality_masks(chosen.responses, self.layout)
+        w_chosen = token_weights(chosen_masks, algo.dpo_token_type)
         w_rejected = token_weights(modality_masks(rejected.responses, self.layout), algo.dpo_token_type)
+        w_sft = token_weights(chosen_masks, algo.sft_token_type)
         usable = (w_chosen.sum(dim=1) > 0) & (w_rejected.sum(dim=1) > 0)
-        n_usable = max(int(usable.sum()), 1)
-        stats = {"dpo_loss": 0.0, "dpo_accuracy": 0.0, "dpo_margin": 0.0, "dpo_pairs": float(usable.sum())}
+        n, n_usable = len(batch.prompts), max(int(usable.sum()), 1)
+        stats = {"dpo_loss": 0.0, "dpo_accuracy": 0.0, "dpo_margin": 0.0, "dpo_pairs": float(usable.sum()), "sft_loss": 0.0}
 
         def part_loss(part: slice):
             def loss() -> torch.Tensor:
-                def logps(rows: _Rows, weights: torch.Tensor, model=None) -> torch.Tensor:
-                    logits = self._response_logits(rows, part, model)
-                    return sequence_logps(token_logprobs(logits, rows.responses[part]), weights[part])
+                def logps(rows: _Rows, model=None) -> torch.Tensor:
+                    return token_logprobs(self._response_logits(rows, part, model), rows.responses[part])
 
                 with torch.no_grad():
-                    ref_w, ref_l = logps(chosen, w_chosen, self.reference), logps(rejected, w_rejected, self.reference)
-                pol_w, pol_l = logps(chosen, w_chosen), logps(rejected, w_rejected)
+                    ref_w = sequence_logps(logps(chosen, self.reference), w_chosen[part])
+                    ref_l = sequence_logps(logps(rejected, self.reference), w_rejected[part])
+                chosen_logp = logps(chosen)
+                pol_w, pol_l = sequence_logps(chosen_logp, w_chosen[part]), sequence_logps(logps(rejected), w_rejected[part])
                 value, accuracy = dpo_loss(pol_w, pol_l, ref_w, ref_l, usable[part], beta=algo.dpo_beta)
                 share = int(usable[part].sum()) / n_usable
                 margin = algo.dpo_beta * ((pol_w - pol_l) - (ref_w - ref_l)).detach()[usable[part]]
                 stats["dpo_loss"] += float(value.detach()) * share
                 stats["dpo_accuracy"] += float(accuracy) * share
                 stats["dpo_margin"] += float(margin.sum()) / n_usable
-                return value * share
+                total = value * share
+                if algo.dpo_sft_weight:
+                    anchor = sft_loss(chosen_logp, w_sft[part]) * (part.stop - part.start) / n
+                    stats["sft_loss"] += float(anchor.detach())
+                    total = total + algo.dpo_sft_weight * anchor
+                return total
 
             return loss
 
-        parts = [part_loss(slice(i, min(i + micro, len(batch.prompts)))) for i in range(0, len(batch.prompts), micro)]
+        parts = [part_loss(slice(i, min(i + micro, n))) for i in range(0, n, micro)]
         result = self.engine.step(parts)
         self.steps_done += 1
         return {**stats, **result}

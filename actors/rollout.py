@@ -60,9 +60,14 @@ class RolloutWorker:
         """Load new weights (safetensors buckets, in order) and serve them as `version`.
 
         One call per update: Ray resolves the bucket refs straight into this call's arguments
-        (zero-copy views of the object store for uint8 arrays). Each bucket is written once into a
-        shared-memory staging directory that the vLLM worker reads; the engine changes only once
-        every bucket has arrived and the tensor count matches."""
+        (zero-copy views of the object store for uint8 arrays). With the engine core in this process
+        the vLLM worker reads those views in place; otherwise each bucket is written once into a
+        shared-memory staging directory that the vLLM worker process reads. The engine changes only
+        once every bucket has arrived and the tensor count matches."""
+        if self.engine.in_process:
+            self.engine.load_weight_buffers(buckets, expected_tensors, self.update_timeout_s)
+            self.policy_version = version
+            return self.ready()
         staging = tempfile.mkdtemp(prefix=f"wavalign-v{version}-", dir=self.staging_dir)
         try:
             paths = []

@@ -36,6 +36,7 @@ class VLLMEngine:
             # The engine core in this process: every request of a call is queued before the first
             # step, so a seeded call always schedules, and samples, the same way.
             os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        self.in_process = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0"
         from vllm import LLM, SamplingParams
 
         self._sampling_params = SamplingParams
@@ -78,6 +79,13 @@ class VLLMEngine:
         (output,) = self.llm.generate([{"prompt_token_ids": ids}], params, use_tqdm=False)
         per_position = output.prompt_logprobs  # [None, {id: Logprob}, ...] for every prompt position
         return [per_position[i][ids[i]].logprob for i in range(len(prompt), len(ids))]
+
+    def load_weight_buffers(self, buffers: Sequence, expected_tensors: int, timeout: float) -> None:
+        """Reload the weights from safetensors buckets held in this process (in-process engine core only)."""
+        if not self.in_process:
+            raise RuntimeError("load_weight_buffers needs the in-process engine core (rollout.reproducible)")
+        self.llm.collective_rpc("wavalign_load_weight_buffers", args=(list(buffers), expected_tensors), timeout=timeout)
+        self.llm.reset_prefix_cache()
 
     def load_weight_files(self, paths: Sequence[str], expected_tensors: int, timeout: float) -> None:
         """Reload the weights from safetensors files (all of the model's tensors, checkpoint names)."""

@@ -1,6 +1,6 @@
 """vLLM worker extension (runs inside each vLLM worker process): reseeds the sampler, and loads new
 policy weights from safetensors bucket files and reloads them in place through the worker's public
-`reload_weights`.
+`reload_weights`. When the engine core runs in the caller's process, the buckets are read in place.
 
 Installed with `LLM(worker_extension_cls="actors.weight_receiver.WeightReceiver")` and driven by
 `LLM.collective_rpc(<method name>, args=...)`. Only file paths cross vLLM's RPC; the bytes move
@@ -15,6 +15,8 @@ from __future__ import annotations
 import safetensors.torch
 import torch
 
+from wavalign.weights import bucket_views
+
 
 class WeightReceiver:
     """Mixed into vLLM's worker class; `self` is the vLLM worker."""
@@ -23,6 +25,17 @@ class WeightReceiver:
         staged = {}
         for path in paths:
             staged.update(safetensors.torch.load_file(path))
+        return self._wavalign_reload(staged, expected_tensors)
+
+    def wavalign_load_weight_buffers(self, buffers: list, expected_tensors: int) -> int:
+        """The engine core runs in the caller's process (rollout.reproducible): the buckets arrive as
+        the caller's own buffers (Ray object-store views), read in place, copied once into the model."""
+        staged = {}
+        for buffer in buffers:
+            staged.update(bucket_views(buffer))
+        return self._wavalign_reload(staged, expected_tensors)
+
+    def _wavalign_reload(self, staged: dict, expected_tensors: int) -> int:
         if len(staged) != expected_tensors:
             raise RuntimeError(f"weight update incomplete: {len(staged)} of {expected_tensors} tensors arrived")
         self.reload_weights(weights_iterator=iter(staged.items()))

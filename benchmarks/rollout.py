@@ -17,7 +17,12 @@ import argparse
 import gc
 import json
 import statistics
+import sys
 import time
+from pathlib import Path
+
+# Run as a script, this file's folder leads sys.path, where learner.py would shadow the `learner` package.
+sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 
 class BareVLLM:

@@ -286,6 +286,9 @@ class AlgorithmConfig(Section):
     ratio_clip: float = Field(0.2, gt=0, lt=1, description="the ratio is kept within [1 - clip, 1 + clip]")
     dpo_beta: float = Field(0.2, gt=0, description="method §15.10: the script's 0.2")
     dpo_token_type: Literal["text", "speech", "all"] = Field("text", description="tokens whose log-probs DPO compares")
+    dpo_sft_weight: float = Field(
+        0.0, ge=0, description="an SFT anchor on the chosen side (sft_token_type tokens) added to DPO; method §15.9: off"
+    )
     lambda_scope: Literal["global", "per_rank"] = Field(
         "global", description="λ from all of the step's groups, or each learner rank's own (the authors' code, §15.6)"
     )

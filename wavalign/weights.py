@@ -36,3 +36,32 @@ def pack_buckets(named_tensors: Iterable[tuple[str, torch.Tensor]], bucket_bytes
 
 def unpack_bucket(blob: bytes) -> dict[str, torch.Tensor]:
     return safetensors.torch.load(blob)
+
+
+_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
+           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
+
+
+def bucket_views(buffer) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors bucket as views of `buffer` (bytes, memoryview or a uint8 array,
+    e.g. straight from Ray's object store): no copy. They are read-only; whoever keeps them must copy.
+    Layout: 8-byte little-endian header length, the JSON header, then the data."""
+    import json
+    import warnings
+
+    view = memoryview(buffer).cast("B")
+    header_len = int.from_bytes(view[:8], "little")
+    header = json.loads(bytes(view[8 : 8 + header_len]))
+    start = 8 + header_len
+    out = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # torch warns that the buffer is not writable
+        for name, entry in header.items():
+            if name == "__metadata__":
+                continue
+            dtype = _DTYPES[entry["dtype"]]
+            begin, end = entry["data_offsets"]
+            count = (end - begin) // torch.empty((), dtype=dtype).element_size()
+            flat = torch.frombuffer(view, dtype=dtype, count=count, offset=start + begin) if count else torch.empty(0, dtype=dtype)
+            out[name] = flat.view(entry["shape"])
+    return out

@@ -175,3 +175,5 @@ def test_dpo_steps_learn_the_preference(toy_assets, cfg, dist_port):
     for _ in range(3):
         last = a.dpo_step(pairs)
     assert last["dpo_loss"] < first["dpo_loss"] and last["dpo_accuracy"] == 1.0 and last["dpo_margin"] > 0
+    anchored = worker(toy_assets, cfg, 8, dist_port, objective="dpo", dpo_sft_weight=0.5).dpo_step(pairs)
+    assert anchored["sft_loss"] > 0 and anchored["loss"] == pytest.approx(anchored["dpo_loss"] + 0.5 * anchored["sft_loss"], rel=1e-5)

@@ -207,3 +207,15 @@ def test_bounded_staleness_samples_the_next_step_while_the_learner_trains(tmp_pa
     rollouts = pq.read_table(run_dir / "rollouts.parquet").to_pylist()
     assert {r["policy_version"] for r in rollouts if r["step"] == 3} == {1}
     assert all(r["clip_frac"] >= 0 for r in rows[1:])
+
+
+def test_sigterm_checkpoints_and_the_run_resumes_to_the_end(tmp_path, address, toy_assets):
+    job = Job(tmp_path, "termed", address, toy_assets, "--set", "train.eval_every=0", "--set", "train.checkpoint_every=0")
+    wait_for_step(lambda: tmp_path.glob("termed-*"), 1, job)
+    job.process.send_signal(signal.SIGTERM)
+    assert "(SIGTERM)" in job.finish()
+    run_dir = run_dir_of(tmp_path, "termed")
+    stopped = len(metrics_rows(run_dir))
+    assert stopped < 4 and (run_dir / "checkpoints" / "latest").read_text().strip() == f"step-{stopped:06d}"
+    Job(tmp_path, "termed", address, toy_assets, resume=run_dir).finish()
+    assert [r["step"] for r in metrics_rows(run_dir)] == [1, 2, 3, 4]

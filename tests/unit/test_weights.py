@@ -25,3 +25,19 @@ def test_tied_alias_is_sent_under_its_own_name():
     merged = unpack_bucket(buckets[0][0])
     assert set(merged) == {"model.embed_tokens.weight", "lm_head.weight"}
     assert torch.equal(merged["lm_head.weight"], embed)
+
+
+def test_bucket_views_read_the_tensors_without_copying():
+    import numpy as np
+
+    from wavalign.weights import bucket_views
+
+    tensors = {"a": torch.randn(3, 4), "b": torch.arange(5, dtype=torch.int64), "c": torch.randn(2, dtype=torch.bfloat16),
+               "empty": torch.zeros(0, 3)}
+    ((blob, count),) = pack_buckets(tensors.items(), 1 << 20)
+    store = np.frombuffer(blob, dtype=np.uint8)  # what a worker gets from Ray's object store
+    views = bucket_views(store)
+    assert count == 4 and set(views) == set(tensors)
+    assert all(torch.equal(views[k], tensors[k]) and views[k].shape == tensors[k].shape for k in tensors)
+    base = store.ctypes.data
+    assert base <= views["a"].data_ptr() < base + len(blob)  # a view into the buffer, not a copy
