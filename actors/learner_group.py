@@ -7,7 +7,6 @@ continues from the last checkpoint with `--resume`.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Sequence
 
 import ray
@@ -16,12 +15,7 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 from actors.learner import DpoBatch, LearnerWorker, TrainBatch
 from actors.worker_pool import WorkerError, first_line
 from wavalign.config import PipelineConfig
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from wavalign.ports import free_port
 
 
 class LearnerGroup:

@@ -53,9 +53,10 @@ class ReferenceLoop:
         from actors.reward import RewardWorker
         from learner.mixing import LambdaController
         from wavalign.pipeline.run import lambda_settings
+        from wavalign.ports import free_port
 
         self.cfg = cfg
-        self.learner = LearnerWorker(model_dir, cfg, master_port=_free_port())
+        self.learner = LearnerWorker(model_dir, cfg, master_port=free_port())
         self.scorer = RewardWorker(model_dir, cfg)
         self.controller = LambdaController(lambda_settings(cfg))
         self.layout = self.learner.layout
@@ -118,14 +119,6 @@ class ReferenceLoop:
 class _Sample:  # what reward_request reads from a rollout record
     def __init__(self, index: int, ids: tuple[int, ...]) -> None:
         self.sample_index, self.response_token_ids = index, ids
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main() -> None:

@@ -3,10 +3,11 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
+
+from wavalign.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -23,12 +24,6 @@ def toy_assets(cfg):
     from wavalign.toy.assets import ensure_toy_assets
 
     return ensure_toy_assets(cfg.toy, cfg.model.layout)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

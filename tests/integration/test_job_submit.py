@@ -12,7 +12,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from tests.integration.conftest import ROOT, free_port
+from tests.integration.conftest import ROOT
+from wavalign.ports import free_port
 
 RAY = str(Path(sys.executable).parent / "ray")
 # Ray 2.60 clusters require a token (~/.ray/auth_token); the job CLI sends it in token mode only.

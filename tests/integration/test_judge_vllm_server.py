@@ -3,7 +3,6 @@ server (`vllm.entrypoints.openai.api_server`, what `vllm serve` runs) serving th
 127.0.0.1, constrained by vLLM's structured outputs to answer in the rubric's `<score>` format."""
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -13,12 +12,7 @@ import pytest
 
 from rewards.judge import JudgeSettings, OpenAIJudge
 from rewards.types import ScoredResponse
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from wavalign.ports import free_port
 
 
 @pytest.fixture(scope="module")

@@ -91,9 +91,8 @@ def test_exported_hf_directory_loads_in_vllm_with_the_learners_logprobs(toy_asse
 
 
 def test_two_data_parallel_workers_equal_one(toy_assets, cfg, dist_port, ray_cluster):
-    import socket
-
     from actors.learner import LearnerWorker, TrainBatch
+    from wavalign.ports import free_port
 
     ray = ray_cluster
     batch = make_batch(toy_assets, cfg, lam=0.5)
@@ -103,9 +102,7 @@ def test_two_data_parallel_workers_equal_one(toy_assets, cfg, dist_port, ray_clu
     G, P = cfg.rollout.group_size, len(batch.sft_prompts)
     run_cfg = cfg.model_copy(deep=True)
     run_cfg.learner = run_cfg.learner.model_copy(update={"micro_batch_rows": 8, "warmup_steps": 0, "learning_rate": 1e-3, "num_workers": 2, "zero_stage": 2})
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     remote = ray.remote(num_cpus=1)(LearnerWorker)
     ranks = [remote.remote(str(toy_assets.model_dir), run_cfg, rank=r, world_size=2, master_port=port) for r in range(2)]
     try:
