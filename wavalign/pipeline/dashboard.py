@@ -3,8 +3,9 @@ Prometheus endpoint and the dashboard's metrics view), tagged with the run name.
 
 from __future__ import annotations
 
-import math
 import re
+
+from wavalign.pipeline.step_metrics import finite_numbers
 
 
 class DashboardMetrics:
@@ -22,9 +23,8 @@ class DashboardMetrics:
         return self._gauges[key]
 
     def report_step(self, metrics: dict) -> None:
-        for key, value in metrics.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-                self._gauge(key).set(float(value), tags={"run": self.run})
+        for key, value in finite_numbers(metrics).items():
+            self._gauge(key).set(value, tags={"run": self.run})
 
     def report_workers(self, pools: dict[str, dict[str, str]]) -> None:
         """pools: pool name -> {worker name: state}."""

@@ -11,7 +11,6 @@ exactly the rows an uninterrupted run would have.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from wavalign.atomic import atomic_path
+from wavalign.pipeline.step_metrics import finite_numbers
 
 _PART = re.compile(r"^step-(\d{6})\.parquet$")
 
@@ -60,8 +60,8 @@ class RunOutputs:
         write_parquet_atomic(self.rollouts_dir / f"step-{step:06d}.parquet", pa.Table.from_pylist(list(rollouts)))
         self.metrics.append(metrics)
         write_parquet_atomic(self.metrics_path, _table(self.metrics))
-        for key, value in metrics.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "step" and math.isfinite(value):
+        for key, value in finite_numbers(metrics).items():
+            if key != "step":
                 self.tensorboard.add_scalar(key, value, global_step=step)
         self.tensorboard.flush()
 

@@ -38,6 +38,15 @@ def step_metrics(
     return row
 
 
+def finite_numbers(row: dict) -> dict[str, float]:
+    """The row's finite numeric values (what TensorBoard and the dashboard can plot)."""
+    return {
+        key: float(value)
+        for key, value in row.items()
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    }
+
+
 def progress_line(row: dict, total_steps: int, seconds_per_step: float) -> str:
     remaining = (total_steps - row["step"]) * seconds_per_step
     eta = f"{int(remaining // 60)}m{int(remaining % 60):02d}s"
