@@ -18,7 +18,7 @@ from rewards.registry import build_reward_functions
 from rewards.speech import ToySpeechDecoder
 from rewards.types import ScoredResponse
 from wavalign.config import PipelineConfig
-from wavalign.interleave import response_channels
+from wavalign.interleave import response_channels, text_string
 from wavalign.model_files import load_tokenizer_and_layout
 
 
@@ -55,7 +55,7 @@ class RewardWorker:
         audio = self.decoder.decode(codes) if self.decoder is not None and codes else None
         return ScoredResponse(
             question=request.question_text,
-            text=self.tokenizer.decode(text_ids, skip_special_tokens=True).strip(),
+            text=text_string(text_ids, self.tokenizer),
             audio=audio,
             reference=request.reference_text,
             extra=request.extra,

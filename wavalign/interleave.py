@@ -72,3 +72,9 @@ def response_channels(response_ids: Sequence[int], layout: SpeechLayout) -> tupl
     content, ended = until_eos(response_ids, layout.eos_id)
     text, speech = split_channels(content, layout)
     return text, [t - layout.speech_start for t in speech], ended
+
+
+def text_string(text_ids: Sequence[int], tokenizer) -> str:
+    """The text channel as the reward functions see it and rollouts.parquet records it: decoded
+    with special tokens dropped, surrounding whitespace stripped (any tokenizer with `decode`)."""
+    return tokenizer.decode(list(text_ids), skip_special_tokens=True).strip()

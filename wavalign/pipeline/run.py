@@ -21,7 +21,7 @@ from learner.mixing import LambdaController, LambdaSettings, LambdaStep
 from learner.step_stats import StepStats
 from wavalign.config import PipelineConfig
 from wavalign.data import PromptRow
-from wavalign.interleave import response_channels
+from wavalign.interleave import response_channels, text_string
 from wavalign.model_files import load_tokenizer_and_layout
 from wavalign.pipeline.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from wavalign.pipeline.dashboard import DashboardMetrics
@@ -180,7 +180,7 @@ class Pipeline:
 
     def _decode_text(self, record) -> str:
         text_ids, _, _ = response_channels(record.response_token_ids, self.layout)
-        return self.tokenizer.decode(text_ids, skip_special_tokens=True).strip()
+        return text_string(text_ids, self.tokenizer)
 
     def evaluate(self, step: int) -> dict[str, float]:
         """G samples per eval prompt from the current policy (seeded apart from training's)."""
