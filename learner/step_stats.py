@@ -38,11 +38,18 @@ class StepStats:
         """(P, G) rewards of the given groups, in that order."""
         return torch.tensor([self.rewards[p] for p in prompt_ids], dtype=torch.float64)
 
-    def finish(self, controller: LambdaController, prompt_ids: list[str]) -> tuple[LambdaStep, dict[str, float]]:
-        """λ over the given groups (all of the step's, or one rank's), and the reward aggregates."""
+    def finish(self, controller: LambdaController, prompt_ids: list[str]) -> LambdaStep:
+        """λ over the given groups (all of the step's, or one rank's); advances the controller."""
+        self._check_complete(prompt_ids)
+        return controller.apply(self.gates(prompt_ids))
+
+    def reward_aggregates(self, prompt_ids: list[str]) -> dict[str, float]:
+        """Mean and population std of every reward of the given groups."""
+        self._check_complete(prompt_ids)
+        rewards = self.reward_matrix(prompt_ids)
+        return {"reward_mean": float(rewards.mean()), "reward_std": float(rewards.std(unbiased=False))}
+
+    def _check_complete(self, prompt_ids: list[str]) -> None:
         missing = [p for p in prompt_ids if p not in self.rewards]
         if missing:
             raise ValueError(f"groups without rewards: {missing}")
-        rewards = self.reward_matrix(prompt_ids)
-        aggregates = {"reward_mean": float(rewards.mean()), "reward_std": float(rewards.std(unbiased=False))}
-        return controller.apply(self.gates(prompt_ids)), aggregates

@@ -17,7 +17,7 @@ def test_streamed_groups_give_the_batch_lambda():
         stats = StepStats(settings, group_size=4)
         for prompt_id in ["c", "a", "b"]:  # arrival order differs from prompt order
             stats.add_group(prompt_id, rewards[prompt_id])
-        got, aggregates = stats.finish(streamed, order)
+        got, aggregates = stats.finish(streamed, order), stats.reward_aggregates(order)
         assert got == expected
     assert expected.zero_var_group_frac == pytest.approx(1 / 3)
     flat = torch.tensor([r for p in order for r in rewards[p]])

@@ -65,12 +65,9 @@ def step_lambdas(
     """One controller: λ over every group of the step, for every rank. One controller per rank
     (per_rank scope): each rank's λ from its own groups."""
     ids = [g.row.row_id for g in groups]
-    if len(controllers) == 1:
-        step, aggregates = stats.finish(controllers[0], ids)
-        return [step], aggregates
-    parts = rank_slices(len(groups), len(controllers))
-    steps = [stats.finish(c, ids[part])[0] for c, part in zip(controllers, parts)]
-    return steps, stats.finish(LambdaController(controllers[0].settings), ids)[1]
+    parts = [slice(None)] if len(controllers) == 1 else rank_slices(len(groups), len(controllers))
+    steps = [stats.finish(c, ids[part]) for c, part in zip(controllers, parts)]
+    return steps, stats.reward_aggregates(ids)
 
 
 def learner_batches(
