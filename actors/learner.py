@@ -9,6 +9,7 @@ call site.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -47,7 +48,7 @@ class DpoBatch:
 
 @dataclass(frozen=True)
 class _Rows:
-    """Prompt + response rows, right-padded; `positions` index the logits that score the response."""
+    """Prompt + response rows, right-padded; `starts` locate each response inside input_ids."""
 
     input_ids: torch.Tensor  # (B, L)
     attention: torch.Tensor  # (B, L)
@@ -68,8 +69,6 @@ class LearnerWorker:
         self.steps_done = 0
 
     def ready(self) -> dict[str, int]:
-        import os
-
         return {"pid": os.getpid(), "steps_done": self.steps_done}
 
     def _rows(self, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]]) -> _Rows:

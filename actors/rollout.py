@@ -66,8 +66,12 @@ class RolloutWorker:
         once every bucket has arrived and the tensor count matches."""
         if self.engine.in_process:
             self.engine.load_weight_buffers(buckets, expected_tensors, self.update_timeout_s)
-            self.policy_version = version
-            return self.ready()
+        else:
+            self._load_through_staging(version, expected_tensors, buckets)
+        self.policy_version = version
+        return self.ready()
+
+    def _load_through_staging(self, version: int, expected_tensors: int, buckets) -> None:
         staging = tempfile.mkdtemp(prefix=f"wavalign-v{version}-", dir=self.staging_dir)
         try:
             paths = []
@@ -79,8 +83,6 @@ class RolloutWorker:
             self.engine.load_weight_files(paths, expected_tensors, self.update_timeout_s)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        self.policy_version = version
-        return self.ready()
 
     def continuation_logprobs(self, prompt: Sequence[int], continuation: Sequence[int]) -> list[float]:
         return self.engine.continuation_logprobs(prompt, continuation)
