@@ -51,14 +51,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         print(config_yaml(cfg), end="")
         return 0
+    from wavalign.pipeline.run import Pipeline, unsupported
+
+    if problem := unsupported(cfg):
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
 
     # 2. The run directory (new, or the resumed run's) with the resolved config in it.
     run_dir = Path(args.resume) if args.resume else Path(cfg.run.output_dir) / f"{cfg.run.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir.mkdir(parents=True, exist_ok=bool(args.resume))
     save_config(cfg, run_dir / "config.yaml")
     print(f"run dir: {run_dir}", flush=True)
-
-    from wavalign.pipeline.run import Pipeline
 
     # 3. Policy, data, Ray and the workers: rollout pool, reward pool, learners, operator control.
     pipe = Pipeline(cfg, run_dir, args.address)

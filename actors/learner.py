@@ -65,7 +65,8 @@ class LearnerWorker:
         self.engine = DeepSpeedEngine(
             model_path, cfg.learner, cfg.run.steps, rank=rank, world_size=world_size, master_port=master_port
         )
-        self.reference = frozen_policy(model_path, cfg.learner) if cfg.algorithm.needs_reference else None
+        self.device = self.engine.device  # batches are built on CPU and moved there (a GPU learner)
+        self.reference = frozen_policy(model_path, cfg.learner, self.device) if cfg.algorithm.needs_reference else None
         self.steps_done = 0
 
     def ready(self) -> dict[str, int]:
@@ -82,7 +83,8 @@ class LearnerWorker:
             ids[i, : len(p) + len(r)] = torch.tensor([*p, *r])
             attention[i, : len(p) + len(r)] = 1
             response_ids[i, : len(r)] = torch.tensor(r)
-        return _Rows(ids, attention, response_ids, torch.tensor([len(p) for p in prompts]))
+        starts = torch.tensor([len(p) for p in prompts])
+        return _Rows(*(x.to(self.device) for x in (ids, attention, response_ids, starts)))
 
     def _response_logits(self, rows: _Rows, part: slice, model: torch.nn.Module | None = None) -> torch.Tensor:
         """(b, T, V) logits scoring each response token of rows[part] (the policy's by default)."""
@@ -90,7 +92,7 @@ class LearnerWorker:
         logits = model(input_ids=rows.input_ids[part], attention_mask=rows.attention[part]).logits
         t = rows.responses.shape[1]
         # position start-1+k predicts response token k; clamp the tail (padding, masked out later)
-        index = (rows.starts[part, None] - 1 + torch.arange(t)).clamp(max=logits.shape[1] - 1)
+        index = (rows.starts[part, None] - 1 + torch.arange(t, device=logits.device)).clamp(max=logits.shape[1] - 1)
         return logits.gather(1, index[:, :, None].expand(-1, -1, logits.shape[-1]))
 
     def _reference_logprobs(self, rows: _Rows, part: slice) -> torch.Tensor | None:
@@ -110,7 +112,7 @@ class LearnerWorker:
             if len(lps) != len(ids):
                 raise ValueError(f"rollout row {i}: {len(lps)} logprobs for {len(ids)} response tokens")
             old[i, : len(lps)] = torch.tensor(lps, dtype=torch.float32)
-        return old
+        return old.to(self.device)
 
     def train_step(self, batch: TrainBatch) -> dict[str, float]:
         algo, micro = self.cfg.algorithm, self.cfg.learner.micro_batch_rows
@@ -122,7 +124,7 @@ class LearnerWorker:
             token_weights(rl_masks, algo.rl_token_type), rl_masks.completion, self.cfg.rollout.group_size
         )
         sft_w = token_weights(sft_masks, algo.sft_token_type)
-        advantages = torch.tensor(batch.advantages, dtype=torch.float32)
+        advantages = torch.tensor(batch.advantages, dtype=torch.float32, device=self.device)
         old_logp = self._old_logprobs(batch, rl_rows.responses.shape[1])
         n, m, lam = len(batch.rollout_prompts), len(batch.sft_prompts), batch.lam
         stats: dict[str, float] = {"rl_loss": 0.0, "sft_loss": 0.0, "kl_text": 0.0, "kl_speech": 0.0, "clip_frac": 0.0}

@@ -43,7 +43,7 @@ class RewardResult:
 class RewardWorker:
     def __init__(self, model_path: str, cfg: PipelineConfig) -> None:
         self.tokenizer, self.layout = load_tokenizer_and_layout(model_path, cfg.model.layout)
-        self.functions = build_reward_functions(cfg.reward)
+        self.functions = build_reward_functions(cfg.reward, cfg.run.seed)
         self.weights = {spec.name: spec.weight for spec in cfg.reward.functions}
         self.decoder = ToySpeechDecoder() if cfg.reward.speech_decoder == "toy" else None
 

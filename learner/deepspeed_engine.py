@@ -63,6 +63,11 @@ class DeepSpeedEngine:
     def module(self) -> torch.nn.Module:
         return self.engine.module
 
+    @property
+    def device(self) -> torch.device:
+        """Where the policy lives (cpu, or this rank's GPU): inputs must be put there."""
+        return self.engine.device
+
     def step(self, micro_losses: Sequence[Callable[[], torch.Tensor]]) -> dict[str, float]:
         """One optimizer step. Each callable runs one micro-batch's forward and returns its share of
         the step's loss (already weighted), so the accumulated gradient is that of the whole batch.
@@ -142,12 +147,12 @@ class DeepSpeedEngine:
         return client_state or {}
 
 
-def frozen_policy(model_path: str, cfg: LearnerConfig) -> torch.nn.Module:
+def frozen_policy(model_path: str, cfg: LearnerConfig, device: torch.device | str = "cpu") -> torch.nn.Module:
     """The initial policy, frozen: the reference of the KL term and of DPO (method §3.4, §8)."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=_dtype(cfg)).eval()
-    return model.requires_grad_(False)
+    return model.requires_grad_(False).to(device)
 
 
 def _dtype(cfg: LearnerConfig) -> torch.dtype:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from rewards.judge import ACOUSTIC_RUBRIC, HOLISTIC_RUBRIC, SEMANTIC_RUBRIC, JudgeSettings, OpenAIJudge, TwoJudges
-from rewards.toy import toy_answer_reward
+from rewards.toy import NoisyToyJudge, toy_answer_reward
 from rewards.types import RewardFn
 from wavalign.config import ConfigError, RewardConfig
 
@@ -48,10 +48,13 @@ def build_judge(cfg: RewardConfig) -> OpenAIJudge | TwoJudges:
     )
 
 
-def build_reward_functions(cfg: RewardConfig) -> dict[str, RewardFn]:
+def build_reward_functions(cfg: RewardConfig, seed: int = 0) -> dict[str, RewardFn]:
+    """`seed` (the run's) seeds the toy answer's judge noise when there is any."""
     functions: dict[str, RewardFn] = {}
     for spec in cfg.functions:
-        if spec.name == "toy_answer":
+        if spec.name == "toy_answer" and (cfg.toy_noise_std > 0 or cfg.toy_flip_prob > 0):
+            functions[spec.name] = NoisyToyJudge(cfg.toy_noise_std, cfg.toy_flip_prob, seed, cfg.scale_min, cfg.scale_max)
+        elif spec.name == "toy_answer":
             functions[spec.name] = toy_answer_reward
         elif spec.name == "judge":
             functions[spec.name] = build_judge(cfg)

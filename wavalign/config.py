@@ -164,6 +164,9 @@ class ToyConfig(Section):
     hidden_size: int = Field(128, ge=64)
     num_layers: int = Field(4, ge=1)
     warm_start: WarmStartConfig = WarmStartConfig()
+    noisy_sft_references: bool = Field(
+        False, description="each train row's SFT reference is one draw of the warm start's label noise (imperfect SFT data)"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> "ToyConfig":
@@ -202,6 +205,34 @@ class RolloutConfig(Section):
     reproducible: bool = Field(
         True, description="seeded steps sample identically (exact resume); false = vLLM's multiprocess engine core"
     )
+    weight_transfer: Literal["auto", "object_store", "nccl", "ipc"] = Field(
+        "auto", description="how new weights reach vLLM; auto = object_store (ipc when colocated)"
+    )
+    colocate: bool = Field(False, description="GPUs: rollout workers share the learner's GPUs; vLLM sleeps while it learns")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="GPUs: share of a rollout GPU that vLLM takes")
+
+    @property
+    def weight_transfer_backend(self) -> Literal["object_store", "nccl", "ipc"]:
+        """`weight_transfer` with auto resolved: ipc when colocated, else the object store. vLLM's
+        native NCCL transfer is opt-in until it has run on a GPU (issue 8)."""
+        if self.weight_transfer != "auto":
+            return self.weight_transfer
+        return "ipc" if self.colocate else "object_store"
+
+    @model_validator(mode="after")
+    def _check(self) -> "RolloutConfig":
+        on_gpus = self.gpus_per_worker > 0
+        if self.weight_transfer in ("nccl", "ipc") and not on_gpus:
+            raise ConfigError(
+                "weight_transfer", f"{self.weight_transfer} needs GPUs: set rollout.gpus_per_worker > 0 (on CPU: auto or object_store)"
+            )
+        if self.colocate and not on_gpus:
+            raise ConfigError("colocate", "needs GPUs (vLLM's sleep mode): set rollout.gpus_per_worker > 0")
+        if self.weight_transfer == "nccl" and self.colocate:
+            raise ConfigError("weight_transfer", "nccl cannot put two ranks on one GPU; colocated workers use ipc (or auto)")
+        if self.weight_transfer == "ipc" and not self.colocate:
+            raise ConfigError("weight_transfer", "ipc shares CUDA memory within one GPU: it needs rollout.colocate: true")
+        return self
 
 
 class JudgeConfig(Section):
@@ -246,6 +277,8 @@ class RewardConfig(Section):
     judge: JudgeConfig = JudgeConfig()
     reward_model_path: str | None = Field(None, description="local HF sequence-classification model directory")
     speech_decoder: Literal["toy", "none"] = Field("toy", description="speech codes -> audio for the judge")
+    toy_noise_std: float = Field(0.0, ge=0, description="toy_answer as a noisy judge: Gaussian noise on its score")
+    toy_flip_prob: float = Field(0.0, ge=0, le=1, description="... and the chance its right/wrong verdict is reversed")
     num_workers: int = Field(1, ge=1, description="reward workers")
     cpus_per_worker: float = Field(0.5, gt=0, description="mostly waiting on HTTP; little CPU")
     timeout_s: float = Field(900, gt=0, description="a scoring call that takes longer is an error naming the worker")

@@ -1,8 +1,9 @@
 """Render a run's curves to PNG: `python -m wavalign.report RUN_DIR [--out DIR]`.
 
 Panels (one PNG each, in RUN_DIR/report/ unless --out): rewards, λ and its gates, losses,
-per-modality entropy, per-modality gradient norms, and the evaluation metrics (the toy task's
-semantic accuracy and acoustic measures). Metrics a run did not record are left out.
+per-modality entropy, per-modality gradient norms, and the toy task's semantic accuracy and
+acoustic measures on each step's samples and on the eval split. Metrics a run did not record are
+left out.
 """
 
 from __future__ import annotations
@@ -18,18 +19,43 @@ PANELS = {
     "losses": ("loss", ["loss", "rl_loss", "sft_loss"]),
     "entropy": ("entropy (nats)", ["text_entropy", "speech_entropy"]),
     "grad_norms": ("gradient norm", ["grad_norm", "grad_norm_text", "grad_norm_speech"]),
+    "samples": ("the step's samples", ["rollout_semantic_accuracy", "rollout_acoustic_wer", "rollout_speech_js_divergence"]),
     "evaluation": ("evaluation", ["eval_semantic_accuracy", "eval_acoustic_wer", "eval_speech_js_divergence", "eval_well_formed_frac"]),
 }
 
 
-def render(run_dir: Path, out_dir: Path) -> list[Path]:
+def line_chart(series: dict[str, list[tuple[float, float]]], ylabel: str, title: str, target: Path) -> Path:
+    """One PNG of labelled (step, value) curves, written atomically."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import pyarrow.parquet as pq
 
     from wavalign.atomic import atomic_path
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label, points in series.items():
+        steps, values = zip(*points)
+        ax.plot(steps, values, marker="o" if len(points) < 30 else None, markersize=3, label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(target) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return target
+
+
+def finite_points(rows: list[dict], key: str) -> list[tuple[float, float]]:
+    """(step, value) of the rows that recorded a finite `key`."""
+    return [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
+
+
+def render(run_dir: Path, out_dir: Path) -> list[Path]:
+    import pyarrow.parquet as pq
 
     metrics = run_dir / "metrics.parquet"
     if not metrics.exists():
@@ -37,28 +63,9 @@ def render(run_dir: Path, out_dir: Path) -> list[Path]:
     rows = pq.read_table(metrics).to_pylist()
     written = []
     for name, (ylabel, keys) in PANELS.items():
-        series = {}
-        for key in keys:
-            points = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
-            if points:
-                series[key] = points
-        if not series:
-            continue
-        fig, ax = plt.subplots(figsize=(7, 4))
-        for key, points in series.items():
-            steps, values = zip(*points)
-            ax.plot(steps, values, marker="o" if len(points) < 30 else None, markersize=3, label=key)
-        ax.set_xlabel("step")
-        ax.set_ylabel(ylabel)
-        ax.set_title(f"{run_dir.name}: {name}")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        target = out_dir / f"{name}.png"
-        with atomic_path(target) as tmp:
-            fig.savefig(tmp, format="png", dpi=100)
-        plt.close(fig)
-        written.append(target)
+        series = {key: points for key in keys if (points := finite_points(rows, key))}
+        if series:
+            written.append(line_chart(series, ylabel, f"{run_dir.name}: {name}", out_dir / f"{name}.png"))
     return written
 
 

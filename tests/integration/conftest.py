@@ -1,5 +1,5 @@
-"""Integration fixtures: the embedded default config, its toy assets (built once, cached in
-.assets/toy), and one Ray cluster for the whole session."""
+"""Integration fixtures: one Ray cluster for the whole session, its address and ports (the embedded
+default config and its toy assets come from tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -10,20 +10,6 @@ import pytest
 from wavalign.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="session")
-def cfg():
-    from wavalign.config_file import read_config
-
-    return read_config(ROOT / "pipeline.yaml", [f"toy.assets_dir={ROOT / '.assets' / 'toy'}"])
-
-
-@pytest.fixture(scope="session")
-def toy_assets(cfg):
-    from wavalign.toy.assets import ensure_toy_assets
-
-    return ensure_toy_assets(cfg.toy, cfg.model.layout)
 
 
 @pytest.fixture(scope="session")
@@ -39,6 +25,12 @@ def ray_cluster(metrics_port):
     ray.init(address="local", num_cpus=2, dashboard_host="127.0.0.1", include_dashboard=False, _metrics_export_port=metrics_port)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def address(ray_cluster) -> str:
+    """The session cluster's GCS address, for the driver processes the tests start."""
+    return ray_cluster.get_runtime_context().gcs_address
 
 
 @pytest.fixture(scope="session")

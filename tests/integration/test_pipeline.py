@@ -20,7 +20,8 @@ from tests.integration.conftest import ROOT
 STEP_COLUMNS = (
     "step policy_version reward_mean reward_std reward_max_mean zero_var_group_frac lambda_raw lambda gate_reward "
     "gate_info rl_loss sft_loss loss text_entropy speech_entropy grad_norm_text grad_norm_speech rollout_tokens_per_s "
-    "sync_seconds step_seconds eval_semantic_accuracy eval_acoustic_wer eval_speech_js_divergence"
+    "sync_seconds step_seconds eval_semantic_accuracy eval_acoustic_wer eval_speech_js_divergence "
+    "rollout_semantic_accuracy rollout_acoustic_wer rollout_speech_js_divergence"
 ).split()
 ROLLOUT_COLUMNS = (
     "step prompt_id group_index sample_index policy_version reward advantage n_text_tokens n_speech_tokens text "
@@ -76,11 +77,6 @@ def wait_for_step(run_dir_glob, step: int, job: Job, timeout: float = 300) -> Pa
             return found[0]
         time.sleep(0.2)
     raise TimeoutError(f"step {step} not reached")
-
-
-@pytest.fixture(scope="module")
-def address(ray_cluster):
-    return ray_cluster.get_runtime_context().gcs_address
 
 
 @pytest.fixture(scope="module")
@@ -193,7 +189,7 @@ def test_report_renders_the_curves_to_png(straight, tmp_path):
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     names = {p.stem for p in tmp_path.glob("*.png")}
-    assert names == {"rewards", "lambda", "losses", "entropy", "grad_norms", "evaluation"}
+    assert names == {"rewards", "lambda", "losses", "entropy", "grad_norms", "samples", "evaluation"}
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in tmp_path.glob("*.png"))
 
 

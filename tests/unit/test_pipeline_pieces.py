@@ -49,3 +49,13 @@ def test_groups_are_checked_whole_and_split_evenly_over_learner_ranks():
     assert batches[1].sft_targets == [(9, 2), (9, 3)] and batches[0].rollout_logprobs[0] == (-0.1, -0.2, -0.3)
     with pytest.raises(RuntimeError, match="q0"):
         assemble_groups(prompts, records[:-1], rewards, group_size=2)
+
+
+def test_what_the_pipeline_does_not_run_is_refused_by_name():
+    from wavalign.config import load_config
+    from wavalign.pipeline.run import unsupported
+
+    assert unsupported(load_config({})) is None
+    assert unsupported(load_config({"algorithm": {"objective": "dpo"}})).startswith("algorithm.objective:")
+    nccl = load_config({"rollout": {"gpus_per_worker": 1, "weight_transfer": "nccl"}})
+    assert unsupported(nccl).startswith("rollout.weight_transfer: nccl")

@@ -4,7 +4,7 @@ import pytest
 
 from rewards.scores import BadScore, fit_to_scale, parse_score
 from rewards.speech import ToySpeechDecoder
-from rewards.toy import toy_answer_reward
+from rewards.toy import NoisyToyJudge, toy_answer_reward
 from rewards.types import ScoredResponse
 from rewards.wav import wav_bytes
 
@@ -24,6 +24,19 @@ def test_toy_reward_hand_values():
         r("zero plus zero is zero", answer=0),  # 5
     ]) == [5.0, 2.0, 1.0, 1.0, 2.0, 1.0, 5.0]
     assert toy_answer_reward([]) == []
+
+
+def test_noisy_toy_judge():
+    responses = [r(f"three plus four is {w}") for w in ("seven", "eight", "nine", "six", "five")] + [r("three plus")]
+    clean = toy_answer_reward(responses)
+    assert NoisyToyJudge(0.0, 0.0, seed=1)(responses) == clean  # no noise: the toy reward itself
+    flipped = NoisyToyJudge(0.0, 1.0, seed=1)(responses)
+    assert flipped == [2.0, 5.0, 5.0, 5.0, 5.0, 1.0]  # every verdict reversed; no stated result stays 1
+    noisy = NoisyToyJudge(1.0, 0.0, seed=1)
+    scores = noisy(responses)
+    assert scores == noisy(list(reversed(responses)))[::-1]  # a response's score is fixed, whatever the batch
+    assert all(1.0 <= s <= 5.0 for s in scores) and scores != clean
+    assert NoisyToyJudge(1.0, 0.0, seed=2)(responses) != scores  # the seed changes the judge's errors
 
 
 @pytest.mark.parametrize(

@@ -41,3 +41,17 @@ def test_bucket_views_read_the_tensors_without_copying():
     assert all(torch.equal(views[k], tensors[k]) and views[k].shape == tensors[k].shape for k in tensors)
     base = store.ctypes.data
     assert base <= views["a"].data_ptr() < base + len(blob)  # a view into the buffer, not a copy
+
+
+def test_only_the_expected_reload_warnings_are_dropped():
+    import logging
+
+    from actors.weight_receiver import _ExpectedReloadWarnings
+
+    def warning(layer):
+        return logging.LogRecord("vllm", logging.WARNING, "", 0, "%s: Failed to load weights", (layer,), None)
+
+    tied, untied = _ExpectedReloadWarnings(tied_head=True), _ExpectedReloadWarnings(tied_head=False)
+    assert not tied.filter(warning("RotaryEmbedding")) and not tied.filter(warning("ParallelLMHead"))
+    assert untied.filter(warning("ParallelLMHead"))  # an untied head must receive its weights: the warning shows
+    assert tied.filter(warning("QKVParallelLinear")) and not untied.filter(warning("RotaryEmbedding"))

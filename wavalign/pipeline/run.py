@@ -25,7 +25,7 @@ from wavalign.interleave import response_channels, text_string
 from wavalign.model_files import load_tokenizer_and_layout
 from wavalign.pipeline.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from wavalign.pipeline.dashboard import DashboardMetrics
-from wavalign.pipeline.evaluation import evaluate
+from wavalign.pipeline.evaluation import evaluate, scored_by_toy_task
 from wavalign.pipeline.inputs import connect_ray, read_prompt_rows, resolve_inputs
 from wavalign.pipeline.outputs import RunOutputs
 from wavalign.pipeline.prompts import PromptStream
@@ -47,10 +47,20 @@ def step_seed(cfg: PipelineConfig, step: int) -> int:
     return (cfg.run.seed * 1_000_003 + step * 7919) % (2**31)
 
 
+def unsupported(cfg: PipelineConfig) -> str | None:
+    """What a valid config asks for that the pipeline does not run (yet), or None."""
+    if cfg.algorithm.objective != "wavalign":
+        return "algorithm.objective: the pipeline runs 'wavalign'; DPO training uses LearnerWorker.dpo_step (see README)"
+    if cfg.rollout.weight_transfer_backend != "object_store":
+        return (f"rollout.weight_transfer: {cfg.rollout.weight_transfer_backend} (vLLM's native transfer, "
+                "actors/gpu_weight_sync.py) is not wired into the pipeline's sync step yet; use object_store")
+    return None
+
+
 class Pipeline:
     def __init__(self, cfg: PipelineConfig, run_dir: Path, address: str | None) -> None:
-        if cfg.algorithm.objective != "wavalign":
-            raise NotImplementedError("the pipeline runs objective 'wavalign'; DPO runs use LearnerWorker.dpo_step (see README)")
+        if problem := unsupported(cfg):
+            raise NotImplementedError(problem)
         self.cfg, self.run_dir = cfg, run_dir
         self.group_size = cfg.rollout.group_size
         model_path, train_files, eval_files = resolve_inputs(cfg)
@@ -166,6 +176,7 @@ class Pipeline:
             workers={"rollout": len(self.rollouts.members), "reward": len(self.rewards.members)},
         )
         row.update(self._judge_counters())
+        row.update(self.rollout_quality(groups))
         if self.eval_rows and step % self.cfg.train.eval_every == 0:
             row.update(self.evaluate(step))
         self._outputs().add_step(row, rollout_rows(step, groups, advantages, self._decode_text))
@@ -181,6 +192,15 @@ class Pipeline:
     def _decode_text(self, record) -> str:
         text_ids, _, _ = response_channels(record.response_token_ids, self.layout)
         return text_string(text_ids, self.tokenizer)
+
+    def rollout_quality(self, groups: Sequence[Group]) -> dict[str, float]:
+        """The step's own samples measured like the eval set (toy data: clean semantic accuracy, not
+        the possibly noisy reward; acoustic WER; speech-code distance): both axes every step, free."""
+        rows = [g.row for g in groups]
+        if not scored_by_toy_task(self.cfg, rows):
+            return {}
+        records = [r for g in groups for r in g.records]
+        return {f"rollout_{k}": v for k, v in evaluate(self.cfg, self.tokenizer, self.layout, rows, records).items()}
 
     def evaluate(self, step: int) -> dict[str, float]:
         """G samples per eval prompt from the current policy (seeded apart from training's)."""

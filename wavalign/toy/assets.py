@@ -32,7 +32,7 @@ from wavalign.toy.rows import ToyEncoder, toy_corpus
 from wavalign.toy.task import all_questions, split_questions, vocabulary_words
 from wavalign.toy.tokenizer import build_tokenizer
 
-ASSET_VERSION = 3
+ASSET_VERSION = 4
 SAMPLING_TEMPERATURE = 0.7  # the method's rollout temperature, for the reported sampled accuracy
 
 
@@ -96,20 +96,35 @@ def ensure_toy_assets(
     return ToyAssets(root)
 
 
-def _noisy_references(questions: list, rows: list, encoder: ToyEncoder, toy: ToyConfig) -> ReferenceFor:
-    """Per question: a fixed wrong reference and a seeded rate of right references (see WarmStartConfig)."""
+def _label_noise(questions: list, toy: ToyConfig) -> list[tuple[float, int]]:
+    """Per question: a seeded rate of right references and a fixed wrong result (see WarmStartConfig)."""
     rng = random.Random(toy.seed)
     ws = toy.warm_start
-    plan = {}
-    for question, row in zip(questions, rows):
-        rate = rng.uniform(ws.correct_rate_min, ws.correct_rate_max)
-        plan[row.row_id] = (rate, encoder.reference_ids(question, question.wrong_result(rng)))
+    return [(rng.uniform(ws.correct_rate_min, ws.correct_rate_max), q.wrong_result(rng)) for q in questions]
+
+
+def _noisy_references(questions: list, rows: list, noise: list, encoder: ToyEncoder) -> ReferenceFor:
+    """The warm start's references: each draw is the right answer at its question's rate, else the
+    question's wrong one."""
+    plan = {
+        row.row_id: (rate, encoder.reference_ids(q), encoder.reference_ids(q, wrong))
+        for q, row, (rate, wrong) in zip(questions, rows, noise)
+    }
 
     def reference_for(row: PromptRow, draw: random.Random) -> Sequence[int]:
-        rate, wrong = plan[row.row_id]
-        return row.reference_token_ids if draw.random() < rate else wrong
+        rate, right, wrong = plan[row.row_id]
+        return right if draw.random() < rate else wrong
 
     return reference_for
+
+
+def _sft_results(questions: list, noise: list, toy: ToyConfig) -> list[int | None]:
+    """What each train row's SFT reference states: the true result (None), or with
+    toy.noisy_sft_references one seeded draw from the warm start's label noise for its question."""
+    if not toy.noisy_sft_references:
+        return [None] * len(questions)
+    rng = random.Random(toy.seed + 1)
+    return [None if rng.random() < rate else wrong for (rate, wrong) in noise]
 
 
 def _build(out: Path, toy: ToyConfig, layout_cfg: LayoutConfig, log: Callable[[str], None]) -> None:
@@ -121,8 +136,10 @@ def _build(out: Path, toy: ToyConfig, layout_cfg: LayoutConfig, log: Callable[[s
     assets = ToyAssets(out)
 
     train_q, eval_q = split_questions(questions, toy.eval_fraction, toy.seed)
+    noise = _label_noise(train_q, toy)
+    stated = {"train": _sft_results(train_q, noise, toy), "eval": [None] * len(eval_q)}
     for split, questions in (("train", train_q), ("eval", eval_q)):
-        rows = [encoder.row(q, f"toy-{split}-{i:04d}") for i, q in enumerate(questions)]
+        rows = [encoder.row(q, f"toy-{split}-{i:04d}", s) for i, (q, s) in enumerate(zip(questions, stated[split]))]
         for suffix in (".jsonl", ".parquet"):
             write_rows(rows, assets.data_file(split, suffix))
     log(f"toy assets: {len(train_q)} train and {len(eval_q)} eval questions written")
@@ -134,7 +151,7 @@ def _build(out: Path, toy: ToyConfig, layout_cfg: LayoutConfig, log: Callable[[s
     model = build_tiny_model(len(tokenizer), layout, toy)
     log(f"toy assets: tiny Qwen2 model, {sum(p.numel() for p in model.parameters()):,} parameters")
     scorer = toy_scorer(layout, toy, tokenizer)
-    reference_for = _noisy_references(train_q, train_rows, encoder, toy)
+    reference_for = _noisy_references(train_q, train_rows, noise, encoder)
     result = warm_start(model, train_rows, reference_for, scorer, toy.warm_start, toy.seed, log)
     model.save_pretrained(assets.model_dir, safe_serialization=True)
     tokenizer.save_pretrained(assets.model_dir)

@@ -50,8 +50,9 @@ class ToyEncoder:
         text = self.encode(" ".join(words) + "\n")
         return [*interleave(text, self.speech_ids(words), self.layout), self.layout.eos_id]
 
-    def row(self, question: Question, row_id: str) -> dict[str, Any]:
-        """One data row with the WavAlign fields (method §9) and token ids."""
+    def row(self, question: Question, row_id: str, stated_result: int | None = None) -> dict[str, Any]:
+        """One data row with the WavAlign fields (method §9) and token ids. `stated_result` makes the
+        SFT reference state another result (imperfect SFT data); `answer` stays the true one."""
         return {
             "id": row_id,
             "task_type": "s2s",
@@ -60,10 +61,10 @@ class ToyEncoder:
                 {"role": "user", "content": AUDIO_PLACEHOLDER},
             ],
             "question_text": " ".join(question.question_words()),
-            "sft_target_text": " ".join(question.answer_words()),
+            "sft_target_text": " ".join(question.answer_words(stated_result)),
             "answer": question.result,
             "prompt_token_ids": self.prompt_ids(question),
-            "reference_token_ids": self.reference_ids(question),
+            "reference_token_ids": self.reference_ids(question, stated_result),
         }
 
 
