@@ -31,8 +31,11 @@ def head_node(tmp_path):
     )
     address = f"http://127.0.0.1:{dashboard}"
     try:
+        # Ready = a trivial job runs: the dashboard answers before the node's job agent has registered
+        # ("No available agent to submit job, please try again later"), so `ray job list` is not enough.
         deadline = time.monotonic() + 180
-        while subprocess.run([RAY, "job", "list", "--address", address], capture_output=True, env=CLI_ENV).returncode != 0:
+        while subprocess.run([RAY, "job", "submit", "--address", address, "--", "true"], capture_output=True,
+                             env=CLI_ENV).returncode != 0:
             assert head.poll() is None and time.monotonic() < deadline, (tmp_path / "head.log").read_text()[-3000:]
             time.sleep(2)
         yield address
