@@ -23,10 +23,13 @@ CLI_ENV = {**os.environ, "RAY_AUTH_MODE": "token"}
 @pytest.fixture
 def head_node(tmp_path):
     """A separate single-node cluster with its dashboard (the job server); stopped with its processes."""
-    port, dashboard = free_port(), free_port()
+    port, dashboard, agent = free_port(), free_port(), free_port()
+    # Every port of its own: the test session's cluster already holds Ray's defaults (e.g. the
+    # dashboard agent's 52365, without which the head takes no jobs: "No available agent").
     head = subprocess.Popen(
         [RAY, "start", "--head", "--block", f"--port={port}", "--num-cpus=2", "--include-dashboard=true",
-         "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--disable-usage-stats"],
+         "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", f"--dashboard-agent-listen-port={agent}",
+         "--disable-usage-stats"],
         stdout=open(tmp_path / "head.log", "w"), stderr=subprocess.STDOUT, start_new_session=True,  # noqa: SIM115
     )
     address = f"http://127.0.0.1:{dashboard}"
