@@ -124,6 +124,7 @@ def plot_curves(results: list[dict], runs: dict[str, list[dict]], out: Path, win
 
     written = []
     for axis in CURVES:
+        smooth = axis in (*STEP_AXES, "reward_mean")  # per-step sample measures: noisy
         series = {}
         for arm in dict.fromkeys(r["arm"] for r in results):
             by_step: dict[int, list[float]] = {}
@@ -132,9 +133,9 @@ def plot_curves(results: list[dict], runs: dict[str, list[dict]], out: Path, win
                     by_step.setdefault(step, []).append(value)
             if by_step:
                 mean_curve = [(s, statistics.mean(by_step[s])) for s in sorted(by_step)]
-                series[arm] = smoothed(mean_curve, window if axis in STEP_AXES or axis == "reward_mean" else 1)
+                series[arm] = smoothed(mean_curve, window if smooth else 1)
         if series:
-            title = f"{axis}: mean over seeds" + (f", moving average of {window} steps" if axis in STEP_AXES or axis == "reward_mean" else "")
+            title = f"{axis}: mean over seeds" + (f", moving average of {window} steps" if smooth else "")
             written.append(line_chart(series, axis, title, out / f"curves_{axis}.png"))
     return written
 
