@@ -57,7 +57,7 @@ def apply_requests(control, pool, log: Callable[[str], None] = print, timeout: f
     count = ray.get(control.take_rollout_request.remote(), timeout=timeout)
     if count is not None and count != len(pool.members):
         log(f"operator request: rollout workers {len(pool.members)} -> {count}")
-        pool.resize(count)
+        pool.start_resize(count)  # new workers join the batches once up, with the current weights
     control.report.remote({"rollout_workers": pool.states(), "policy_version": pool.version})
 
 

@@ -36,6 +36,7 @@ class RolloutPool(WorkerPool):
         worker_cls: type = RolloutWorker,
         log: Callable[[str], None] = print,
         on_dispatch: Callable[[Member, int], None] | None = None,
+        wait: bool = True,
     ) -> None:
         rc = cfg.rollout
         settings = PoolSettings(
@@ -51,10 +52,15 @@ class RolloutPool(WorkerPool):
         self.cfg = cfg
         self.version = 0
         self._weights: list[tuple[ray.ObjectRef, int]] = []  # buckets of self.version; empty = the checkpoint
-        self.resize(rc.num_workers)
+        self.start_resize(rc.num_workers)
+        if wait:  # (wait=False: the caller starts other workers meanwhile, then calls wait_until_up)
+            self.wait_until_up()
 
     def versions(self) -> dict[str, int]:
         return {m.name: m.info.get("policy_version", 0) for m in self.members}
+
+    def is_current(self, member: Member) -> bool:
+        return member.info.get("policy_version", 0) == self.version
 
     def bring_up(self, member: Member) -> ray.ObjectRef:
         if not self._weights:  # version 0: the checkpoint the worker loads itself
@@ -83,7 +89,8 @@ class RolloutPool(WorkerPool):
         refs = iter(self.put_buckets(put))
         self._weights = [(blob, count) if isinstance(blob, ray.ObjectRef) else next(refs) for blob, count in buckets]
         self.version = version
-        finishing = {self._push_weights(m): m for m in self.members}
+        # Workers still starting are not waited for: each gets these weights when it comes up.
+        finishing = {self._push_weights(m): m for m in self.members if m.state != "starting"}
         timeout = self.cfg.rollout.update_timeout_s
         deadline = time.monotonic() + timeout
         failures = []

@@ -18,6 +18,7 @@ from rewards.registry import build_reward_functions
 from rewards.speech import ToySpeechDecoder
 from rewards.types import ScoredResponse
 from wavalign.config import PipelineConfig
+from wavalign.failpoints import failpoint
 from wavalign.interleave import response_channels, text_string
 from wavalign.model_files import load_tokenizer_and_layout
 
@@ -62,6 +63,7 @@ class RewardWorker:
         )
 
     def score(self, requests: Sequence[RewardRequest]) -> list[RewardResult]:
+        failpoint("reward.score")
         responses = [self.view(r) for r in requests]
         with ThreadPoolExecutor(max_workers=len(self.functions)) as pool:
             columns = dict(zip(self.functions, pool.map(lambda fn: fn(responses), self.functions.values())))
@@ -74,6 +76,7 @@ class RewardWorker:
 
     def counters(self) -> dict[str, int]:
         """Failure counters of the judges (requests, retries, failures, ...), by function."""
+        failpoint("reward.counters")
         out = {}
         for name, fn in self.functions.items():
             if hasattr(fn, "counters"):

@@ -7,9 +7,10 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 
 import ray
+from ray.exceptions import GetTimeoutError, RayActorError
 
 from actors.reward import RewardRequest, RewardResult, RewardWorker
-from actors.worker_pool import Member, PoolSettings, WorkerPool
+from actors.worker_pool import Member, PoolSettings, WorkerError, WorkerPool, first_line
 from wavalign.config import PipelineConfig
 
 
@@ -20,6 +21,7 @@ class RewardPool(WorkerPool):
         model_path: str,
         log: Callable[[str], None] = print,
         on_dispatch: Callable[[Member, int], None] | None = None,
+        wait: bool = True,
     ) -> None:
         rc = cfg.reward
         settings = PoolSettings(
@@ -32,7 +34,11 @@ class RewardPool(WorkerPool):
             max_redispatch=cfg.rollout.max_redispatch,
         )
         super().__init__(settings, RewardWorker, (model_path, cfg), log, on_dispatch)
-        self.resize(rc.num_workers)
+        self._last_counts: dict[str, dict[str, int]] = {}  # each live worker's last counters
+        self._retired: Counter[str] = Counter()  # the last counters of workers no longer in the pool
+        self.start_resize(rc.num_workers)
+        if wait:  # (wait=False: the caller starts other workers meanwhile, then calls wait_until_up)
+            self.wait_until_up()
 
     def score(self, requests: Sequence[RewardRequest]) -> list[RewardResult]:
         """One result per request, in request order."""
@@ -40,8 +46,25 @@ class RewardPool(WorkerPool):
         return [result for chunk in results for result in chunk]
 
     def counters(self) -> dict[str, int]:
-        """Judge counters summed over the workers."""
-        total: Counter[str] = Counter()
-        for counts in ray.get([m.handle.counters.remote() for m in self.members], timeout=self.settings.call_timeout_s):
+        """Judge counters summed over every worker the run has had: a worker that died or was
+        removed counts with its last report. A worker found dead here is removed (the next batch
+        starts its replacement); one that does not answer in time is an error naming it."""
+        total: Counter[str] = Counter(self._retired)
+        asked = {m.handle.counters.remote(): m for m in self.members}
+        for ref, member in asked.items():
+            try:
+                counts = ray.get(ref, timeout=self.settings.call_timeout_s)
+            except GetTimeoutError:
+                raise WorkerError(f"{member.name}: no answer to counters after {self.settings.call_timeout_s:g}s") from None
+            except RayActorError as err:
+                self.log(f"reward pool: {member.name} died ({first_line(err)}); it is replaced by the next batch")
+                total.update(self._last_counts.get(member.name, {}))  # its last report (retired by _remove)
+                self._remove(member)
+                continue
+            self._last_counts[member.name] = counts
             total.update(counts)
         return dict(total)
+
+    def _remove(self, member: Member) -> None:
+        self._retired.update(self._last_counts.pop(member.name, {}))
+        super()._remove(member)

@@ -17,6 +17,7 @@ import torch
 from actors.vllm_engine import VLLMEngine
 from learner.masks import modality_codes
 from wavalign.config import PipelineConfig
+from wavalign.failpoints import failpoint
 from wavalign.model_files import load_tokenizer_and_layout
 
 
@@ -64,6 +65,7 @@ class RolloutWorker:
         the vLLM worker reads those views in place; otherwise each bucket is written once into a
         shared-memory staging directory that the vLLM worker process reads. The engine changes only
         once every bucket has arrived and the tensor count matches."""
+        failpoint("rollout.update_weights")
         if self.engine.in_process:
             self.engine.load_weight_buffers(buckets, expected_tensors, self.update_timeout_s)
         else:
@@ -90,6 +92,7 @@ class RolloutWorker:
     def generate(self, prompts: Sequence[tuple[str, Sequence[int]]], seed: int | None = None) -> list[RolloutRecord]:
         """G = rollout.group_size records per (prompt_id, prompt token ids), in prompt order; with a
         seed, the sampler's random stream restarts from it (the same call gives the same samples)."""
+        failpoint("rollout.generate")
         groups = self.engine.sample([ids for _, ids in prompts], n=self.group_size, seed=seed)
         records = []
         for (prompt_id, _), samples in zip(prompts, groups):

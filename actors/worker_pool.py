@@ -79,7 +79,7 @@ class WorkerPool:
         self._pool_id = uuid.uuid4().hex[:6]
         self._serial = 0
         self.members: list[Member] = []
-        self._starting: dict[ray.ObjectRef, Member] = {}  # replacements still coming up
+        self._starting: dict[ray.ObjectRef, Member] = {}  # workers still coming up (new, grown or replacements)
         self.replacements = 0
         self.target_size = settings.num_workers
 
@@ -89,6 +89,13 @@ class WorkerPool:
 
     def resize(self, num_workers: int) -> None:
         """Grow (each new worker is brought up before it is used) or shrink to num_workers."""
+        self.start_resize(num_workers)
+        self.wait_until_up()
+
+    def start_resize(self, num_workers: int) -> None:
+        """Shrink at once, or start the missing workers without waiting for them: the next
+        `map_chunks` (or `wait_until_up`) takes them in once they are up, so growing a pool never
+        stalls a batch, and several pools can come up at the same time."""
         if num_workers < 1:
             raise ValueError(f"a {self.settings.kind} pool needs at least one worker")
         self.target_size = num_workers
@@ -96,14 +103,21 @@ class WorkerPool:
             member = self.members[-1]
             self._remove(member)
             self.log(f"{self.settings.kind} pool: removed {member.name}")
-        pending = {self.bring_up(m): m for m in [self._start_member() for _ in range(num_workers - len(self.members))]}
+        for member in [self._start_member() for _ in range(num_workers - len(self.members))]:
+            self._starting[self.bring_up(member)] = member
+
+    def wait_until_up(self) -> None:
+        """Every worker still starting is up, or an error names those that are not."""
+        pending, self._starting = self._starting, {}
         deadline = time.monotonic() + self.settings.start_timeout_s
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
             if not ready:
                 names = ", ".join(m.name for m in pending.values())
                 raise WorkerError(f"{names}: not up after start_timeout_s={self.settings.start_timeout_s:g}s")
-            self._mark_up(pending.pop(ready[0]), ready[0])
+            member = pending.pop(ready[0])
+            if not self._mark_up(member, ready[0]):
+                pending[self.bring_up(member)] = member
 
     def _start_member(self) -> Member:
         name = f"{self.settings.kind}-{self._pool_id}-{self._serial}"
@@ -117,14 +131,24 @@ class WorkerPool:
         """A ref that resolves (to a dict about the worker) once the member may be given work."""
         return member.handle.ready.remote()
 
-    def _mark_up(self, member: Member, ref: ray.ObjectRef) -> None:
+    def is_current(self, member: Member) -> bool:
+        """Whether a worker that has just come up may be given work as it is (the rollout pool: it
+        serves the current weights; they may have changed while it started)."""
+        return True
+
+    def _mark_up(self, member: Member, ref: ray.ObjectRef) -> bool:
+        """Takes in a worker whose bring-up finished; False if it must be brought up again first."""
         try:
             member.info = ray.get(ref)
         except (RayActorError, RayTaskError) as err:
             self._remove(member)
             raise WorkerError(f"{member.name}: failed to start: {first_line(err)}") from None
-        member.state, member.pid = "idle", member.info.get("pid")
+        member.pid = member.info.get("pid")
+        if not self.is_current(member):
+            return False
+        member.state = "idle"
         self.log(f"{self.settings.kind} pool: {member.name} up")
+        return True
 
     def _remove(self, member: Member) -> None:
         if member in self.members:
@@ -176,7 +200,8 @@ class WorkerPool:
                 raise WorkerError(f"{late.member.name}: no answer to {what} after {time.monotonic() - late.started:.0f}s")
             call = calls.pop(ready[0])
             if call.kind == "start":
-                self._mark_up(call.member, ready[0])
+                if not self._mark_up(call.member, ready[0]):  # the weights changed while it started
+                    calls[self.bring_up(call.member)] = _Call(call.member, "start", time.monotonic() + self.settings.start_timeout_s)
                 continue
             try:
                 result = ray.get(ready[0])

@@ -41,11 +41,11 @@ def padded(prompts, responses, pad_id: int):
 class BareTorchStep:
     """The baseline: a plain torch training step over the same micro-batches."""
 
-    def __init__(self, model_dir, cfg) -> None:
+    def __init__(self, model_dir, cfg, device: torch.device) -> None:
         from transformers import AutoModelForCausalLM
 
         lc = cfg.learner
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lc.learning_rate, betas=tuple(lc.adam_betas),
                                            eps=lc.adam_eps, weight_decay=lc.weight_decay)
         self.clip, self.micro = lc.grad_clip, lc.micro_batch_rows
@@ -111,7 +111,9 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = resized_model(assets.model_dir, args.hidden, args.layers, tmp) if args.hidden else str(assets.model_dir)
-        bare, learner = BareTorchStep(model_dir, cfg), LearnerWorker(model_dir, cfg)
+        learner = LearnerWorker(model_dir, cfg)
+        bare = BareTorchStep(model_dir, cfg, learner.device)  # the baseline on the learner's device (a GPU there)
+        row_sets = [tuple(t.to(learner.device) for t in rows) for rows in row_sets]
         parameters = sum(p.numel() for p in bare.model.parameters())
         bare.step(row_sets), learner.train_step(batch)  # warm-up
         bare_s, learner_s = [], []

@@ -7,7 +7,7 @@
 
 Prints both ratios (targets: pool/bare >= 0.95; update/copy <= 3). `--sync-hidden H` repeats the
 weight-update measurement on a larger random Qwen2 (hidden H, `--sync-layers` layers, the toy
-tokenizer), where fixed per-update costs weigh less. Usage:
+tokenizer), where fixed per-update costs weigh less. It joins the cluster in $RAY_ADDRESS if set. Usage:
     .venv/bin/python benchmarks/rollout.py [--config pipeline.yaml] [--prompts 124] [--repeats 3] [--sync-hidden 1024]
 """
 
@@ -37,8 +37,10 @@ class BareVLLM:
         from vllm import LLM, SamplingParams
 
         rc = cfg.rollout
+        # on GPUs, the pool's share of the GPU memory (vLLM's default 90% would leave the pool's own engine none)
+        gpu = {"gpu_memory_utilization": rc.gpu_memory_utilization} if rc.gpus_per_worker else {}
         self.llm = LLM(model=str(model_dir), dtype=cfg.model.dtype, max_model_len=cfg.model.max_model_len,
-                       seed=cfg.run.seed, enforce_eager=True)
+                       seed=cfg.run.seed, enforce_eager=True, **gpu)
         self.params = SamplingParams(n=rc.group_size, temperature=rc.temperature, top_p=rc.top_p, top_k=rc.top_k,
                                      max_tokens=rc.max_new_tokens, stop_token_ids=[eos_id], logprobs=0)
 
@@ -116,10 +118,11 @@ def main() -> None:
     import ray
 
     from actors.pool import RolloutPool
+    from wavalign.pipeline.inputs import connect_ray
 
     # Both engines stay up and the measurements alternate, so machine noise hits both alike.
     bare_engine = BareVLLM(cfg, assets.model_dir, layout.eos_id)
-    ray.init(address="local", num_cpus=2, dashboard_host="127.0.0.1", include_dashboard=False)
+    connect_ray(None)  # the cluster of $RAY_ADDRESS, else a new local one
     pool = RolloutPool(cfg, str(assets.model_dir), log=lambda line: None)
     bare_engine.tokens_per_s(prompts[:4]), pool_tokens_per_s(pool, prompts[:4])  # warm-up
     bare_rates, pool_rates = [], []

@@ -80,6 +80,7 @@ class ReferenceLoop:
             ids[i, width - len(r.prompt_token_ids):] = torch.tensor(r.prompt_token_ids)
             attention[i, width - len(r.prompt_token_ids):] = 1
         model = self.learner.engine.module
+        ids, attention = ids.to(model.device), attention.to(model.device)  # the learner's device (a GPU there)
         with torch.no_grad():
             out = model.generate(input_ids=ids, attention_mask=attention, do_sample=True, temperature=rc.temperature,
                                  top_p=rc.top_p, top_k=rc.top_k or None, max_new_tokens=rc.max_new_tokens,

@@ -1,8 +1,16 @@
-"""Integration fixtures: one Ray cluster for the whole session, its address and ports (the embedded
-default config and its toy assets come from tests/conftest.py)."""
+"""Integration fixtures: the session's Ray cluster, started the way operators start one (`ray start
+--head`, with its dashboard, job server and Prometheus endpoint), joined by this test process; the
+session's shared rollout pool (one vLLM engine for the tests that only read from it); ports.
+(The embedded default config and its toy assets come from tests/conftest.py.)"""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -10,30 +18,144 @@ import pytest
 from wavalign.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
+RAY = str(Path(sys.executable).parent / "ray")
+CLI_ENV = {**os.environ, "RAY_AUTH_MODE": "token"}  # (tests/conftest.py sets it for the whole session too)
+# Logical CPUs of the session cluster: more than the machine's 2, so that a test's workers never
+# wait for the session's shared rollout worker (idle while other tests run) to give its CPU back.
+SESSION_CPUS = 6
+
+
+@dataclass(frozen=True)
+class HeadNode:
+    gcs_address: str  # what drivers join (ray.init / launch.py --address)
+    dashboard_url: str  # the job server (ray job submit --address)
+    metrics_port: int  # the node's Prometheus endpoint (ray.util.metrics gauges)
+    log: Path
+
+
+def _start_head(log: Path) -> tuple[subprocess.Popen, HeadNode]:
+    port, dashboard, agent, metrics = free_port(), free_port(), free_port(), free_port()
+    # Every port chosen here: Ray's defaults (e.g. the dashboard agent's 52365) may be taken by
+    # another cluster on this machine, e.g. the one the README's main command starts on its own.
+    command = [RAY, "start", "--head", "--block", f"--port={port}", f"--num-cpus={SESSION_CPUS}",
+               "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+               f"--dashboard-agent-listen-port={agent}", f"--metrics-export-port={metrics}", "--disable-usage-stats"]
+    # Gauges are exported every second (Ray's default is 10 s): a test sees a step's metrics while the run goes.
+    env = {**os.environ, "RAY_metrics_report_interval_ms": "1000"}
+    with open(log, "w") as out:
+        head = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+    return head, HeadNode(f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard}", metrics, log)
+
+
+def stop_process_group(process: subprocess.Popen, grace: float = 5) -> None:
+    """SIGTERM to the process's group (a `ray start --block` node stops its processes), then, after
+    `grace` seconds, SIGKILL to whatever of it is left (Ray's own shutdown can take half a minute)."""
+    import psutil
+
+    try:
+        tree = [process.pid, *(p.pid for p in psutil.Process(process.pid).children(recursive=True))]
+        os.killpg(process.pid, signal.SIGTERM)
+    except (ProcessLookupError, psutil.Error):
+        return
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        pass
+    for pid in tree:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    process.wait(30)
 
 
 @pytest.fixture(scope="session")
-def metrics_port() -> int:
-    """Where the session cluster's Prometheus endpoint listens (ray.util.metrics)."""
-    return free_port()
-
-
-@pytest.fixture(scope="session")
-def ray_cluster(metrics_port):
+def head_node(tmp_path_factory) -> HeadNode:
     import ray
 
-    ray.init(address="local", num_cpus=2, dashboard_host="127.0.0.1", include_dashboard=False, _metrics_export_port=metrics_port)
-    yield ray
-    ray.shutdown()
+    log = tmp_path_factory.mktemp("head") / "head.log"
+    for attempt in range(3):  # a port picked free may be taken before Ray binds it: start again
+        head, node = _start_head(log)
+        if _wait_for_gcs(head, node, timeout=120):
+            ray.init(address=node.gcs_address, logging_level="ERROR")
+            break
+        stop_process_group(head)
+    else:
+        pytest.fail(f"ray start --head did not come up: {log.read_text()[-3000:]}")
+    try:
+        yield node
+    finally:
+        ray.shutdown()
+        stop_process_group(head)
+
+
+def _wait_for_gcs(head: subprocess.Popen, node: HeadNode, timeout: float) -> bool:
+    """Until the node says it is up (`ray status` answers), or the command exits or times out."""
+    deadline = time.monotonic() + timeout
+    while head.poll() is None and time.monotonic() < deadline:
+        if subprocess.run([RAY, "status", "--address", node.gcs_address], capture_output=True, timeout=60).returncode == 0:
+            return True
+        time.sleep(1)
+    return False
 
 
 @pytest.fixture(scope="session")
-def address(ray_cluster) -> str:
+def ray_cluster(head_node):
+    """The ray module, joined to the session cluster."""
+    import ray
+
+    return ray
+
+
+@pytest.fixture(scope="session")
+def address(head_node) -> str:
     """The session cluster's GCS address, for the driver processes the tests start."""
-    return ray_cluster.get_runtime_context().gcs_address
+    return head_node.gcs_address
+
+
+@pytest.fixture(scope="session")
+def metrics_port(head_node) -> int:
+    return head_node.metrics_port
+
+
+@pytest.fixture(scope="session")
+def job_server(head_node) -> str:
+    """The session cluster's job server, once it takes jobs: the dashboard answers before the node's
+    job agent has registered ("No available agent to submit job"), so a trivial job is the test."""
+    deadline = time.monotonic() + 180
+    while True:
+        done = subprocess.run([RAY, "job", "submit", "--address", head_node.dashboard_url, "--", "true"],
+                              capture_output=True, text=True, env=CLI_ENV, timeout=120)
+        if done.returncode == 0:
+            return head_node.dashboard_url
+        if time.monotonic() > deadline:
+            pytest.fail(f"the job server takes no jobs: {done.stdout[-1500:]}{done.stderr[-1500:]}")
+        time.sleep(2)
 
 
 @pytest.fixture(scope="session")
 def dist_port() -> int:
     """One free port for the session's torch.distributed (gloo) group: it is set up once per process."""
     return free_port()
+
+
+@pytest.fixture(scope="session")
+def rollout_pool(toy_assets, cfg, ray_cluster):
+    """One rollout worker (a vLLM engine on the tiny model) for the session. Tests that only sample
+    or score share it; a test that changes it (weights, size, a killed worker) restores what it changed
+    or runs after the readers (tests/integration/test_rollout_pool.py, in file order)."""
+    from actors.pool import RolloutPool
+
+    pool = RolloutPool(cfg, str(toy_assets.model_dir), log=lambda line: None)
+    try:
+        yield pool
+    finally:
+        pool.shutdown()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test in this folder needs the real stack: `-m "not integration"` runs the pure ones."""
+    here = Path(__file__).resolve().parent
+    for item in items:
+        if here in Path(item.path).resolve().parents:
+            item.add_marker(pytest.mark.integration)

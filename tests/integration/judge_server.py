@@ -25,6 +25,7 @@ class JudgeServer:
         self.hits: Counter[str] = Counter()
         self.bodies: list[dict] = []
         self.headers: list[dict] = []
+        self.in_flight = self.max_in_flight = 0  # requests being answered at once (the client's concurrency)
         self._lock = threading.Lock()
         server = self
 
@@ -40,6 +41,15 @@ class JudgeServer:
                     count = server.hits[mode]
                     server.bodies.append(body)
                     server.headers.append(dict(self.headers))
+                    server.in_flight += 1
+                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                try:
+                    self._answer(mode, count)
+                finally:
+                    with server._lock:
+                        server.in_flight -= 1
+
+            def _answer(self, mode, count):
                 if mode == "fail" or (mode == "flaky" and count <= server.flaky_failures):
                     return self._send(500, b'{"error": "boom"}')
                 if mode == "slow":

@@ -5,19 +5,24 @@ finite loss, skips the step and leaves the weights untouched."""
 import pytest
 import torch
 
+from tests.numerics import LINEAR_ADAM_EPS, snapshot, update_gap
 from wavalign.config import LearnerConfig
 
 
-@pytest.mark.parametrize("stage,tolerance", [(0, 1e-6), (2, 1e-6), (3, 1e-4)])
-def test_one_step_matches_torch_adamw(toy_assets, dist_port, stage, tolerance):
+@pytest.mark.parametrize("stage", [0, 2, 3])
+def test_one_step_matches_torch_adamw(toy_assets, dist_port, stage):
     from transformers import AutoModelForCausalLM
 
     from learner.deepspeed_engine import DeepSpeedEngine
 
-    cfg = LearnerConfig(zero_stage=stage, precision="float32", learning_rate=1e-3, warmup_steps=0, schedule="constant")
+    # Adam's first step linear in the gradient (eps 1.0), so the two float32 paths (DeepSpeed's flat
+    # partitions vs torch's per-parameter tensors) compare to their rounding: see tests/numerics.py
+    cfg = LearnerConfig(zero_stage=stage, precision="float32", learning_rate=1e-3, warmup_steps=0, schedule="constant",
+                        adam_eps=LINEAR_ADAM_EPS)
     engine = DeepSpeedEngine(str(toy_assets.model_dir), cfg, total_steps=10, master_port=dist_port)
     reference = AutoModelForCausalLM.from_pretrained(toy_assets.model_dir)
-    optimizer = torch.optim.AdamW(reference.parameters(), lr=1e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.01)
+    before = snapshot(reference.named_parameters())
+    optimizer = torch.optim.AdamW(reference.parameters(), lr=1e-3, betas=(0.9, 0.95), eps=LINEAR_ADAM_EPS, weight_decay=0.01)
     torch.manual_seed(stage)
     ids = torch.randint(0, reference.config.vocab_size, (4, 12))
 
@@ -31,13 +36,12 @@ def test_one_step_matches_torch_adamw(toy_assets, dist_port, stage, tolerance):
     optimizer.step()
     assert out["loss"] == pytest.approx(loss.item(), rel=1e-5)
     assert out["grad_norm"] == pytest.approx(norm.item(), rel=1e-4)
-    trained = dict(engine.full_weights())
-    diff = max((trained[name] - p).abs().max().item() for name, p in reference.named_parameters())
-    assert diff <= tolerance
+    trained = snapshot(engine.full_weights())
+    assert update_gap(before, trained, snapshot(reference.named_parameters())) <= 1
 
     skipped = engine.step([lambda: half(engine.engine, slice(0, 2)) * float("nan")])
     assert skipped["skipped"] == 1 and skipped["nonfinite_loss"] == 1 and engine.skipped_steps == 1
-    assert all(torch.equal(trained[name], p) for name, p in engine.full_weights())  # untouched
+    assert all(torch.equal(trained[name], p.double()) for name, p in engine.full_weights())  # untouched
 
     def nan_gradient():  # the loss is finite, its gradient is not
         return _NanGradient.apply(engine.engine(input_ids=ids).logits).mean()
@@ -45,7 +49,7 @@ def test_one_step_matches_torch_adamw(toy_assets, dist_port, stage, tolerance):
     lr = engine.lr
     skipped = engine.step([lambda: half(engine.engine, slice(0, 2)), nan_gradient])
     assert skipped["skipped"] == 1 and skipped["nonfinite_loss"] == 0 and engine.skipped_steps == 2
-    assert all(torch.equal(trained[name], p) for name, p in engine.full_weights())
+    assert all(torch.equal(trained[name], p.double()) for name, p in engine.full_weights())
     assert engine.lr == lr
 
 

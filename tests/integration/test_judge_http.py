@@ -3,7 +3,6 @@ garbage, out-of-range scores; retries, timeouts, defaults and counters."""
 
 import base64
 import io
-import time
 import wave
 
 import pytest
@@ -71,10 +70,8 @@ def test_flaky_server_recovers_within_the_attempts(server):
 
 def test_slow_answers_time_out_then_default(server):
     j = judge(server, "slow", timeout_s=0.3, max_attempts=2)
-    started = time.monotonic()
-    assert j(RESPONSES[:1]) == [2.5]
-    assert time.monotonic() - started < 1.5  # two 0.3 s timeouts, not two 2 s answers
-    assert j.counters()["timeouts"] == 2 and j.counters()["failures"] == 1
+    assert j(RESPONSES[:1]) == [2.5]  # two 0.3 s timeouts, not two 2 s answers
+    assert j.counters()["timeouts"] == 2 and j.counters()["failures"] == 1 and server.hits["slow"] == 2
     assert judge(server, "slow", timeout_s=5.0)(RESPONSES[:1]) == [4.0]  # patient enough: the score
 
 
@@ -98,11 +95,10 @@ def test_unreachable_server_defaults(server):
 
 
 def test_requests_run_concurrently_up_to_the_bound(server):
-    j = judge(server, "slow", timeout_s=5.0, max_concurrency=4)
-    server.slow_seconds = 0.5
-    started = time.monotonic()
+    j = judge(server, "slow", timeout_s=10.0, max_concurrency=4)
+    server.slow_seconds = 1.0  # each answer held long enough for the client's 4 to overlap
     assert j([RESPONSES[0]] * 8) == [4.0] * 8
-    assert 0.9 < time.monotonic() - started < 2.0  # 8 requests, 4 at a time, 0.5 s each
+    assert server.max_in_flight == 4 and server.hits["slow"] == 8  # 8 requests, at most (and at once) 4
 
 
 def test_two_judges_weight_semantic_and_acoustic(server):

@@ -3,11 +3,13 @@ and does not depend on how the batch is cut into micro-batches; stale rollouts g
 ratio, the KL term uses a frozen reference, DPO steps learn the preference."""
 
 import dataclasses
+import math
 
 import pytest
 import torch
 
 from learner.advantages import group_advantages
+from tests.numerics import LINEAR_ADAM_EPS, snapshot, update_gap
 from wavalign.data import read_rows
 from wavalign.model_files import load_tokenizer_and_layout
 
@@ -28,40 +30,49 @@ def make_batch(toy_assets, cfg, lam):
     return TrainBatch(prompts, responses, advantages, [r.prompt_token_ids for r in rows], [r.reference_token_ids for r in rows], lam)
 
 
-def worker(toy_assets, cfg, micro_batch_rows, port, grad_norm_every=0, **algorithm):
+def worker(toy_assets, cfg, micro_batch_rows, port, grad_norm_every=0, learner=None, **algorithm):
     from actors.learner import LearnerWorker
 
     run_cfg = cfg.model_copy(deep=True)
     run_cfg.learner = run_cfg.learner.model_copy(
-        update={"micro_batch_rows": micro_batch_rows, "warmup_steps": 0, "learning_rate": 1e-3, "grad_norm_every": grad_norm_every}
+        update={"micro_batch_rows": micro_batch_rows, "warmup_steps": 0, "learning_rate": 1e-3, "grad_norm_every": grad_norm_every,
+                **(learner or {})}
     )
     run_cfg.algorithm = run_cfg.algorithm.model_copy(update=algorithm)
     return LearnerWorker(str(toy_assets.model_dir), run_cfg, master_port=port)
 
 
+LINEAR = {"adam_eps": LINEAR_ADAM_EPS}  # Adam's first step linear in the gradient: see tests/numerics.py
+
+
 def test_micro_batching_leaves_the_update_unchanged(toy_assets, cfg, dist_port):
     batch = make_batch(toy_assets, cfg, lam=0.5)
     # the per-modality gradient norms (extra backward passes) must not touch the update either
-    a, b = worker(toy_assets, cfg, 2, dist_port, grad_norm_every=1), worker(toy_assets, cfg, 64, dist_port)
+    a = worker(toy_assets, cfg, 2, dist_port, grad_norm_every=1, learner=LINEAR)
+    b = worker(toy_assets, cfg, 64, dist_port, learner=LINEAR)
+    before = snapshot(a.full_weights())
     out_a, out_b = a.train_step(batch), b.train_step(batch)
     assert out_a["grad_norm_text"] > 0 and out_a["grad_norm_speech"] > 0 and "grad_norm_text" not in out_b
-    assert out_a["rl_loss"] == pytest.approx(out_b["rl_loss"], rel=1e-5)
+    assert out_a["rl_loss"] == pytest.approx(out_b["rl_loss"], rel=1e-5, abs=1e-7)
     assert out_a["sft_loss"] == pytest.approx(out_b["sft_loss"], rel=1e-5)
-    assert out_a["grad_norm"] == pytest.approx(out_b["grad_norm"], rel=1e-4)
-    diff = max((x - y).abs().max().item() for (_, x), (_, y) in zip(a.full_weights(), b.full_weights()))
-    assert diff <= 1e-6
+    assert out_a["grad_norm"] == pytest.approx(out_b["grad_norm"], rel=1e-5)
+    assert update_gap(before, snapshot(a.full_weights()), snapshot(b.full_weights())) <= 1
 
 
-def test_mixed_steps_learn_and_report(toy_assets, cfg, dist_port):
-    w = worker(toy_assets, cfg, 8, dist_port)
+def test_mixed_steps_report_what_they_did_and_lower_the_objective(toy_assets, cfg, dist_port):
+    # A fixed batch at a small learning rate with no warm-up: every step goes downhill on the mixed
+    # objective for any model that passed the warm-start gates (at 1e-3 a step may overshoot the
+    # warm start's small SFT loss, and whether it does depends on the CPU's rounding).
+    w = worker(toy_assets, cfg, 8, dist_port, learner={"learning_rate": 3e-5})
     batch = make_batch(toy_assets, cfg, lam=0.3)
     first = w.train_step(batch)
-    for key in ("rl_loss", "sft_loss", "loss", "grad_norm", "lr", "lambda", "text_entropy", "speech_entropy"):
-        assert key in first and first[key] == first[key]  # present and not NaN
+    assert first["lambda"] == 0.3 and first["lr"] == pytest.approx(3e-5, rel=1e-12) and first["skipped"] == 0
+    for key in ("rl_loss", "sft_loss", "loss", "grad_norm", "text_entropy", "speech_entropy"):
+        assert math.isfinite(first[key]), key
+    assert first["sft_loss"] > 0 and first["grad_norm"] > 0 and first["text_entropy"] > 0 and first["speech_entropy"] > 0
     assert first["loss"] == pytest.approx(0.3 * first["rl_loss"] + 0.7 * first["sft_loss"], rel=1e-5)
-    for _ in range(3):
-        last = w.train_step(batch)
-    assert last["sft_loss"] < first["sft_loss"]
+    losses = [first["loss"]] + [w.train_step(batch)["loss"] for _ in range(3)]
+    assert losses == sorted(losses, reverse=True) and losses[-1] < losses[0], losses
 
 
 def test_exported_hf_directory_loads_in_vllm_with_the_learners_logprobs(toy_assets, cfg, dist_port, tmp_path, ray_cluster):
@@ -96,12 +107,14 @@ def test_two_data_parallel_workers_equal_one(toy_assets, cfg, dist_port, ray_clu
 
     ray = ray_cluster
     batch = make_batch(toy_assets, cfg, lam=0.5)
-    single = worker(toy_assets, cfg, 8, dist_port)
+    single = worker(toy_assets, cfg, 8, dist_port, learner=LINEAR)
+    before = snapshot(single.full_weights())
     single.train_step(batch)
 
     G, P = cfg.rollout.group_size, len(batch.sft_prompts)
     run_cfg = cfg.model_copy(deep=True)
-    run_cfg.learner = run_cfg.learner.model_copy(update={"micro_batch_rows": 8, "warmup_steps": 0, "learning_rate": 1e-3, "num_workers": 2, "zero_stage": 2})
+    run_cfg.learner = run_cfg.learner.model_copy(update={"micro_batch_rows": 8, "warmup_steps": 0, "learning_rate": 1e-3,
+                                                         "num_workers": 2, "zero_stage": 2, **LINEAR})
     port = free_port()
     remote = ray.remote(num_cpus=1)(LearnerWorker)
     ranks = [remote.remote(str(toy_assets.model_dir), run_cfg, rank=r, world_size=2, master_port=port) for r in range(2)]
@@ -117,9 +130,8 @@ def test_two_data_parallel_workers_equal_one(toy_assets, cfg, dist_port, ray_clu
     finally:
         for w in ranks:
             ray.kill(w)
-    expected = dict(single.full_weights())
-    # float32 all-reduce order differs from one process: Adam maps that to ~1e-6 differences
-    assert max((expected[name] - t).abs().max().item() for name, t in weights) <= 1e-5
+    # the all-reduce sums the ranks' float32 gradients in another order than one process does
+    assert update_gap(before, snapshot(single.full_weights()), snapshot(weights)) <= 1
 
 
 def test_stale_rollouts_get_the_clipped_importance_ratio(toy_assets, cfg, dist_port):
@@ -136,7 +148,7 @@ def test_stale_rollouts_get_the_clipped_importance_ratio(toy_assets, cfg, dist_p
     out = stale.train_step(dataclasses.replace(batch, staleness=1, rollout_logprobs=current))
     assert out["clip_frac"] == 0
     assert out["rl_loss"] == pytest.approx(on_policy["rl_loss"], abs=1e-5)
-    assert out["grad_norm"] == pytest.approx(on_policy["grad_norm"], rel=1e-5)
+    assert out["grad_norm"] == pytest.approx(on_policy["grad_norm"], rel=1e-4)  # HF's unpadded forward vs the batch's
     # a sampler far from the policy: ratios leave [0.8, 1.2] and are clipped
     shifted = [[lp - 1.0 for lp in row] for row in current]
     assert worker(toy_assets, cfg, 8, dist_port).train_step(dataclasses.replace(batch, staleness=1, rollout_logprobs=shifted))["clip_frac"] > 0
@@ -162,15 +174,17 @@ def test_dpo_steps_learn_the_preference(toy_assets, cfg, dist_port):
     pairs = DpoBatch(batch.sft_prompts, batch.sft_targets, [batch.rollout_responses[i * G + 1] for i in range(len(batch.sft_prompts))])
     with pytest.raises(ValueError, match="reference"):
         worker(toy_assets, cfg, 8, dist_port).dpo_step(pairs)
-    a = worker(toy_assets, cfg, 1, dist_port, objective="dpo")
-    b = worker(toy_assets, cfg, 8, dist_port, objective="dpo")
+    a = worker(toy_assets, cfg, 1, dist_port, learner=LINEAR, objective="dpo")
+    b = worker(toy_assets, cfg, 8, dist_port, learner=LINEAR, objective="dpo")
+    before = snapshot(a.full_weights())
     first, first_b = a.dpo_step(pairs), b.dpo_step(pairs)
     assert first["dpo_loss"] == pytest.approx(0.6931472, abs=1e-5) and first["dpo_pairs"] == len(pairs.prompts)  # z = 0
     assert first_b["dpo_loss"] == pytest.approx(first["dpo_loss"], abs=1e-6)
-    diff = max((x - y).abs().max().item() for (_, x), (_, y) in zip(a.full_weights(), b.full_weights()))
-    assert diff <= 1e-5  # micro-batching leaves the DPO update unchanged (float sums, amplified by Adam)
+    assert update_gap(before, snapshot(a.full_weights()), snapshot(b.full_weights())) <= 1  # micro-batching
+    learner = worker(toy_assets, cfg, 1, dist_port, learner={"learning_rate": 1e-4}, objective="dpo")
+    first = learner.dpo_step(pairs)
     for _ in range(3):
-        last = a.dpo_step(pairs)
+        last = learner.dpo_step(pairs)
     assert last["dpo_loss"] < first["dpo_loss"] and last["dpo_accuracy"] == 1.0 and last["dpo_margin"] > 0
     anchored = worker(toy_assets, cfg, 8, dist_port, objective="dpo", dpo_sft_weight=0.5).dpo_step(pairs)
     assert anchored["sft_loss"] > 0 and anchored["loss"] == pytest.approx(anchored["dpo_loss"] + 0.5 * anchored["sft_loss"], rel=1e-5)

@@ -1,6 +1,10 @@
 """Reward workers on the real stack: a local HF reward model; a pool of 2 RewardWorkers scoring a
 batch with the toy reward and a judge (a real HTTP server on 127.0.0.1) concurrently."""
 
+import os
+import signal
+import time
+
 import pytest
 
 from actors.reward import RewardRequest
@@ -25,10 +29,17 @@ def test_local_hf_reward_model(tmp_path, toy_assets):
     rm = HFRewardModel(str(tmp_path), batch_size=2)
     responses = [ScoredResponse("what is one plus one", t) for t in ("one plus one is two", "one plus one is five", "")]
     batched = rm(responses)
-    one_by_one = [rm([r])[0] for r in responses]
+    # what the model says of each (question, transcript) pair on its own, computed here by hand
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path)
+    model = Qwen2ForSequenceClassification.from_pretrained(tmp_path).eval()
+    by_hand = []
+    for r in responses:
+        ids = tokenizer(r.question, r.text or "[empty]", return_tensors="pt")
+        with torch.no_grad():
+            by_hand.append(model(**ids).logits[0, 0].item())
     assert len(batched) == 3 and all(isinstance(x, float) for x in batched)
-    assert batched == pytest.approx(one_by_one, abs=1e-4)  # padding does not change a score
-    assert batched[0] != batched[1]
+    assert batched == pytest.approx(by_hand, abs=1e-4)  # batching and padding change no score
+    assert len(set(by_hand)) == 3  # the three answers are told apart
 
 
 def test_reward_pool_of_two_scores_with_toy_reward_and_judge(toy_assets, cfg, ray_cluster):
@@ -54,6 +65,15 @@ def test_reward_pool_of_two_scores_with_toy_reward_and_judge(toy_assets, cfg, ra
         try:
             results = pool.score(requests)
             counters = pool.counters()
+            # A worker killed (kill -9) between batches: the counters go on with its last report,
+            # and the next batch starts its replacement.
+            victim = pool.members[0]
+            os.kill(victim.pid, signal.SIGKILL)
+            wait_dead(ray_cluster, victim.handle)
+            assert pool.counters() == counters and victim not in pool.members
+            pool.score(requests)
+            after = pool.counters()
+            assert len(pool.members) == 2 and victim not in pool.members
         finally:
             pool.shutdown()
     finally:
@@ -64,8 +84,22 @@ def test_reward_pool_of_two_scores_with_toy_reward_and_judge(toy_assets, cfg, ra
         assert x.scores == {"toy_answer": 5.0, "judge": 4.0}  # references are right; the judge says 4
         assert x.total == pytest.approx(4.5)
     assert counters["judge/requests"] == 6 and "judge/failures" not in counters
+    assert after["judge/requests"] == 12  # the killed worker's requests still count
     # The judge heard the reference's speech: a WAV for every request, and the text channel as transcript.
-    audio_parts = [b["messages"][1]["content"][1] for b in server.bodies]
+    first_batch = server.bodies[:6]
+    audio_parts = [b["messages"][1]["content"][1] for b in first_batch]
     assert len(audio_parts) == 6 and all(p["type"] == "input_audio" for p in audio_parts)
-    transcripts = {b["messages"][1]["content"][0]["text"].split("Transcript of answer:\n")[1] for b in server.bodies}
+    transcripts = {b["messages"][1]["content"][0]["text"].split("Transcript of answer:\n")[1] for b in first_batch}
     assert transcripts == {r.sft_target_text for r in rows}
+
+
+def wait_dead(ray, handle, timeout: float = 60) -> None:
+    """Until Ray reports the worker's death (a call on it fails), so the test does not race it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            ray.get(handle.ready.remote(), timeout=10)
+        except ray.exceptions.RayActorError:
+            return
+        time.sleep(0.2)
+    raise TimeoutError("the killed worker still answers")

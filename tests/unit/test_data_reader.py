@@ -2,7 +2,6 @@
 
 import json
 
-import pyarrow as pa
 import pytest
 
 from wavalign.data import DataError, read_rows, write_rows
@@ -53,15 +52,22 @@ BAD_ROWS = [
 ]
 
 
-@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
-@pytest.mark.parametrize("change,field,reason", BAD_ROWS)
+# Values that Parquet's typed columns cannot hold (a number among strings, a string among token ids):
+# only a JSONL file can carry them, so they are JSONL cases only.
+PARQUET_CANNOT_HOLD = {"expected a string", "position 1: 'a' is not an integer token id"}
+CASES = [
+    pytest.param(change, field, reason, suffix, id=f"{field}-{reason[:24]}-{suffix[1:]}")
+    for change, field, reason in BAD_ROWS
+    for suffix in (".jsonl", ".parquet")
+    if not (suffix == ".parquet" and reason in PARQUET_CANNOT_HOLD)
+]
+
+
+@pytest.mark.parametrize("change,field,reason,suffix", CASES)
 def test_bad_row_names_file_row_and_field(tmp_path, suffix, change, field, reason):
     path = tmp_path / f"data{suffix}"
     bad = {**good_row(1), **change}
-    try:
-        write_rows([good_row(0), bad, good_row(2)], path)
-    except pa.lib.ArrowException:
-        pytest.skip("Parquet columns are typed: this bad value cannot be written to a Parquet file")
+    write_rows([good_row(0), bad, good_row(2)], path)
     with pytest.raises(DataError) as err:
         read(path)
     assert str(err.value) == f"{path}: row 2: field '{field}': " + str(err.value).split(f"field '{field}': ", 1)[1]

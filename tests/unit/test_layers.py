@@ -10,6 +10,7 @@ PURE_MODULES = [
     "wavalign.layout",
     "wavalign.interleave",
     "wavalign.atomic",
+    "wavalign.failpoints",
     "wavalign.data",
     "wavalign.toy.codec",
     "wavalign.toy.task",

@@ -49,9 +49,14 @@ def connect_ray(address: str | None) -> None:
     address; otherwise start a local cluster with its dashboard on 127.0.0.1."""
     import ray
 
+    from wavalign.failpoints import forwarded_env
+
     address = address or os.environ.get("RAY_ADDRESS")
+    env = forwarded_env()  # fault tests' failpoints reach the workers (empty in real runs)
+    runtime_env = {"env_vars": env} if env else None
     if address:
-        ray.init(address=address)
+        ray.init(address=address, runtime_env=runtime_env)
     else:
         # "local": always a new cluster, never whatever /tmp/ray last recorded (possibly dead)
-        ray.init(address="local", num_cpus=os.cpu_count(), dashboard_host="127.0.0.1", include_dashboard=True)
+        ray.init(address="local", num_cpus=os.cpu_count(), dashboard_host="127.0.0.1", include_dashboard=True,
+                 runtime_env=runtime_env)

@@ -21,6 +21,7 @@ from learner.mixing import LambdaController, LambdaSettings, LambdaStep
 from learner.step_stats import StepStats
 from wavalign.config import PipelineConfig
 from wavalign.data import PromptRow
+from wavalign.failpoints import failpoint
 from wavalign.interleave import response_channels, text_string
 from wavalign.model_files import load_tokenizer_and_layout
 from wavalign.pipeline.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -71,9 +72,12 @@ class Pipeline:
         print(f"data: {len(train_rows)} train prompts, {len(self.eval_rows)} eval prompts; policy: {model_path}", flush=True)
 
         connect_ray(address)
-        self.rollouts = RolloutPool(cfg, str(model_path))
-        self.rewards = RewardPool(cfg, str(model_path))
+        # every worker starts at once (the learners are waited for first, then the pools)
+        self.rollouts = RolloutPool(cfg, str(model_path), wait=False)
+        self.rewards = RewardPool(cfg, str(model_path), wait=False)
         self.learners = LearnerGroup(cfg, str(model_path))
+        self.rollouts.wait_until_up()
+        self.rewards.wait_until_up()
         self.control = start_control(cfg.run.name)
         self.dashboard = DashboardMetrics(cfg.run.name)
         per_rank = cfg.algorithm.lambda_scope == "per_rank"
@@ -185,6 +189,7 @@ class Pipeline:
         self._step_seconds.append(timings["step_seconds"])
         recent = self._step_seconds[-5:]
         print(progress_line(row, self.cfg.run.steps, sum(recent) / len(recent)), flush=True)
+        failpoint("driver.step_done")
 
     def _judge_counters(self) -> dict[str, float]:
         return {f"judge_{key.replace('/', '_')}": float(v) for key, v in self.rewards.counters().items()}

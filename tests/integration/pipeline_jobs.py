@@ -1,0 +1,116 @@
+"""Helpers for the end-to-end tests: launch.py as a subprocess on the session cluster (or submitted
+with `ray job submit`), its run directory and outputs, waits on its progress, failpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from tests.integration.conftest import CLI_ENV, RAY, ROOT
+from wavalign.atomic import write_text_atomic
+from wavalign.failpoints import ENV as FAILPOINTS_ENV
+
+# Every run of these tests: 4 steps of the embedded default, evaluation and per-modality gradient
+# norms on, so that every column is filled.
+DEFAULT_SETS = {"run.steps": "4", "train.eval_every": "2", "train.checkpoint_every": "2", "learner.grad_norm_every": "1"}
+
+
+def launch_args(root: Path, name: str, assets, extra: dict[str, str] | None = None) -> list[str]:
+    sets = {"run.name": name, "run.output_dir": str(root), "toy.assets_dir": str(assets.root), **DEFAULT_SETS, **(extra or {})}
+    return ["--config", "pipeline.yaml", *(a for key, value in sets.items() for a in ("--set", f"{key}={value}"))]
+
+
+class Job:
+    """launch.py in a subprocess joined to the session's cluster, its output in a log file."""
+
+    def __init__(self, log_path: Path, args: list[str], address: str, env: dict[str, str] | None = None) -> None:
+        self.log_path = log_path
+        with open(log_path, "w") as log:
+            self.process = subprocess.Popen([sys.executable, "launch.py", *args, "--address", address], cwd=ROOT,
+                                            stdout=log, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})})
+
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def output(self) -> str:
+        return self.log_path.read_text()
+
+    def finish(self, timeout: float = 600) -> str:
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise
+        assert self.process.returncode == 0, self.output()[-4000:]
+        return self.output()
+
+    def kill(self) -> None:
+        if self.running():
+            self.process.kill()
+            self.process.wait(60)
+
+
+def submit_job(job_server: str, args: list[str], log_path: Path) -> subprocess.Popen:
+    """`ray job submit` of launch.py to the session cluster's job server (the operator's path: the job
+    finds its cluster through RAY_ADDRESS); the CLI follows the job's output until it ends."""
+    command = f"cd {shlex.quote(str(ROOT))} && {shlex.quote(sys.executable)} launch.py {shlex.join(args)}"
+    with open(log_path, "w") as log:
+        return subprocess.Popen([RAY, "job", "submit", "--address", job_server, "--", "bash", "-c", command],
+                                stdout=log, stderr=subprocess.STDOUT, text=True, env=CLI_ENV)
+
+
+def run_dir_of(root: Path, name: str) -> Path:
+    (run_dir,) = root.glob(f"{name}-*")
+    return run_dir
+
+
+def metrics_rows(run_dir: Path) -> list[dict]:
+    return pq.read_table(run_dir / "metrics.parquet").to_pylist()
+
+
+def rollout_rows(run_dir: Path) -> list[dict]:
+    return pq.read_table(run_dir / "rollouts.parquet").to_pylist()
+
+
+def wait_until(condition, job: Job, what: str, timeout: float = 300, poll: float = 0.2):
+    """condition()'s first truthy value; the job must keep running meanwhile."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        assert job.running(), f"the job ended while waiting for {what}: " + job.output()[-4000:]
+        time.sleep(poll)
+    raise TimeoutError(f"{what}: not seen within {timeout:g}s\n{job.output()[-3000:]}")
+
+
+def rows_so_far(root: Path, name: str) -> list[dict]:
+    found = list(root.glob(f"{name}-*/metrics.parquet"))
+    return metrics_rows(found[0].parent) if found else []
+
+
+class Failpoints:
+    """The run's failpoint file (wavalign.failpoints): arm one point at a time while the run goes."""
+
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / "failpoints.json"
+        self.armed: dict[str, str] = {}
+        write_text_atomic(self.path, "{}")
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {FAILPOINTS_ENV: str(self.path)}
+
+    def arm(self, point: str, action: str) -> None:
+        self.armed[point] = action
+        write_text_atomic(self.path, json.dumps(self.armed))
+
+    def fired(self, point: str) -> bool:
+        return Path(f"{self.path}.{point}.fired").exists()

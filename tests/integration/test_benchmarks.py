@@ -1,0 +1,31 @@
+"""Each benchmark script runs end to end in a tiny configuration and prints its ratio line: they
+cannot rot unseen. No timing is asserted (numbers on a shared 2-core machine mean nothing here);
+the README's figures come from full runs of the same scripts."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from tests.integration.conftest import ROOT
+
+BENCHMARKS = [
+    pytest.param(["benchmarks/learner.py", "--prompts", "2", "--repeats", "1"], "learner / bare torch tokens/s = ", id="learner"),
+    pytest.param(["benchmarks/rollout.py", "--prompts", "4", "--repeats", "1"], "pool / bare tokens/s = ", id="rollout"),
+    pytest.param(["benchmarks/step.py", "--steps", "2"], "pipeline step ", id="step"),
+]
+
+
+@pytest.mark.parametrize("command,ratio_line", BENCHMARKS)
+def test_benchmark_runs_and_prints_its_ratio(command, ratio_line, toy_assets, address):
+    env = {**os.environ, "RAY_ADDRESS": address}  # the session cluster, not one of their own
+    out = subprocess.run([sys.executable, *command, "--set", f"toy.assets_dir={toy_assets.root}"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    (line,) = [line for line in out.stdout.splitlines() if line.startswith(ratio_line)]
+    ratios = [float(x) for x in re.findall(r"(?:= |up )([0-9]+\.[0-9]+)x?", line)]
+    assert ratios and all(r > 0 for r in ratios), line

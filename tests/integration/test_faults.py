@@ -1,0 +1,161 @@
+"""One run through every fault the README promises to survive, in sequence, each injected at a
+known point (wavalign.failpoints) while the run goes, then SIGTERM and a resume to the end:
+
+  1. the operator scales the rollout pool from 1 to 2 workers (`launch.py scale`);
+  2. a rollout worker's weight update fails (it is removed; the next step starts a replacement);
+  3. a rollout worker dies as it starts sampling (kill -9; its groups are re-sent);
+  4. a reward worker dies as it starts scoring, and its replacement dies when asked for its counters
+     (the run goes on; the judge counters keep what the dead workers had reported);
+  5. the driver gets SIGTERM after a step (checkpoint, stop), and `--resume` finishes the run.
+
+The run scores with the toy reward and a judge (a real HTTP server on 127.0.0.1 that fails its
+first two requests)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import ROOT
+from tests.integration.judge_server import JudgeServer
+from tests.integration.pipeline_jobs import (
+    Failpoints, Job, launch_args, metrics_rows, rollout_rows, rows_so_far, run_dir_of, wait_until)
+
+FAULT_SETS = {
+    "run.steps": "40", "train.eval_every": "0", "train.checkpoint_every": "0", "learner.grad_norm_every": "0",
+    "rollout.cpus_per_worker": "0.5",
+    "reward.functions": "[{name: toy_answer, weight: 0.5}, {name: judge, weight: 0.5}]", "reward.judge.backoff_s": "0.01",
+}
+FLAKY_FAILURES = 2
+# How each fault shows in the run's log (the first line that has all the words).
+FAULT_LINES = {
+    "rollout.update_weights": ("warning: weight update to version", "failed; removed rollout-"),
+    "rollout.generate": ("rollout pool: rollout-", "died", "re-sending chunk"),
+    "reward.score": ("reward pool: reward-", "died", "re-sending chunk"),
+    "reward.counters": ("reward pool: reward-", "died", "replaced by the next batch"),
+}
+
+
+def step_of(output: str, words: tuple[str, ...]) -> int:
+    """The step during which a log line with all `words` was printed: the next progress line's."""
+    lines = output.splitlines()
+    start = next(i for i, line in enumerate(lines) if all(w in line for w in words))
+    progress = next(line for line in lines[start:] if re.match(r"step \d+/\d+ \|", line))
+    return int(progress.split()[1].split("/")[0])
+
+
+@dataclass
+class FaultRun:
+    run_dir: Path
+    output: str  # the stopped run's log, then the resumed run's
+    scale_output: str
+    fault_steps: dict[str, int]  # failpoint -> the step during which it fired
+    stopped: int  # the step after which SIGTERM stopped the run
+
+
+@pytest.fixture(scope="module")
+def faults(tmp_path_factory, address, toy_assets) -> FaultRun:
+    root = tmp_path_factory.mktemp("faults")
+    server = JudgeServer(flaky_failures=FLAKY_FAILURES)
+    failpoints = Failpoints(root)
+    args = launch_args(root, "faults", toy_assets, {**FAULT_SETS, "reward.judge.url": server.url("flaky")})
+    job = Job(root / "run.log", args, address, env=failpoints.env)
+
+    def rows() -> list[dict]:
+        return rows_so_far(root, "faults")
+
+    def inject(*points: str, action: str, then_steps: int = 2) -> None:
+        """Arm the points, wait until each has fired, then until `then_steps` more steps are done."""
+        for point in points:
+            failpoints.arm(point, action)
+        wait_until(lambda: all(failpoints.fired(p) for p in points), job, f"failpoints {points}")
+        done = len(rows())  # the step it fired in is not among them
+        wait_until(lambda: len(rows()) >= done + then_steps, job, f"{then_steps} steps after {points}")
+
+    try:
+        wait_until(lambda: rows(), job, "step 1")
+        scale = subprocess.run([sys.executable, "launch.py", "scale", "--workers", "2", "--run", "faults", "--address", address],
+                               cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert scale.returncode == 0, scale.stdout + scale.stderr
+        missing = subprocess.run([sys.executable, "launch.py", "scale", "--workers", "1", "--run", "nope", "--address", address],
+                                 cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert missing.returncode == 1, missing.stdout + missing.stderr
+        wait_until(lambda: any(r["rollout_workers"] == 2 for r in rows()), job, "a step with 2 rollout workers")
+        inject("rollout.update_weights", action="raise")
+        inject("rollout.generate", action="exit")
+        inject("reward.score", "reward.counters", action="exit")
+        failpoints.arm("driver.step_done", "sigterm")
+        output = job.finish()
+        run_dir = run_dir_of(root, "faults")
+        stopped = len(metrics_rows(run_dir))
+        resumed = Job(root / "resumed.log", ["--resume", str(run_dir), "--set", f"run.steps={stopped + 1}"], address).finish()
+    finally:
+        job.kill()
+        server.close()
+    fault_steps = {point: step_of(output, words) for point, words in FAULT_LINES.items()}
+    return FaultRun(run_dir, output + resumed, scale.stdout + missing.stdout, fault_steps, stopped)
+
+
+def test_operator_scales_the_rollout_pool_between_steps(faults):
+    rows = metrics_rows(faults.run_dir)
+    assert "requested 2 rollout workers for run 'faults'" in faults.scale_output
+    assert "error: no running job named 'nope' on this cluster" in faults.scale_output
+    assert "operator request: rollout workers 1 -> 2" in faults.output
+    assert rows[0]["rollout_workers"] == 1
+    before_faults = [r["rollout_workers"] for r in rows if r["step"] < faults.fault_steps["rollout.update_weights"]]
+    assert before_faults == sorted(before_faults) and before_faults[-1] == 2  # 1 ... 1, 2 ... 2
+
+
+def test_a_failed_weight_update_removes_the_worker_and_the_next_step_replaces_it(faults):
+    step = faults.fault_steps["rollout.update_weights"]
+    assert f"warning: weight update to version {step} failed; removed rollout-" in faults.output
+    assert "failpoint rollout.update_weights: injected failure" in faults.output
+    workers = {r["step"]: r["rollout_workers"] for r in metrics_rows(faults.run_dir)}
+    assert workers[step] == 1 and workers[step + 1] == 2
+
+
+def test_a_killed_rollout_worker_is_replaced_and_its_groups_resent(faults):
+    assert "rollout pool: rollout-" in faults.output and "died" in faults.output and "re-sending chunk" in faults.output
+    workers = {r["step"]: r["rollout_workers"] for r in metrics_rows(faults.run_dir)}
+    assert workers[faults.fault_steps["rollout.generate"] + 1] == 2
+
+
+def test_a_killed_reward_worker_is_replaced_and_the_judge_counters_go_on(faults, cfg):
+    lines = [line for line in faults.output.splitlines() if line.startswith("reward pool: reward-") and "died" in line]
+    assert len(lines) == 2 and {"re-sending chunk 0" in line for line in lines} == {True, False}, lines
+    assert any("replaced by the next batch" in line for line in lines)
+    lost_at = faults.fault_steps["reward.counters"]
+    rows = [r for r in metrics_rows(faults.run_dir) if r["step"] <= faults.stopped]  # (a resumed run counts anew)
+    per_step = cfg.train.rollout_batch_size  # every response is one judge request
+    for row in rows:
+        # the worker that died when asked for its counters took that step's requests with it;
+        # everything reported before is kept
+        lost = per_step if row["step"] >= lost_at else 0
+        assert row["judge_judge_requests"] == per_step * row["step"] - lost, row["step"]
+        assert row["judge_judge_http_errors"] == FLAKY_FAILURES and row["judge_judge_retries"] == FLAKY_FAILURES
+        assert row["reward_workers"] == 1
+    assert rows[-1]["step"] > max(lost_at, faults.fault_steps["reward.score"])  # the run went on
+
+
+def test_sigterm_checkpoints_and_the_run_resumes_to_the_end(faults):
+    assert f"stopped after step {faults.stopped} (SIGTERM)" in faults.output
+    assert f"resumed from step-{faults.stopped:06d}" in faults.output
+    assert [r["step"] for r in metrics_rows(faults.run_dir)] == list(range(1, faults.stopped + 2))
+    assert (faults.run_dir / "policy" / "model.safetensors").is_file()
+
+
+def test_every_group_of_every_step_once_from_current_weights_with_both_scores(faults, cfg):
+    rollouts = rollout_rows(faults.run_dir)
+    G, P = cfg.rollout.group_size, cfg.train.rollout_batch_size // cfg.rollout.group_size
+    for step in range(1, faults.stopped + 2):
+        mine = [r for r in rollouts if r["step"] == step]
+        keys = [(r["prompt_id"], r["sample_index"]) for r in mine]
+        assert len(keys) == P * G and len(set(keys)) == P * G and len({k[0] for k in keys}) == P, step
+        assert {r["policy_version"] for r in mine} == {step - 1}, step  # never a stale engine
+    for r in rollouts:  # the flaky judge recovers within its attempts: every score is its 3
+        assert r["reward_judge"] == 3.0 and r["reward"] == pytest.approx(0.5 * r["reward_toy_answer"] + 0.5 * 3.0)

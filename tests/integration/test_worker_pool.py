@@ -1,0 +1,106 @@
+"""WorkerPool's deadlines and re-dispatch limit on real Ray workers (the session cluster). The
+worker here is a small stand-in whose start-up, work or weight update never ends, or whose process
+dies on every chunk: what is tested is the pools' own bookkeeping, which is the same for rollout and
+reward workers (rollout.start_timeout_s / timeout_s / max_redispatch / update_timeout_s, reward.timeout_s)."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import pytest
+
+from actors.worker_pool import PoolSettings, WorkerError, WorkerPool
+
+
+class StandIn:
+    """ready() and work() block forever when told to (a hung engine); work() can kill the process."""
+
+    def __init__(self, hang_ready: bool = False, hang_work: bool = False, die_on_work: bool = False) -> None:
+        self.hang_ready, self.hang_work, self.die_on_work = hang_ready, hang_work, die_on_work
+
+    def ready(self) -> dict:
+        if self.hang_ready:
+            threading.Event().wait()
+        return {"pid": os.getpid()}
+
+    def work(self, chunk: list[int]) -> list[int]:
+        if self.die_on_work:
+            os._exit(9)
+        if self.hang_work:
+            threading.Event().wait()
+        return [x * 2 for x in chunk]
+
+
+class HangingUpdate(StandIn):
+    """A rollout worker (RolloutPool's constructor arguments) whose weight update never finishes."""
+
+    def __init__(self, model_path: str, cfg) -> None:
+        super().__init__()
+
+    def update_weights(self, version: int, expected_tensors: int, *buckets) -> dict:
+        threading.Event().wait()
+        return {}
+
+
+def settings(**overrides) -> PoolSettings:
+    base = dict(kind="standin", num_workers=1, num_cpus=0.1, num_gpus=0, start_timeout_s=60, call_timeout_s=60, max_redispatch=2)
+    return PoolSettings(**{**base, **overrides})
+
+
+def test_work_comes_back_in_order(ray_cluster):
+    pool = WorkerPool(settings(num_workers=2), StandIn, (), log=lambda line: None)
+    try:
+        pool.resize(2)
+        chunks = pool.split(list(range(10)))
+        assert len(chunks) == 2
+        assert pool.map_chunks(chunks, lambda handle, chunk: handle.work.remote(chunk)) == [[0, 2, 4, 6, 8], [10, 12, 14, 16, 18]]
+    finally:
+        pool.shutdown()
+
+
+def test_a_worker_not_up_by_start_timeout_is_an_error_naming_it(ray_cluster):
+    pool = WorkerPool(settings(start_timeout_s=2), StandIn, (True,), log=lambda line: None)
+    try:
+        with pytest.raises(WorkerError, match=r"standin-\w+-0: not up after start_timeout_s=2s"):
+            pool.resize(1)
+    finally:
+        pool.shutdown()
+
+
+def test_work_past_its_deadline_is_an_error_naming_the_worker(ray_cluster):
+    pool = WorkerPool(settings(call_timeout_s=2), StandIn, (False, True), log=lambda line: None)
+    try:
+        pool.resize(1)
+        with pytest.raises(WorkerError, match=r"standin-\w+-0: no answer to its work after [23]s"):
+            pool.map_chunks([[1]], lambda handle, chunk: handle.work.remote(chunk))
+    finally:
+        pool.shutdown()
+
+
+def test_a_chunk_that_kills_every_worker_is_given_up_after_max_redispatch(ray_cluster):
+    lines: list[str] = []
+    pool = WorkerPool(settings(max_redispatch=1), StandIn, (False, False, True), log=lines.append)
+    try:
+        pool.resize(1)
+        with pytest.raises(WorkerError, match=r"chunk 0 lost 2 times \(max_redispatch\)"):
+            pool.map_chunks([[1]], lambda handle, chunk: handle.work.remote(chunk))
+        assert pool.replacements == 2
+        assert sum("died" in line and "re-sending chunk 0" in line for line in lines) == 2
+    finally:
+        pool.shutdown()
+
+
+def test_a_weight_update_past_its_deadline_removes_the_worker_and_names_it(ray_cluster, cfg, toy_assets):
+    from actors.pool import RolloutPool, WeightSyncError
+
+    run_cfg = cfg.model_copy(deep=True)
+    run_cfg.rollout = run_cfg.rollout.model_copy(update={"update_timeout_s": 2, "cpus_per_worker": 0.1})
+    pool = RolloutPool(run_cfg, str(toy_assets.model_dir), worker_cls=HangingUpdate, log=lambda line: None)
+    try:
+        (name,) = pool.states()
+        with pytest.raises(WeightSyncError, match=rf"version 1 failed; removed {name}: no answer within rollout.update_timeout_s=2s"):
+            pool.sync_weights([(b"weights", 1)], version=1)
+        assert pool.members == []  # never left serving the old weights
+    finally:
+        pool.shutdown()

@@ -1,0 +1,59 @@
+"""Failpoints: faults injected at named points of the real code, so fault tests drive one known path
+instead of racing a timer (kill -9 "somewhere in step 2").
+
+Off unless WAVALIGN_FAILPOINTS names a JSON file, {point: action}, which a test may write (atomically)
+at any time while a run goes. Each armed point fires once, at its next hit in any process of the run
+(a worker, its replacement, the driver): the first process to reach it claims it by creating
+`<file>.<point>.fired`. Actions:
+    exit     the process dies on the spot, as under kill -9 (os._exit)
+    raise    the call fails with FailpointError
+    sigterm  the process sends itself SIGTERM (the driver then checkpoints and stops)
+
+Points: rollout.generate, rollout.update_weights (RolloutWorker), reward.score, reward.counters
+(RewardWorker), driver.step_done (after a step's outputs are written). connect_ray forwards the
+variable to the job's Ray workers. Standard library only; unset, a hit costs one environment lookup.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+ENV = "WAVALIGN_FAILPOINTS"
+ACTIONS = ("exit", "raise", "sigterm")
+
+
+class FailpointError(RuntimeError):
+    pass
+
+
+def failpoint(point: str) -> None:
+    """Fire the action armed at `point`, once per run; nothing when none is armed."""
+    path = os.environ.get(ENV)
+    if not path:
+        return
+    try:
+        with open(path, encoding="utf-8") as spec:
+            action = json.load(spec).get(point)
+    except (OSError, ValueError):
+        return  # not written yet (or mid-way through an atomic replace): nothing armed
+    if action is None:
+        return
+    if action not in ACTIONS:
+        raise FailpointError(f"{ENV}: {point}: unknown action {action!r} (one of {', '.join(ACTIONS)})")
+    try:
+        os.close(os.open(f"{path}.{point}.fired", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return  # fired already, here or in another process
+    if action == "exit":
+        os._exit(17)
+    if action == "sigterm":
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+    raise FailpointError(f"failpoint {point}: injected failure")
+
+
+def forwarded_env() -> dict[str, str]:
+    """What Ray workers need in their environment for the driver's failpoints to reach them."""
+    return {ENV: os.environ[ENV]} if os.environ.get(ENV) else {}
