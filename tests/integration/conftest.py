@@ -40,10 +40,8 @@ def _start_head(log: Path) -> tuple[subprocess.Popen, HeadNode]:
     command = [RAY, "start", "--head", "--block", f"--port={port}", f"--num-cpus={SESSION_CPUS}",
                "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
                f"--dashboard-agent-listen-port={agent}", f"--metrics-export-port={metrics}", "--disable-usage-stats"]
-    # Gauges are exported every second (Ray's default is 10 s): a test sees a step's metrics while the run goes.
-    env = {**os.environ, "RAY_metrics_report_interval_ms": "1000"}
     with open(log, "w") as out:
-        head = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+        head = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     return head, HeadNode(f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard}", metrics, log)
 
 

@@ -6,7 +6,8 @@ known point (wavalign.failpoints) while the run goes, then SIGTERM and a resume 
   3. a rollout worker dies as it starts sampling (kill -9; its groups are re-sent);
   4. a reward worker dies as it starts scoring, and its replacement dies when asked for its counters
      (the run goes on; the judge counters keep what the dead workers had reported);
-  5. the driver gets SIGTERM after a step (checkpoint, stop), and `--resume` finishes the run.
+  5. the driver gets SIGTERM after a step: it checkpoints that step and stops (resuming from a
+     checkpoint: test_pipeline.py).
 
 The run scores with the toy reward and a judge (a real HTTP server on 127.0.0.1 that fails its
 first two requests)."""
@@ -52,7 +53,7 @@ def step_of(output: str, words: tuple[str, ...]) -> int:
 @dataclass
 class FaultRun:
     run_dir: Path
-    output: str  # the stopped run's log, then the resumed run's
+    output: str  # the run's log
     scale_output: str
     fault_steps: dict[str, int]  # failpoint -> the step during which it fired
     stopped: int  # the step after which SIGTERM stopped the run
@@ -69,7 +70,7 @@ def faults(tmp_path_factory, address, toy_assets) -> FaultRun:
     def rows() -> list[dict]:
         return rows_so_far(root, "faults")
 
-    def inject(*points: str, action: str, then_steps: int = 2) -> None:
+    def inject(*points: str, action: str, then_steps: int = 1) -> None:
         """Arm the points, wait until each has fired, then until `then_steps` more steps are done."""
         for point in points:
             failpoints.arm(point, action)
@@ -93,12 +94,11 @@ def faults(tmp_path_factory, address, toy_assets) -> FaultRun:
         output = job.finish()
         run_dir = run_dir_of(root, "faults")
         stopped = len(metrics_rows(run_dir))
-        resumed = Job(root / "resumed.log", ["--resume", str(run_dir), "--set", f"run.steps={stopped + 1}"], address).finish()
     finally:
         job.kill()
         server.close()
     fault_steps = {point: step_of(output, words) for point, words in FAULT_LINES.items()}
-    return FaultRun(run_dir, output + resumed, scale.stdout + missing.stdout, fault_steps, stopped)
+    return FaultRun(run_dir, output, scale.stdout + missing.stdout, fault_steps, stopped)
 
 
 def test_operator_scales_the_rollout_pool_between_steps(faults):
@@ -130,7 +130,7 @@ def test_a_killed_reward_worker_is_replaced_and_the_judge_counters_go_on(faults,
     assert len(lines) == 2 and {"re-sending chunk 0" in line for line in lines} == {True, False}, lines
     assert any("replaced by the next batch" in line for line in lines)
     lost_at = faults.fault_steps["reward.counters"]
-    rows = [r for r in metrics_rows(faults.run_dir) if r["step"] <= faults.stopped]  # (a resumed run counts anew)
+    rows = metrics_rows(faults.run_dir)
     per_step = cfg.train.rollout_batch_size  # every response is one judge request
     for row in rows:
         # the worker that died when asked for its counters took that step's requests with it;
@@ -142,17 +142,21 @@ def test_a_killed_reward_worker_is_replaced_and_the_judge_counters_go_on(faults,
     assert rows[-1]["step"] > max(lost_at, faults.fault_steps["reward.score"])  # the run went on
 
 
-def test_sigterm_checkpoints_and_the_run_resumes_to_the_end(faults):
-    assert f"stopped after step {faults.stopped} (SIGTERM)" in faults.output
-    assert f"resumed from step-{faults.stopped:06d}" in faults.output
-    assert [r["step"] for r in metrics_rows(faults.run_dir)] == list(range(1, faults.stopped + 2))
-    assert (faults.run_dir / "policy" / "model.safetensors").is_file()
+def test_sigterm_checkpoints_the_step_and_stops(faults):
+    stopped = faults.stopped
+    assert f"stopped after step {stopped} (SIGTERM); continue with: python launch.py --resume {faults.run_dir}" in faults.output
+    assert [r["step"] for r in metrics_rows(faults.run_dir)] == list(range(1, stopped + 1))
+    checkpoint = faults.run_dir / "checkpoints" / f"step-{stopped:06d}"
+    assert (faults.run_dir / "checkpoints" / "latest").read_text().strip() == checkpoint.name
+    assert (checkpoint / "driver.json").is_file() and (checkpoint / "learner").is_dir()
+    assert not (faults.run_dir / "policy").exists()  # exported only at the last step
+    assert stopped > max(faults.fault_steps.values())
 
 
 def test_every_group_of_every_step_once_from_current_weights_with_both_scores(faults, cfg):
     rollouts = rollout_rows(faults.run_dir)
     G, P = cfg.rollout.group_size, cfg.train.rollout_batch_size // cfg.rollout.group_size
-    for step in range(1, faults.stopped + 2):
+    for step in range(1, faults.stopped + 1):
         mine = [r for r in rollouts if r["step"] == step]
         keys = [(r["prompt_id"], r["sample_index"]) for r in mine]
         assert len(keys) == P * G and len(set(keys)) == P * G and len({k[0] for k in keys}) == P, step

@@ -75,30 +75,23 @@ def test_mixed_steps_report_what_they_did_and_lower_the_objective(toy_assets, cf
     assert losses == sorted(losses, reverse=True) and losses[-1] < losses[0], losses
 
 
-def test_exported_hf_directory_loads_in_vllm_with_the_learners_logprobs(toy_assets, cfg, dist_port, tmp_path, ray_cluster):
-    from transformers import AutoModelForCausalLM
-
-    from actors.rollout import RolloutWorker
-    from tests.integration.test_rollout_pool import hf_continuation_logprobs
+def test_exported_hf_directory_holds_the_learners_weights(toy_assets, cfg, dist_port, tmp_path):
+    """save_hf writes an HF directory (safetensors, config, tokenizer) whose weights are the learner's.
+    (vLLM serving such a directory: the stale run in test_pipeline.py starts from the main job's.)"""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     w = worker(toy_assets, cfg, 8, dist_port)
-    batch = make_batch(toy_assets, cfg, lam=0.5)
-    w.train_step(batch)
+    w.train_step(make_batch(toy_assets, cfg, lam=0.5))
     export = tmp_path / "policy-v1"
     w.save_hf(str(export))
     assert (export / "model.safetensors").is_file() and (export / "tokenizer.json").is_file()
+    assert len(AutoTokenizer.from_pretrained(export)) == len(AutoTokenizer.from_pretrained(toy_assets.model_dir))
     reloaded = AutoModelForCausalLM.from_pretrained(export)
     learner_weights = dict(w.full_weights())
     assert all(torch.equal(learner_weights[n], p) for n, p in reloaded.named_parameters())
-    prompt, continuation = batch.sft_prompts[0], batch.sft_targets[0]
-    expected = hf_continuation_logprobs(reloaded, prompt, continuation)
-    ray = ray_cluster
-    engine = ray.remote(num_cpus=1)(RolloutWorker).remote(str(export), cfg)
-    try:
-        got = ray.get(engine.continuation_logprobs.remote(prompt, continuation), timeout=600)
-    finally:
-        ray.kill(engine)
-    assert max(abs(a - b) for a, b in zip(got, expected)) <= 1e-3
+    initial = AutoModelForCausalLM.from_pretrained(toy_assets.model_dir)
+    assert not all(torch.equal(a, b) for a, b in zip(reloaded.parameters(), initial.parameters()))  # trained
+    assert not list(tmp_path.glob(".policy-v1.*"))  # the atomic write left no staging directory
 
 
 def test_two_data_parallel_workers_equal_one(toy_assets, cfg, dist_port, ray_cluster):

@@ -7,6 +7,7 @@ checkpoints, its curves — the exact resume of a stopped run against it, and bo
 from __future__ import annotations
 
 import math
+import shutil
 import statistics
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import time
 import urllib.request
 from collections import defaultdict
 
+import pyarrow as pa
 import pytest
 import torch
 import yaml
@@ -24,6 +26,7 @@ from learner.mixing import LambdaController
 from learner.schedule import lr_factor
 from tests.integration.conftest import ROOT
 from tests.integration.pipeline_jobs import Job, launch_args, metrics_rows, rollout_rows, run_dir_of, submit_job
+from wavalign.pipeline.outputs import write_parquet_atomic
 from wavalign.pipeline.run import lambda_settings
 
 STEP_COLUMNS = (
@@ -194,32 +197,49 @@ def test_report_renders_the_curves_to_png(main_job, tmp_path):
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 10_000 for p in tmp_path.glob("*.png"))
 
 
-def test_stop_after_step_two_then_resume_gives_the_uninterrupted_metrics(main_job, tmp_path, address, toy_assets):
-    """The main job's config, stopped after step 2 and resumed to step 4: its rows equal the
-    uninterrupted main job's first four, timings aside."""
-    args = main_job_args(tmp_path, toy_assets, "--set", "run.name=resumed")
-    assert "--resume" in Job(tmp_path / "first.log", [*args, "--stop-after-step", "2"], address).finish()
-    run_dir = run_dir_of(tmp_path, "resumed")
-    assert len(metrics_rows(run_dir)) == 2 and not (run_dir / "policy").exists()  # no export before the last step
-    resumed = Job(tmp_path / "resumed.log", ["--resume", str(run_dir), "--stop-after-step", "4"], address).finish()
-    assert "resumed from step-000002" in resumed
-    expected, got = metrics_rows(main_job[0])[:4], metrics_rows(run_dir)
-    assert [r["step"] for r in got] == [1, 2, 3, 4]
-    for want, have in zip(expected, got):
+def test_a_run_resumed_from_a_checkpoint_continues_exactly_as_the_uninterrupted_run(main_job, tmp_path, address):
+    """The main job as if it had died during step 35: its run directory up to then (rows and rollouts
+    to step 35, the checkpoint of step 30 the newest). `--resume` drops what came after the checkpoint
+    and continues; stopped after step 32 (`--stop-after-step`), its rows equal the uninterrupted run's,
+    timings aside, and so do its rollouts."""
+    original = main_job[0]
+    run_dir = tmp_path / original.name
+    shutil.copytree(original, run_dir, ignore=shutil.ignore_patterns("policy", "step-000040", "rollouts.parquet"))
+    for part in (run_dir / "rollouts").glob("step-*.parquet"):
+        if int(part.stem.split("-")[1]) > 35:
+            part.unlink()
+    expected = metrics_rows(original)
+    write_parquet_atomic(run_dir / "metrics.parquet", pa.Table.from_pylist(expected[:35]))
+    (run_dir / "checkpoints" / "latest").write_text("step-000030\n")
+
+    output = Job(tmp_path / "resumed.log", ["--resume", str(run_dir), "--stop-after-step", "32"], address).finish()
+    assert "resumed from step-000030: step 30" in output and "stopped after step 32 (--stop-after-step 32)" in output
+    got = metrics_rows(run_dir)
+    assert [r["step"] for r in got] == list(range(1, 33))
+    for want, have in zip(expected[:32], got):
         for key in DETERMINED:
             assert have[key] == pytest.approx(want[key], rel=1e-6, abs=1e-7, nan_ok=True), (want["step"], key)
-    texts = [r["text"] for r in rollout_rows(run_dir)]
-    assert texts == [r["text"] for r in rollout_rows(main_job[0]) if r["step"] <= 4]
+    assert math.isfinite(got[30]["grad_norm_text"])  # step 31: the learner's step count resumed too (norms every 10)
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step-000032" and not (run_dir / "policy").exists()
+    texts = [(r["step"], r["text"]) for r in rollout_rows(run_dir)]
+    assert texts == [(r["step"], r["text"]) for r in rollout_rows(original) if r["step"] <= 32]
 
 
-def test_bounded_staleness_samples_the_next_step_while_the_learner_trains(tmp_path, address, toy_assets):
+def test_bounded_staleness_on_the_exported_policy(main_job, tmp_path, address, toy_assets):
+    """train.max_staleness 1: step 2 is sampled (by the weights before step 1) while the learner takes
+    step 1, and the learner applies the importance ratio. The run starts from the main job's exported
+    policy: an HF directory that vLLM and the learner load as they load users' checkpoints."""
     # ratio_clip 1e-6: every ratio of a stale token that differs from 1 at all is clipped, so the
     # clip fraction shows whether the learner applied the importance ratio (0 if it did not)
-    extra = {"train.max_staleness": "1", "run.steps": "2", "train.eval_every": "0", "algorithm.ratio_clip": "0.000001"}
-    Job(tmp_path / "stale.log", launch_args(tmp_path, "stale", toy_assets, extra), address).finish()
+    extra = {"train.max_staleness": "1", "run.steps": "3", "train.eval_every": "0", "algorithm.ratio_clip": "0.000001",
+             "model.path": str(main_job[0] / "policy"),
+             "data.train_files": f'["{toy_assets.data_file("train")}"]'}
+    output = Job(tmp_path / "stale.log", launch_args(tmp_path, "stale", toy_assets, extra), address).finish()
+    assert f"policy: {main_job[0] / 'policy'}" in output
     run_dir = run_dir_of(tmp_path, "stale")
-    rows = metrics_rows(run_dir)
-    assert [r["staleness"] for r in rows] == [0, 1]  # step 2 was sampled by the weights before step 1
-    assert {r["policy_version"] for r in rollout_rows(run_dir) if r["step"] == 2} == {0}
+    rows, rollouts = metrics_rows(run_dir), rollout_rows(run_dir)
+    assert [r["staleness"] for r in rows] == [0, 1, 1]  # steps 2 and 3 were sampled one version behind
+    assert [sorted({r["policy_version"] for r in rollouts if r["step"] == s}) for s in (1, 2, 3)] == [[0], [0], [1]]
+    assert any(r["advantage"] != 0 for r in rollouts if r["step"] == 2)
     assert rows[0]["clip_frac"] == 0  # on-policy: no ratio at all
-    assert rows[1]["clip_frac"] > 0.2, rows[1]
+    assert rows[1]["clip_frac"] > 0 and rows[2]["clip_frac"] > 0, rows  # 0 exactly if the learner ignored the staleness

@@ -65,15 +65,12 @@ def test_reward_pool_of_two_scores_with_toy_reward_and_judge(toy_assets, cfg, ra
         try:
             results = pool.score(requests)
             counters = pool.counters()
-            # A worker killed (kill -9) between batches: the counters go on with its last report,
-            # and the next batch starts its replacement.
+            # A worker killed (kill -9) between batches: the counters go on with its last report
+            # (the next batch starts its replacement: test_faults.py).
             victim = pool.members[0]
             os.kill(victim.pid, signal.SIGKILL)
             wait_dead(ray_cluster, victim.handle)
-            assert pool.counters() == counters and victim not in pool.members
-            pool.score(requests)
-            after = pool.counters()
-            assert len(pool.members) == 2 and victim not in pool.members
+            assert pool.counters() == counters and victim not in pool.members and len(pool.members) == 1
         finally:
             pool.shutdown()
     finally:
@@ -84,7 +81,6 @@ def test_reward_pool_of_two_scores_with_toy_reward_and_judge(toy_assets, cfg, ra
         assert x.scores == {"toy_answer": 5.0, "judge": 4.0}  # references are right; the judge says 4
         assert x.total == pytest.approx(4.5)
     assert counters["judge/requests"] == 6 and "judge/failures" not in counters
-    assert after["judge/requests"] == 12  # the killed worker's requests still count
     # The judge heard the reference's speech: a WAV for every request, and the text channel as transcript.
     first_batch = server.bodies[:6]
     audio_parts = [b["messages"][1]["content"][1] for b in first_batch]

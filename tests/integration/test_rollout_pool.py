@@ -106,27 +106,23 @@ def test_weight_update_matches_hf_forward_and_advances_version(setup, toy_assets
     assert max(abs(a - b) for a, b in zip(got, expected)) <= 1e-3 and set(pool.versions().values()) == {2}
 
 
-def test_weight_update_through_the_staging_directory_matches_hf_forward(toy_assets, cfg, ray_cluster):
-    """rollout.reproducible: false puts vLLM's engine core in a process of its own, so the buckets
-    reach it through the shared-memory staging directory: it serves exactly the weights sent, and
-    the staging directory is gone afterwards."""
+def test_weight_update_through_the_staging_directory_matches_hf_forward(setup, toy_assets):
+    """The update path of rollout.reproducible: false (vLLM's engine core in a process of its own):
+    each bucket is written into the shared-memory staging directory, which the vLLM worker reads; it
+    serves exactly the weights sent, and the staging directory is gone afterwards. Driven here on
+    the shared engine through that path itself (RolloutWorker._load_through_staging): starting the
+    multiprocess engine core for it would cost the suite half a minute."""
     import ray
 
-    from actors.pool import RolloutPool
-
-    run_cfg = cfg.model_copy(deep=True)
-    run_cfg.rollout = run_cfg.rollout.model_copy(update={"reproducible": False})
-    staging = run_cfg.rollout.weight_staging_dir
+    pool, _, rows, _ = setup
+    staging = pool.cfg.rollout.weight_staging_dir
     before = set(os.listdir(staging))
-    pool = RolloutPool(run_cfg, str(toy_assets.model_dir), log=lambda line: None)
-    try:
-        tokenizer, _ = load_tokenizer_and_layout(toy_assets.model_dir, cfg.model.layout)
-        row = read_rows(toy_assets.data_file("train"), vocab_size=len(tokenizer), max_prompt_tokens=128).rows[0]
-        model = perturbed_state(toy_assets.model_dir, seed=3)
-        pool.sync_weights(pack_buckets(model.state_dict().items(), 1 << 20), version=1)
-        expected = hf_continuation_logprobs(model, row.prompt_token_ids, row.reference_token_ids)
-        got = ray.get(pool.members[0].handle.continuation_logprobs.remote(row.prompt_token_ids, row.reference_token_ids), timeout=120)
-        assert max(abs(a - b) for a, b in zip(got, expected)) <= 1e-3
-        assert not [name for name in set(os.listdir(staging)) - before if name.startswith("wavalign-v")]
-    finally:
-        pool.shutdown()
+    model = perturbed_state(toy_assets.model_dir, seed=3)
+    buckets = list(pack_buckets(model.state_dict().items(), 1 << 20))
+    handle = pool.members[0].handle
+    ray.get(handle._load_through_staging.remote(99, sum(n for _, n in buckets), [blob for blob, _ in buckets]), timeout=120)
+    prompt, continuation = rows[0].prompt_token_ids, rows[0].reference_token_ids
+    expected = hf_continuation_logprobs(model, prompt, continuation)
+    got = ray.get(handle.continuation_logprobs.remote(prompt, continuation), timeout=120)
+    assert max(abs(a - b) for a, b in zip(got, expected)) <= 1e-3
+    assert not [name for name in set(os.listdir(staging)) - before if name.startswith("wavalign-v")]

@@ -1,5 +1,6 @@
 """Layering: pure modules import no heavy dependency; the installed stack imports."""
 
+import json
 import subprocess
 import sys
 
@@ -35,12 +36,23 @@ PURE_MODULES = [
 HEAVY = ["ray", "vllm", "deepspeed", "transformers", "pyarrow", "aiohttp", "requests"]
 
 
-@pytest.mark.parametrize("module", PURE_MODULES)
-def test_pure_module_imports_nothing_heavy(module):
-    code = f"import sys, {module}; print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
+def test_pure_modules_import_nothing_heavy():
+    """The pure modules, imported one after another in one fresh interpreter: a heavy module once
+    imported stays in sys.modules, so the first pure module that brings one in is the one named."""
+    code = (
+        "import importlib, json, sys\n"
+        f"heavy, seen = {HEAVY!r}, {{}}\n"
+        f"for module in {PURE_MODULES!r}:\n"
+        "    importlib.import_module(module)\n"
+        "    seen[module] = [m for m in heavy if m in sys.modules]\n"
+        "print(json.dumps(seen))\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "", f"{module} imported {out.stdout.strip()}"
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert list(seen) == PURE_MODULES
+    offenders = [(module, heavy) for module, heavy in seen.items() if heavy]
+    assert not offenders, f"{offenders[0][0]} imported {offenders[0][1]}"
 
 
 def test_the_stack_imports():
