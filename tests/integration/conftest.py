@@ -68,7 +68,8 @@ def stop_process_group(process: subprocess.Popen, grace: float = 5) -> None:
 
 
 @pytest.fixture(scope="session")
-def head_node(tmp_path_factory) -> HeadNode:
+def head_node(tmp_path_factory, toy_assets) -> HeadNode:
+    """(After the toy assets: their build takes both cores for minutes; the cluster starts after it.)"""
     import ray
 
     log = tmp_path_factory.mktemp("head") / "head.log"
