@@ -73,6 +73,10 @@ def head_node(tmp_path_factory, toy_assets) -> HeadNode:
     import ray
 
     log = tmp_path_factory.mktemp("head") / "head.log"
+    # The cluster's token (~/.ray/auth_token), made once per machine as an operator would; a driver
+    # in token mode (tests/conftest.py) sends it.
+    token = subprocess.run([RAY, "get-auth-token", "--generate"], capture_output=True, text=True, timeout=120)
+    assert token.returncode == 0, token.stderr[-2000:]
     for attempt in range(3):  # a port picked free may be taken before Ray binds it: start again
         head, node = _start_head(log)
         if _wait_for_gcs(head, node, timeout=120):
