@@ -2,7 +2,7 @@
 instead of racing a timer (kill -9 "somewhere in step 2").
 
 Off unless WAVALIGN_FAILPOINTS names a JSON file, {point: action}, which a test may write (atomically)
-at any time while a run goes. Each armed point fires once, at its next hit in any process of the run
+at any time while a run goes (anything else there is an error naming the file). Each armed point fires once, at its next hit in any process of the run
 (a worker, its replacement, the driver): the first process to reach it claims it by creating
 `<file>.<point>.fired`. Actions:
     exit     the process dies on the spot, as under kill -9 (os._exit)
@@ -35,9 +35,14 @@ def failpoint(point: str) -> None:
         return
     try:
         with open(path, encoding="utf-8") as spec:
-            action = json.load(spec).get(point)
-    except (OSError, ValueError):
-        return  # not written yet (or mid-way through an atomic replace): nothing armed
+            armed = json.load(spec)
+    except FileNotFoundError:
+        return  # not written yet: nothing armed
+    except (OSError, ValueError) as err:
+        raise FailpointError(f"{ENV}: {path}: not a readable JSON file ({err})") from None
+    if not isinstance(armed, dict):
+        raise FailpointError(f"{ENV}: {path}: expected a JSON object {{point: action}}, got {armed!r}")
+    action = armed.get(point)
     if action is None:
         return
     if action not in ACTIONS:

@@ -1,7 +1,7 @@
 """Integration fixtures: the session's Ray cluster, started the way operators start one (`ray start
---head`, with its dashboard, job server and Prometheus endpoint), joined by this test process; the
-session's shared rollout pool (one vLLM engine for the tests that only read from it); ports.
-(The embedded default config and its toy assets come from tests/conftest.py.)"""
+--head`, with its dashboard, job server and Prometheus endpoint), joined by this test process; ports.
+(The embedded default config and its toy assets come from tests/conftest.py; the shared vLLM engine
+is test_rollout_pool.py's.)"""
 
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ from wavalign.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 RAY = str(Path(sys.executable).parent / "ray")
-CLI_ENV = {**os.environ, "RAY_AUTH_MODE": "token"}  # (tests/conftest.py sets it for the whole session too)
 # Logical CPUs of the session cluster: more than the machine's 2, so that a test's workers never
 # wait for the session's shared rollout worker (idle while other tests run) to give its CPU back.
 SESSION_CPUS = 6
@@ -77,7 +76,7 @@ def head_node(tmp_path_factory, toy_assets) -> HeadNode:
     # in token mode (tests/conftest.py) sends it.
     token = subprocess.run([RAY, "get-auth-token", "--generate"], capture_output=True, text=True, timeout=120)
     assert token.returncode == 0, token.stderr[-2000:]
-    for attempt in range(3):  # a port picked free may be taken before Ray binds it: start again
+    for _ in range(3):  # a port picked free may be taken before Ray binds it: start again
         head, node = _start_head(log)
         if _wait_for_gcs(head, node, timeout=120):
             ray.init(address=node.gcs_address, logging_level="ERROR")
@@ -128,7 +127,7 @@ def job_server(head_node) -> str:
     deadline = time.monotonic() + 180
     while True:
         done = subprocess.run([RAY, "job", "submit", "--address", head_node.dashboard_url, "--", "true"],
-                              capture_output=True, text=True, env=CLI_ENV, timeout=120)
+                              capture_output=True, text=True, timeout=120)
         if done.returncode == 0:
             return head_node.dashboard_url
         if time.monotonic() > deadline:
@@ -140,20 +139,6 @@ def job_server(head_node) -> str:
 def dist_port() -> int:
     """One free port for the session's torch.distributed (gloo) group: it is set up once per process."""
     return free_port()
-
-
-@pytest.fixture(scope="session")
-def rollout_pool(toy_assets, cfg, ray_cluster):
-    """One rollout worker (a vLLM engine on the tiny model) for the session. Tests that only sample
-    or score share it; a test that changes it (weights, size, a killed worker) restores what it changed
-    or runs after the readers (tests/integration/test_rollout_pool.py, in file order)."""
-    from actors.pool import RolloutPool
-
-    pool = RolloutPool(cfg, str(toy_assets.model_dir), log=lambda line: None)
-    try:
-        yield pool
-    finally:
-        pool.shutdown()
 
 
 def pytest_collection_modifyitems(config, items):

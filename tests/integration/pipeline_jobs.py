@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from tests.integration.conftest import CLI_ENV, RAY, ROOT
+from tests.integration.conftest import RAY, ROOT
 from wavalign.atomic import write_text_atomic
 from wavalign.failpoints import ENV as FAILPOINTS_ENV
 
@@ -59,11 +59,12 @@ class Job:
 
 def submit_job(job_server: str, args: list[str], log_path: Path) -> subprocess.Popen:
     """`ray job submit` of launch.py to the session cluster's job server (the operator's path: the job
-    finds its cluster through RAY_ADDRESS); the CLI follows the job's output until it ends."""
+    finds its cluster through RAY_ADDRESS, and the CLI sends the cluster's token: RAY_AUTH_MODE, set
+    by tests/conftest.py); the CLI follows the job's output until it ends."""
     command = f"cd {shlex.quote(str(ROOT))} && {shlex.quote(sys.executable)} launch.py {shlex.join(args)}"
     with open(log_path, "w") as log:
         return subprocess.Popen([RAY, "job", "submit", "--address", job_server, "--", "bash", "-c", command],
-                                stdout=log, stderr=subprocess.STDOUT, text=True, env=CLI_ENV)
+                                stdout=log, stderr=subprocess.STDOUT, text=True)
 
 
 def run_dir_of(root: Path, name: str) -> Path:

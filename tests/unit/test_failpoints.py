@@ -52,3 +52,12 @@ def test_an_unknown_action_names_the_point(monkeypatch, tmp_path):
     monkeypatch.setenv(ENV, str(spec))
     with pytest.raises(FailpointError, match=r"driver.step_done: unknown action 'explode'"):
         failpoint("driver.step_done")
+
+
+@pytest.mark.parametrize("content,reason", [("{not json", "not a readable JSON file"), ("[1, 2]", "expected a JSON object")])
+def test_a_bad_failpoint_file_is_an_error_naming_it(monkeypatch, tmp_path, content, reason):
+    spec = tmp_path / "failpoints.json"
+    spec.write_text(content)
+    monkeypatch.setenv(ENV, str(spec))
+    with pytest.raises(FailpointError, match=rf"{ENV}: {spec}: {reason}"):
+        failpoint("rollout.generate")
