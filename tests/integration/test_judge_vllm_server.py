@@ -19,7 +19,8 @@ from wavalign.ports import free_port
 def vllm_server(toy_assets, tmp_path_factory):
     port = free_port()
     log = tmp_path_factory.mktemp("vllm-server") / "server.log"
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
+    # eager sampler helpers, as the rollout engines run them on CPU (actors/vllm_engine.py: eager_torch_on_cpu)
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "TORCH_COMPILE_DISABLE": "1"}
     command = [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(toy_assets.model_dir),
         "--served-model-name", "tiny-judge", "--host", "127.0.0.1", "--port", str(port),
