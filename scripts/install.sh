@@ -32,4 +32,13 @@ fi
 
 .venv/bin/python -c 'import transformers.models.qwen2.modeling_qwen2, vllm, ray, deepspeed' \
     || { echo "install: the installed stack does not import (see above)" >&2; exit 1; }
+
+# DeepSpeed's CPU learner joins its ranks through a shared-memory op that it compiles (C++, ~45 s on
+# 2 cores) the first time a learner starts, and again whenever the venv's path changes. Build it
+# now, into the torch extensions cache, so that no run (and no test) pays for it.
+if [ "$flavour" = cpu ]; then
+    echo "install: building DeepSpeed's shared-memory comm op"
+    .venv/bin/python -c 'from deepspeed.comm.torch import build_shm_op; assert build_shm_op() is not None' 2>&1 | tail -1 \
+        || { echo "install: DeepSpeed's shm comm op did not build (see above)" >&2; exit 1; }
+fi
 echo "install: ready (.venv)"
