@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rewards.registry import build_reward_functions
+from rewards.scores import checked_scores
 from rewards.speech import ToySpeechDecoder
 from rewards.types import ScoredResponse
 from wavalign.config import PipelineConfig
@@ -47,6 +48,8 @@ class RewardWorker:
         self.functions = build_reward_functions(cfg.reward, cfg.run.seed)
         self.weights = {spec.name: spec.weight for spec in cfg.reward.functions}
         self.decoder = ToySpeechDecoder() if cfg.reward.speech_decoder == "toy" else None
+        self.reward_cfg = cfg.reward
+        self.invalid_scores = {name: 0 for name in self.functions}  # replaced by the default score, per function
 
     def ready(self) -> dict[str, int]:
         return {"pid": os.getpid()}
@@ -66,18 +69,29 @@ class RewardWorker:
         failpoint("reward.score")
         responses = [self.view(r) for r in requests]
         with ThreadPoolExecutor(max_workers=len(self.functions)) as pool:
-            columns = dict(zip(self.functions, pool.map(lambda fn: fn(responses), self.functions.values())))
+            columns = dict(zip(self.functions, pool.map(self._column, self.functions.items(), [responses] * len(self.functions))))
         results = []
         for i, request in enumerate(requests):
-            scores = {name: float(column[i]) for name, column in columns.items()}
+            scores = {name: column[i] for name, column in columns.items()}
             total = sum(self.weights[name] * score for name, score in scores.items())
             results.append(RewardResult(request.prompt_id, request.sample_index, scores, total))
         return results
 
+    def _column(self, named_fn, responses: Sequence[ScoredResponse]) -> list[float]:
+        """One function's scores, each unusable one (non-finite, off the scale, not a number)
+        replaced by reward.default_score and counted: one bad score must not reach λ or the
+        advantages."""
+        name, fn = named_fn
+        r = self.reward_cfg
+        column, replaced = checked_scores(name, fn(responses), len(responses), r.scale_min, r.scale_max, r.default_score)
+        self.invalid_scores[name] += replaced
+        return column
+
     def counters(self) -> dict[str, int]:
-        """Failure counters of the judges (requests, retries, failures, ...), by function."""
+        """Failure counters of the judges (requests, retries, failures, ...) and every function's
+        replaced scores (`<name>/invalid_scores`, once any), by function."""
         failpoint("reward.counters")
-        out = {}
+        out = {f"{name}/invalid_scores": n for name, n in self.invalid_scores.items() if n}
         for name, fn in self.functions.items():
             if hasattr(fn, "counters"):
                 out.update({f"{name}/{key}": value for key, value in fn.counters().items()})

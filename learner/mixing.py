@@ -13,6 +13,9 @@ Per prompt group j with rewards R_j (the G rollouts of one prompt):
 and the step's loss is L = λ L_RL + (1 - λ) L_SFT. On the 1-5 judge scale var_max = 4 and tau = 3,
 the paper's constants. λ is computed from the *global* set of the step's groups, so every
 data-parallel rank applies the same weight (method §15 item 6); `fixed` mode uses a constant.
+A group with a non-finite reward (the reward workers replace them, so one here is a bug upstream)
+is left out of λ and its statistics; a step with no finite group keeps the previous λ (0 on the
+first step). λ and the EMA state are therefore always finite.
 """
 
 from __future__ import annotations
@@ -76,6 +79,10 @@ def group_gates(rewards: torch.Tensor, s: LambdaSettings) -> GroupGates:
     return GroupGates(reward_max=rmax, reward_var=var, info=info, gate=gate, raw=s.lambda_max * gate * info)
 
 
+def _mean(values: torch.Tensor) -> float:
+    return float(values.double().mean()) if len(values) else 0.0
+
+
 class LambdaController:
     """Holds the EMA state across steps; `step(rewards)` gives this step's λ and updates the state."""
 
@@ -89,20 +96,23 @@ class LambdaController:
     def apply(self, g: GroupGates) -> LambdaStep:
         """This step's λ from its groups' gates (gathered one group at a time: see step_stats)."""
         s = self.settings
+        finite = torch.isfinite(g.raw)
+        if not finite.all():
+            g = GroupGates(*(field[finite] for field in (g.reward_max, g.reward_var, g.info, g.gate, g.raw)))
         if s.adaptive:
             per_group = g.raw if self.state is None else (1 - s.ema_alpha) * g.raw + s.ema_alpha * self.state
-            lam = float(per_group.clamp(0.0, s.lambda_max).mean())
+            lam = float(per_group.clamp(0.0, s.lambda_max).mean()) if len(per_group) else (self.state or 0.0)
             self.state = lam
         else:
             lam = min(max(s.fixed_weight, 0.0), 1.0)
         return LambdaStep(
             lam=lam,
-            lambda_raw=float(g.raw.mean()),
-            gate_reward=float(g.gate.mean()),
-            gate_info=float(g.info.mean()),
-            reward_max_mean=float(g.reward_max.mean()),
-            reward_var_mean=float(g.reward_var.mean()),
-            zero_var_group_frac=float((g.reward_var == 0).double().mean()),
+            lambda_raw=_mean(g.raw),
+            gate_reward=_mean(g.gate),
+            gate_info=_mean(g.info),
+            reward_max_mean=_mean(g.reward_max),
+            reward_var_mean=_mean(g.reward_var),
+            zero_var_group_frac=_mean(g.reward_var == 0),
         )
 
     def state_dict(self) -> dict[str, float | None]:

@@ -10,6 +10,9 @@ from rewards.types import RewardFn
 from wavalign.config import ConfigError, RewardConfig
 
 URL_ENV = "WAVALIGN_REWARD_API_BASE"
+# A judge call ends within this share of reward.timeout_s, so a chunk's scoring (decoding, the
+# other functions running beside it) returns before the pool's deadline even with a hanging judge.
+CALL_SHARE = 0.9
 
 
 def judge_settings(cfg: RewardConfig, rubric: str) -> JudgeSettings:
@@ -23,6 +26,8 @@ def judge_settings(cfg: RewardConfig, rubric: str) -> JudgeSettings:
         rubric=rubric,
         api_key_env=j.api_key_env,
         timeout_s=j.timeout_s,
+        request_timeout_s=j.request_timeout_s,
+        call_timeout_s=CALL_SHARE * cfg.timeout_s,
         max_attempts=j.max_attempts,
         backoff_s=j.backoff_s,
         max_backoff_s=j.max_backoff_s,
@@ -61,5 +66,5 @@ def build_reward_functions(cfg: RewardConfig, seed: int = 0) -> dict[str, Reward
         else:
             from rewards.reward_model import HFRewardModel
 
-            functions[spec.name] = HFRewardModel(cfg.reward_model_path)
+            functions[spec.name] = HFRewardModel(cfg.reward_model_path, scale=(cfg.scale_min, cfg.scale_max))
     return functions

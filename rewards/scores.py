@@ -3,7 +3,9 @@ what to do with values outside the scale. Pure module: standard library only."""
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Sequence
 
 _SCORE = re.compile(r"<score>\s*([0-9]+(?:\.[0-9]+)?)\s*</score>", re.IGNORECASE)
 
@@ -32,8 +34,32 @@ def fit_to_scale(score: float, low: float, high: float, out_of_range: str) -> fl
     >>> fit_to_scale(7.0, 1.0, 5.0, "clamp")
     5.0
     """
+    if not math.isfinite(score):
+        raise BadScore(f"score {score} is not a finite number")
     if low <= score <= high:
         return score
     if out_of_range == "clamp":
         return min(max(score, low), high)
     raise BadScore(f"score {score:g} outside [{low:g}, {high:g}]")
+
+
+def checked_scores(name: str, values: object, n: int, low: float, high: float, default: float) -> tuple[list[float], int]:
+    """A reward function's column with every unusable score (not a number, non-finite, outside
+    [low, high]) replaced by `default`, and how many were replaced. A column that is not one value
+    per response is the function's bug: an error naming it.
+
+    >>> checked_scores("rm", [4, float("nan"), 9.0, "x"], 4, 1.0, 5.0, 2.5)
+    ([4.0, 2.5, 2.5, 2.5], 3)
+    """
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or len(values) != n:
+        got = f"{len(values)} values" if isinstance(values, Sequence) and not isinstance(values, (str, bytes)) else type(values).__name__
+        raise ValueError(f"reward function {name!r} returned {got} for {n} responses; it must return one float per response")
+    checked, replaced = [], 0
+    for value in values:
+        number = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+        if math.isfinite(number) and low <= number <= high:
+            checked.append(number)
+        else:
+            checked.append(default)
+            replaced += 1
+    return checked, replaced

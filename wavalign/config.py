@@ -16,6 +16,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
+# The longest deadline any key takes: a week. Longer is a typo, and far larger values overflow the
+# timeouts of sockets, threads and Ray.
+MAX_TIMEOUT_S = 7 * 24 * 3600.0
+
+
 class Section(BaseModel):
     """Base of every config section: unknown keys are errors, assignments are re-validated."""
 
@@ -244,7 +249,10 @@ class JudgeConfig(Section):
     mode: Literal["holistic", "two_judges"] = Field("holistic", description="one judge, or semantic + acoustic")
     semantic_weight: float = Field(0.7, ge=0, le=1, description="two_judges: r = w_sem * semantic + w_ac * acoustic")
     acoustic_weight: float = Field(0.3, ge=0, le=1)
-    timeout_s: float = Field(60, gt=0, description="per request (method: 60)")
+    timeout_s: float = Field(60, gt=0, le=MAX_TIMEOUT_S, description="each attempt, wall clock (method: 60)")
+    request_timeout_s: float = Field(
+        300, gt=0, le=MAX_TIMEOUT_S, description="each request with its retries; then the default score"
+    )
     max_attempts: int = Field(5, ge=1, description="method: 5")
     backoff_s: float = Field(5, ge=0, description="wait before retry k: backoff_s * 2^(k-1)")
     max_backoff_s: float = Field(60, ge=0)

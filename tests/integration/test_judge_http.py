@@ -1,8 +1,10 @@
-"""The judge client against real HTTP servers on 127.0.0.1: right answers, slow answers, 500s,
-garbage, out-of-range scores; retries, timeouts, defaults and counters."""
+"""The judge client against real HTTP servers on 127.0.0.1: right answers, slow answers, and every
+way a judge endpoint fails (transport, statuses, reply shapes, scores, hangs and trickles). Each
+failure is retried, then scored the default and counted by kind, within its deadline."""
 
 import base64
 import io
+import time
 import wave
 
 import pytest
@@ -10,7 +12,7 @@ import pytest
 from rewards.judge import JudgeSettings, OpenAIJudge, TwoJudges
 from rewards.speech import ToySpeechDecoder
 from rewards.types import ScoredResponse
-from tests.integration.judge_server import JudgeServer
+from tests.integration.judge_server import REPLIES, JudgeServer
 
 
 @pytest.fixture
@@ -66,6 +68,82 @@ def test_flaky_server_recovers_within_the_attempts(server):
     j = judge(server, "flaky")
     assert j(RESPONSES[:1]) == [3.0]
     assert j.counters()["http_errors"] == 2 and "failures" not in j.counters()
+
+
+# Every failure mode: (URL mode, the counter its attempts go to). Two attempts each, 0.5 s per
+# attempt, 2 s per request: each request must end with the default by its deadline.
+FAILURES = [
+    ("reset", "connection_errors"), ("close", "connection_errors"), ("nothttp", "protocol_errors"),
+    ("truncated", "protocol_errors"), ("huge_headers", "protocol_errors"), ("hang", "timeouts"),
+    ("trickle", "timeouts"), ("trickle_headers", "timeouts"), ("fail", "http_errors"), ("redirect", "redirects"),
+    *[(mode, "bad_replies") for mode in REPLIES if mode not in ("high", "infinite")],
+    ("high", "out_of_range"), ("infinite", "out_of_range"),
+]
+DEADLINES = dict(timeout_s=0.5, request_timeout_s=2.0, max_attempts=2, backoff_s=0.01)
+
+
+@pytest.mark.parametrize("mode,kind", FAILURES, ids=[mode for mode, _ in FAILURES])
+def test_every_failure_is_retried_then_default_counted_and_within_its_deadline(mode, kind, monkeypatch):
+    monkeypatch.setenv("WAVALIGN_REWARD_API_KEY", "sk-secret-key")
+    elsewhere = JudgeServer()
+    server = JudgeServer(trickle_seconds=0.2, redirect_to=elsewhere.url("ok"))
+    try:
+        j = judge(server, mode, out_of_range="clamp" if mode == "infinite" else "default", **DEADLINES)
+        started = time.monotonic()
+        assert j(RESPONSES[:1]) == [2.5]
+        took = time.monotonic() - started
+    finally:
+        server.close()
+        elsewhere.close()
+    counts = j.counters()
+    attempts = 1 if kind == "out_of_range" else 2  # an answer with an off-scale score is final: not a failure
+    assert counts["requests"] == 1 and counts["attempts"] == attempts and counts.get("failures", 0) == attempts - 1, counts
+    assert counts[kind] == attempts and sum(v for k, v in counts.items() if k in KINDS) == attempts, counts
+    assert took < DEADLINES["request_timeout_s"] + 0.5, f"{mode}: {took:.2f} s"
+    assert not elsewhere.hits  # redirects are not followed: the key never leaves the configured URL
+
+
+KINDS = {"connection_errors", "protocol_errors", "timeouts", "http_errors", "redirects", "bad_replies", "out_of_range",
+         "rate_limited", "deadline_exceeded", "other_errors"}
+
+
+@pytest.mark.parametrize("mode,kind", [("ratelimit", "rate_limited"), ("ratelimit_date", "rate_limited"),
+                                       ("unavailable", "http_errors")])
+def test_retry_after_is_honoured_up_to_the_cap(mode, kind):
+    asked = 2 if mode == "ratelimit_date" else 1  # an HTTP date has whole seconds: asks for 1 to 2 s
+    server = JudgeServer(flaky_failures=1, retry_after=asked)
+    try:
+        patient = judge(server, mode, backoff_s=0.01, max_backoff_s=10)
+        started = time.monotonic()
+        assert patient(RESPONSES[:1]) == [3.0]
+        waited = time.monotonic() - started
+        server.hits.clear()  # the first request is refused again
+        capped = judge(server, mode, backoff_s=0.01, max_backoff_s=0.2)
+        started = time.monotonic()
+        assert capped(RESPONSES[:1]) == [3.0]
+        capped_wait = time.monotonic() - started
+    finally:
+        server.close()
+    assert waited >= 1.0 and capped_wait < 0.9  # the server's wait (not backoff_s 0.01), but at most 0.2 s
+    assert patient.counters()[kind] == 1 and capped.counters()[kind] == 1
+
+
+def test_a_hanging_judge_spends_the_request_budget_not_every_attempt(server):
+    j = judge(server, "hang", timeout_s=0.5, request_timeout_s=1.2, max_attempts=5)
+    started = time.monotonic()
+    assert j(RESPONSES[:1]) == [2.5]
+    assert time.monotonic() - started < 1.2 + 0.5
+    counts = j.counters()
+    assert counts["timeouts"] == 3 and counts["deadline_exceeded"] == 1 and counts["failures"] == 1, counts
+
+
+def test_a_call_ends_by_its_deadline_whatever_the_judge_does(server):
+    j = judge(server, "hang", timeout_s=30, request_timeout_s=30, call_timeout_s=1.0, max_concurrency=2)
+    started = time.monotonic()
+    assert j([RESPONSES[0]] * 8) == [2.5] * 8  # 8 requests, 2 at a time, each would hang 30 s
+    assert time.monotonic() - started < 1.0 + 1.5
+    counts = j.counters()
+    assert counts["requests"] == 8 and counts["failures"] == 8, counts
 
 
 def test_slow_answers_time_out_then_default(server):

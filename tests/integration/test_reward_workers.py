@@ -1,6 +1,7 @@
 """Reward workers on the real stack: a local HF reward model; a pool of 2 RewardWorkers scoring a
 batch with the toy reward and a judge (a real HTTP server on 127.0.0.1) concurrently."""
 
+import math
 import os
 import signal
 import time
@@ -26,7 +27,7 @@ def test_local_hf_reward_model(tmp_path, toy_assets):
 
     from rewards.reward_model import HFRewardModel
 
-    rm = HFRewardModel(str(tmp_path), batch_size=2)
+    rm = HFRewardModel(str(tmp_path), scale=(1.0, 5.0), batch_size=2)
     responses = [ScoredResponse("what is one plus one", t) for t in ("one plus one is two", "one plus one is five", "")]
     batched = rm(responses)
     # what the model says of each (question, transcript) pair on its own, computed here by hand
@@ -36,7 +37,7 @@ def test_local_hf_reward_model(tmp_path, toy_assets):
     for r in responses:
         ids = tokenizer(r.question, r.text or "[empty]", return_tensors="pt")
         with torch.no_grad():
-            by_hand.append(model(**ids).logits[0, 0].item())
+            by_hand.append(1 + 4 / (1 + math.exp(-model(**ids).logits[0, 0].item())))  # the logit onto 1-5
     assert len(batched) == 3 and all(isinstance(x, float) for x in batched)
     assert batched == pytest.approx(by_hand, abs=1e-4)  # batching and padding change no score
     assert len(set(by_hand)) == 3  # the three answers are told apart
@@ -99,3 +100,20 @@ def wait_dead(ray, handle, timeout: float = 60) -> None:
             return
         time.sleep(0.2)
     raise TimeoutError("the killed worker still answers")
+
+
+def test_unusable_scores_of_any_function_become_the_default_and_are_counted(toy_assets, cfg):
+    from actors.reward import RewardWorker
+
+    worker = RewardWorker(str(toy_assets.model_dir), cfg)  # the plain class: toy_answer alone, weight 1
+    tokenizer, _ = load_tokenizer_and_layout(toy_assets.model_dir, cfg.model.layout)
+    rows = read_rows(toy_assets.data_file("train"), vocab_size=len(tokenizer), max_prompt_tokens=128).rows[:6]
+    requests = [RewardRequest(r.row_id, 0, r.reference_token_ids, r.question_text, None, {"answer": r.answer}) for r in rows]
+    toy = worker.functions["toy_answer"]
+    worker.functions["toy_answer"] = lambda responses: [float("nan"), float("inf"), 9.0, "4", True, *toy(responses)[5:]]
+    results = worker.score(requests)
+    assert [x.total for x in results] == [2.5] * 5 + [5.0]  # the default for each unusable one; the last is right
+    assert worker.counters() == {"toy_answer/invalid_scores": 5}
+    worker.functions["toy_answer"] = lambda responses: [3.0]
+    with pytest.raises(ValueError, match="reward function 'toy_answer' returned 1 values for 6 responses"):
+        worker.score(requests)

@@ -63,3 +63,27 @@ def test_fixed_mode_and_scale_derived_constants():
     s = LambdaSettings(scale_min=0.0, scale_max=10.0)
     assert (s.var_max, s.threshold) == (25.0, 5.0)
     assert (LambdaSettings().var_max, LambdaSettings().threshold) == (4.0, 3.0)  # the paper's on 1-5
+
+
+def test_a_non_finite_reward_gets_no_advantage_and_leaves_its_group_finite():
+    rewards = torch.tensor([[1, 5, float("nan"), 5], [2, 4, 2, 4]], dtype=torch.float64)
+    a = group_advantages(rewards)
+    # group 0 from its finite three: mean 11/3, population std sqrt(32/9)
+    sd = math.sqrt(32 / 9) + 1e-4
+    assert a[0].tolist() == pytest.approx([(1 - 11 / 3) / sd, (5 - 11 / 3) / sd, 0.0, (5 - 11 / 3) / sd])
+    assert a[1].tolist() == group_advantages(rewards[1:]).tolist()[0]  # the other group is untouched
+    unbiased = group_advantages(torch.tensor([[1.0, 3.0, float("inf")]]), unbiased_std=True)
+    assert unbiased[0].tolist() == pytest.approx([-1 / (math.sqrt(2) + 1e-4), 1 / (math.sqrt(2) + 1e-4), 0.0])
+    assert group_advantages(torch.full((1, 4), float("nan"))).tolist() == [[0.0] * 4]
+
+
+def test_lambda_leaves_out_groups_with_non_finite_rewards_and_never_becomes_non_finite():
+    controller = LambdaController(LambdaSettings())
+    clean = LambdaController(LambdaSettings()).step(TABLE[:2])
+    poisoned = torch.cat([TABLE[:2], torch.tensor([[1, 5, float("nan"), 5]], dtype=torch.float64)])
+    first = controller.step(poisoned)
+    assert first.lam == pytest.approx(clean.lam) == pytest.approx((0.79996 + 0.23749) / 2, abs=1e-5)
+    assert first.reward_var_mean == pytest.approx((4.0 + 1.1875) / 2)
+    second = controller.step(torch.full((2, 4), float("nan"), dtype=torch.float64))  # no finite group: λ stays
+    assert second.lam == first.lam and controller.state == first.lam and math.isfinite(second.lambda_raw)
+    assert LambdaController(LambdaSettings()).step(torch.full((1, 4), float("inf"))).lam == 0.0

@@ -5,7 +5,7 @@ import importlib
 
 import pytest
 
-MODULES = ["rewards.toy", "rewards.scores", "rewards.speech", "wavalign.toy.codec", "wavalign.toy.task", "learner.schedule"]
+MODULES = ["rewards.toy", "rewards.scores", "rewards.judge_reply", "rewards.speech", "wavalign.toy.codec", "wavalign.toy.task", "learner.schedule"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -30,6 +30,7 @@ PURE_MODULES = [
     "rewards.types",
     "rewards.toy",
     "rewards.scores",
+    "rewards.judge_reply",
     "rewards.speech",
     "rewards.wav",
 ]
