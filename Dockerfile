@@ -6,9 +6,9 @@
 # pyproject.toml's, every path copied in exists, and the base is a CUDA image.
 #
 #   build:   docker build -t wavalign-ray:gpu .
-#   head:    docker run -d --gpus all --network host --shm-size=32g wavalign-ray:gpu \
-#                ray start --head --block --port=6379 --dashboard-host=0.0.0.0
-#   worker:  docker run -d --gpus all --network host --shm-size=32g wavalign-ray:gpu \
+#   head:    docker run -d --name ray-head --gpus all --network host --shm-size=32g wavalign-ray:gpu
+#   token:   export RAY_AUTH_MODE=token RAY_AUTH_TOKEN=$(docker exec ray-head ray get-auth-token)
+#   worker:  docker run -d --gpus all --network host --shm-size=32g -e RAY_AUTH_TOKEN wavalign-ray:gpu \
 #                ray start --block --address=<head-ip>:6379
 #   job:     ray job submit --address http://<head-ip>:8265 -- python launch.py --config pipeline.yaml --set ...
 # (README "GPU clusters (Docker image)" has the details.)
@@ -56,6 +56,11 @@ RUN pip install -e ".[gpu,test]" \
 assert torch.__version__.startswith('${TORCH_VERSION}') and torch.version.cuda.startswith('13.'), torch.__version__"
 
 # /dev/shm (docker run --shm-size) backs Ray's object store and rollout.weight_staging_dir.
+# Token authentication is on for every Ray process of the image: the dashboard listens on every
+# interface, and without a token anyone who reaches port 8265 could submit jobs. The head makes its
+# token (~/.ray/auth_token in the container) on first start; workers and submitters pass the same
+# one in RAY_AUTH_TOKEN (README "GPU clusters").
+ENV RAY_AUTH_MODE=token
 # No ENTRYPOINT: the command is `ray start ...` on head and worker nodes, or any other command.
 EXPOSE 6379 8265 10001
-CMD ["ray", "start", "--head", "--block", "--port=6379", "--dashboard-host=0.0.0.0"]
+CMD ["bash", "-c", "ray get-auth-token --generate > /dev/null && exec ray start --head --block --port=6379 --dashboard-host=0.0.0.0"]

@@ -12,6 +12,7 @@ by the reward pool as soon as it is in (streamed statistics) -> advantages and Î
 from __future__ import annotations
 
 import argparse
+import functools
 import signal
 import sys
 import time
@@ -41,21 +42,23 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from wavalign.config import InvalidConfig
     from wavalign.config_file import config_yaml, read_config, save_config
+    from wavalign.pipeline.preflight import PreflightError, check_resume, preflight
 
-    # 1. Resolve the config: file (a resumed run's own snapshot) + overrides, validated as one tree.
+    # 1. Resolve the config (file, or a resumed run's own snapshot, + overrides) as one tree, then
+    #    run every check short of starting Ray: the pipeline runs it, its reward functions build,
+    #    the policy loads, the data is there and valid. Nothing is written before they pass.
+    note = functools.partial(print, file=sys.stderr if args.dry_run else sys.stdout, flush=True)  # a dry run prints the config
     try:
         cfg = read_config(args.config or Path(args.resume) / "config.yaml", args.set)
-    except InvalidConfig as err:
+        inputs = preflight(cfg, build_toy=not args.dry_run, log=note)
+        if args.resume:
+            check_resume(Path(args.resume))
+    except (InvalidConfig, PreflightError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if args.dry_run:
         print(config_yaml(cfg), end="")
         return 0
-    from wavalign.pipeline.run import Pipeline, unsupported
-
-    if problem := unsupported(cfg):
-        print(f"error: {problem}", file=sys.stderr)
-        return 2
 
     # 2. The run directory (new, or the resumed run's) with the resolved config in it.
     run_dir = Path(args.resume) if args.resume else Path(cfg.run.output_dir) / f"{cfg.run.name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -64,7 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"run dir: {run_dir}", flush=True)
 
     # 3. Policy, data, Ray and the workers: rollout pool, reward pool, learners, operator control.
-    pipe = Pipeline(cfg, run_dir, args.address)
+    from wavalign.pipeline.run import Pipeline
+
+    pipe = Pipeline(cfg, run_dir, args.address, inputs)
     # 4. Resume: learner state, Î», data cursor, step and policy version; the pool gets the weights.
     if args.resume:
         pipe.resume()

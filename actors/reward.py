@@ -8,6 +8,7 @@ plus the weighted total. A plain class; the driver makes it a Ray worker at the 
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -68,8 +69,10 @@ class RewardWorker:
     def score(self, requests: Sequence[RewardRequest]) -> list[RewardResult]:
         failpoint("reward.score")
         responses = [self.view(r) for r in requests]
+        spoil = failpoint("reward.scores")  # fault tests: every other score NaN, as a buggy function's
         with ThreadPoolExecutor(max_workers=len(self.functions)) as pool:
-            columns = dict(zip(self.functions, pool.map(self._column, self.functions.items(), [responses] * len(self.functions))))
+            columns = dict(zip(self.functions, pool.map(self._column, self.functions.items(), [responses] * len(self.functions),
+                                                        [spoil] * len(self.functions))))
         results = []
         for i, request in enumerate(requests):
             scores = {name: column[i] for name, column in columns.items()}
@@ -77,13 +80,16 @@ class RewardWorker:
             results.append(RewardResult(request.prompt_id, request.sample_index, scores, total))
         return results
 
-    def _column(self, named_fn, responses: Sequence[ScoredResponse]) -> list[float]:
+    def _column(self, named_fn, responses: Sequence[ScoredResponse], spoil: bool = False) -> list[float]:
         """One function's scores, each unusable one (non-finite, off the scale, not a number)
         replaced by reward.default_score and counted: one bad score must not reach λ or the
         advantages."""
         name, fn = named_fn
         r = self.reward_cfg
-        column, replaced = checked_scores(name, fn(responses), len(responses), r.scale_min, r.scale_max, r.default_score)
+        raw = fn(responses)
+        if spoil:
+            raw = [math.nan if i % 2 else score for i, score in enumerate(raw)]
+        column, replaced = checked_scores(name, raw, len(responses), r.scale_min, r.scale_max, r.default_score)
         self.invalid_scores[name] += replaced
         return column
 

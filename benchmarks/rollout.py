@@ -120,10 +120,12 @@ def main() -> None:
     from actors.pool import RolloutPool
     from wavalign.pipeline.inputs import connect_ray
 
-    # Both engines stay up and the measurements alternate, so machine noise hits both alike.
-    bare_engine = BareVLLM(cfg, assets.model_dir, layout.eos_id)
+    # Both engines stay up and the measurements alternate, so machine noise hits both alike. They
+    # start side by side (an engine start is mostly one core's imports).
     connect_ray(None)  # the cluster of $RAY_ADDRESS, else a new local one
-    pool = RolloutPool(cfg, str(assets.model_dir), log=lambda line: None)
+    pool = RolloutPool(cfg, str(assets.model_dir), log=lambda line: None, wait=False)
+    bare_engine = BareVLLM(cfg, assets.model_dir, layout.eos_id)
+    pool.wait_until_up()
     bare_engine.tokens_per_s(prompts[:4]), pool_tokens_per_s(pool, prompts[:4])  # warm-up
     bare_rates, pool_rates = [], []
     for _ in range(args.repeats):

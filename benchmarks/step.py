@@ -158,8 +158,8 @@ def measure(args, tmp: Path) -> None:
         cfg = read_config(args.config, args.set)
     rows_of_pipeline = pipeline_steps(args.config, args.set, args.steps, tmp / "runs")
     model_dir, train_files, _ = resolve_inputs(cfg)
-    tokenizer, _ = load_tokenizer_and_layout(model_dir, cfg.model.layout)
-    stream = PromptStream(read_prompt_rows(cfg, len(tokenizer), train_files), cfg.run.seed,
+    tokenizer, layout = load_tokenizer_and_layout(model_dir, cfg.model.layout)
+    stream = PromptStream(read_prompt_rows(cfg, len(tokenizer), train_files, layout), cfg.run.seed,
                           cfg.train.rollout_batch_size // cfg.rollout.group_size)  # the pipeline's prompts, in order
     step_prompts = [stream.next_step() for _ in range(args.steps)]
     references = {}

@@ -22,16 +22,27 @@ MAX_TIMEOUT_S = 7 * 24 * 3600.0
 
 
 class Section(BaseModel):
-    """Base of every config section: unknown keys are errors, assignments are re-validated."""
+    """Base of every config section: unknown keys are errors, assignments are re-validated, and
+    values are taken as they are typed (strict: `true` is not 1, "5" is not 5; an integer is a
+    valid float) and finite (no inf or nan anywhere)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False)
 
 
 class RunConfig(Section):
-    name: str = Field("wavalign", min_length=1, description="run name; the run dir is output_dir/name-<time>")
+    name: str = Field("wavalign", min_length=1, max_length=100, description="run name; the run dir is output_dir/name-<time>")
     output_dir: str = Field("runs", description="where run directories are created")
     seed: int = Field(42, description="global seed (method §10: 42)")
     steps: int = Field(2000, ge=1, description="optimizer steps (method: max_steps 2000)")
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        """The run directory is output_dir/<name>-<time>: a name must not lead anywhere else."""
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
+            raise ValueError(f"{value!r} is not a plain name (letters, digits, '.', '_', '-'; not starting with '.' or '-'): "
+                             "the run directory goes inside run.output_dir")
+        return value
 
 
 class LayoutConfig(Section):
@@ -154,6 +165,8 @@ class WarmStartConfig(Section):
     def _check(self) -> "WarmStartConfig":
         if self.correct_rate_min > self.correct_rate_max:
             raise ConfigError("correct_rate_min", f"{self.correct_rate_min} > correct_rate_max ({self.correct_rate_max})")
+        if self.min_steps > self.max_steps:
+            raise ConfigError("min_steps", f"{self.min_steps} > max_steps ({self.max_steps})")
         return self
 
 
@@ -187,7 +200,9 @@ class DataConfig(Section):
     eval_files: list[str] = Field(default_factory=list, description="JSONL/Parquet; empty = toy eval split")
     max_prompt_tokens: int = Field(2048, ge=1, description="longer prompts are invalid rows")
     skip_invalid_rows: bool = Field(False, description="skip (and count) bad rows instead of failing")
-    task_types: list[str] = Field(default_factory=lambda: ["s2s"], description="rows of other types are dropped")
+    task_types: list[str] = Field(
+        default_factory=lambda: ["s2s"], min_length=1, description="rows of other types are dropped (and counted)"
+    )
 
 
 class RolloutConfig(Section):
@@ -200,9 +215,9 @@ class RolloutConfig(Section):
     top_k: int = Field(0, ge=0, description="0 = off")
     max_new_tokens: int = Field(1024, ge=1)
     kv_cache_gib: float = Field(1, gt=0, description="vLLM CPU KV cache (VLLM_CPU_KVCACHE_SPACE)")
-    timeout_s: float = Field(600, gt=0, description="a generate call that takes longer is an error naming the worker")
-    start_timeout_s: float = Field(600, gt=0, description="a worker whose engine is not up by then is an error")
-    update_timeout_s: float = Field(120, gt=0, description="a weight update that takes longer is an error")
+    timeout_s: float = Field(600, gt=0, le=MAX_TIMEOUT_S, description="a generate call that takes longer is an error naming the worker")
+    start_timeout_s: float = Field(600, gt=0, le=MAX_TIMEOUT_S, description="a worker whose engine is not up by then is an error")
+    update_timeout_s: float = Field(120, gt=0, le=MAX_TIMEOUT_S, description="a weight update that takes longer is an error")
     weight_bucket_mb: float = Field(64, gt=0, description="weights stream to workers in buckets of this size")
     weight_staging_dir: str = Field("/dev/shm", description="shared memory where a worker hands weights to vLLM")
     groups_per_call: int = Field(0, ge=0, description="prompt groups per generate call; 0 = spread evenly, one call per worker")
@@ -254,17 +269,19 @@ class JudgeConfig(Section):
         300, gt=0, le=MAX_TIMEOUT_S, description="each request with its retries; then the default score"
     )
     max_attempts: int = Field(5, ge=1, description="method: 5")
-    backoff_s: float = Field(5, ge=0, description="wait before retry k: backoff_s * 2^(k-1)")
-    max_backoff_s: float = Field(60, ge=0)
+    backoff_s: float = Field(5, ge=0, le=MAX_TIMEOUT_S, description="wait before retry k: backoff_s * 2^(k-1)")
+    max_backoff_s: float = Field(60, ge=0, le=MAX_TIMEOUT_S)
     max_concurrency: int = Field(8, ge=1, description="requests in flight per reward worker")
     out_of_range: Literal["default", "clamp"] = Field("default", description="a score outside the scale")
     send_audio: bool = Field(True, description="send the decoded speech as base64 WAV")
-    wav_header_rate: int | None = Field(None, description="null = the audio's true rate; 24000 = authors' bug")
+    wav_header_rate: int | None = Field(None, ge=1, description="null = the audio's true rate; 24000 = authors' bug")
     max_tokens: int = Field(512, ge=1, description="reply length limit")
     extra_body: dict[str, Any] = Field(default_factory=dict, description="merged into each request body")
 
     @model_validator(mode="after")
     def _check(self) -> "JudgeConfig":
+        if self.url is not None and not re.fullmatch(r"https?://[^/\s:]+(:\d+)?(/\S*)?", self.url):
+            raise ConfigError("url", f"{self.url!r} is not an http(s)://host[:port]/path URL")
         if self.mode == "two_judges" and abs(self.semantic_weight + self.acoustic_weight - 1) > 1e-9:
             raise ConfigError("semantic_weight", "semantic_weight + acoustic_weight must be 1 (stays on the scale)")
         return self
@@ -289,7 +306,7 @@ class RewardConfig(Section):
     toy_flip_prob: float = Field(0.0, ge=0, le=1, description="... and the chance its right/wrong verdict is reversed")
     num_workers: int = Field(1, ge=1, description="reward workers")
     cpus_per_worker: float = Field(0.5, gt=0, description="mostly waiting on HTTP; little CPU")
-    timeout_s: float = Field(900, gt=0, description="a scoring call that takes longer is an error naming the worker")
+    timeout_s: float = Field(900, gt=0, le=MAX_TIMEOUT_S, description="a scoring call that takes longer is an error naming the worker")
 
     @model_validator(mode="after")
     def _check(self) -> "RewardConfig":
@@ -358,7 +375,7 @@ class LearnerConfig(Section):
     zero_stage: int = Field(2, ge=0, le=3, description="method: ZeRO-2")
     precision: Literal["float32", "bfloat16"] = Field("bfloat16", description="method: bf16; CPU runs use float32")
     learning_rate: float = Field(1e-6, gt=0, description="method: 1e-6")
-    adam_betas: tuple[float, float] = Field((0.9, 0.95), description="method: (0.9, 0.95)")
+    adam_betas: tuple[float, float] = Field((0.9, 0.95), description="method: (0.9, 0.95); each in [0, 1)")
     adam_eps: float = Field(1e-8, gt=0)
     weight_decay: float = Field(0.01, ge=0)
     grad_clip: float = Field(1.2, gt=0, description="method: 1.2")
@@ -366,8 +383,20 @@ class LearnerConfig(Section):
     schedule: Literal["cosine", "linear", "constant"] = Field("cosine", description="after warm-up (method §15.5)")
     micro_batch_rows: int = Field(8, ge=1, description="sequences per forward/backward; gradients accumulate")
     grad_norm_every: int = Field(10, ge=0, description="steps between per-modality gradient norms; 0 = never")
-    timeout_s: float = Field(1800, gt=0, description="a learner call that takes longer is an error naming the rank")
+    timeout_s: float = Field(1800, gt=0, le=MAX_TIMEOUT_S, description="a learner call that takes longer is an error naming the rank")
     torch_threads: int = Field(0, ge=0, description="CPU threads of each learner's torch; 0 = Ray's setting (its CPUs)")
+
+    @field_validator("adam_betas", mode="before")
+    @classmethod
+    def _betas_from_a_list(cls, value: Any) -> Any:
+        return tuple(value) if isinstance(value, list) else value  # YAML has lists, not tuples
+
+    @field_validator("adam_betas")
+    @classmethod
+    def _betas_in_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= beta < 1 for beta in value):
+            raise ValueError(f"each beta must lie in [0, 1), got {list(value)}")
+        return value
 
 
 class PipelineConfig(Section):
@@ -406,10 +435,11 @@ class PipelineConfig(Section):
 
 
 class InvalidConfig(ValueError):
-    """Every problem of a config tree, one line each, each naming its key path."""
+    """Every problem of a config tree, one line each, each naming its key path (and the value)."""
 
     def __init__(self, problems: list[str]) -> None:
-        super().__init__("invalid config:\n" + "\n".join(f"  {p}" for p in problems))
+        lines = problems[0] if len(problems) == 1 else "\n" + "\n".join(f"  {p}" for p in problems)
+        super().__init__(f"invalid config: {lines}")
         self.problems = problems
 
 
@@ -434,8 +464,16 @@ def validation_problems(err: ValidationError) -> list[str]:
         if keyed:  # a ConfigError from a section validator: its key is relative to the section
             path = f"{path}.{keyed[1]}" if path else keyed[1]
             message = keyed[2]
+        elif not isinstance(problem["input"], dict) and problem["type"] not in ("missing", "value_error"):
+            message = f"{message} (got {_shown(problem['input'])})"
         lines.append(f"{path}: {message}" if path else message)
     return lines
+
+
+def _shown(value: Any) -> str:
+    """A value as the user typed it in YAML, cut short when long."""
+    text = "true" if value is True else "false" if value is False else "null" if value is None else repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def set_dotted(tree: dict[str, Any], key_path: str, value: Any) -> None:

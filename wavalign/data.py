@@ -7,7 +7,13 @@ Optional: `id`, `task_type` (rows of other types are dropped; absent means s2s),
 verifiable reward), and anything else, carried through untouched.
 
 A bad row is an error naming file, row (1-based) and field — or, with `skip_invalid_rows`, a counted
-skip listed in the report. pyarrow is imported only where Parquet is read or written.
+skip listed in the report that keeps every good row (a JSONL line that is not UTF-8 or not JSON is
+one bad row, not a bad file). With the model's speech layout, token ids must also follow it: the
+reference ends with eos (and holds no other), audio blocks open and close in turn, and speech codes
+sit inside them. A file that cannot be read at all (missing, a directory, an unknown suffix, corrupt
+Parquet, no rows) is a DataError naming the file. Rows whose `task_type` is not selected are
+counted, by type. A UTF-8 byte-order mark is read as nothing. pyarrow is imported only where
+Parquet is read or written.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from wavalign.atomic import atomic_path
+from wavalign.layout import SpeechLayout
 
 REQUIRED_FIELDS = ("messages", "question_text", "sft_target_text", "prompt_token_ids", "reference_token_ids")
 
@@ -44,7 +51,7 @@ class PromptRow:
 class ReadReport:
     rows: list[PromptRow]
     skipped: list[str]  # one message per invalid row skipped under skip_invalid_rows
-    filtered: int  # rows dropped because of their task_type
+    filtered: dict[str, int] = field(default_factory=dict)  # rows left out for their task_type, by type
 
 
 def read_rows(
@@ -54,21 +61,30 @@ def read_rows(
     max_prompt_tokens: int,
     skip_invalid_rows: bool = False,
     task_types: Sequence[str] = ("s2s",),
+    layout: SpeechLayout | None = None,
 ) -> ReadReport:
-    """Read and validate every row of a .jsonl or .parquet file."""
+    """Read and validate every row of a .jsonl or .parquet file (against `layout` when given)."""
     path = Path(path)
-    report = ReadReport(rows=[], skipped=[], filtered=0)
+    report = ReadReport(rows=[], skipped=[])
+    seen = 0
     for row_number, record in _records(path):
+        seen += 1
         try:
-            if isinstance(record, dict) and record.get("task_type", "s2s") not in task_types:
-                report.filtered += 1
+            if isinstance(record, dict) and (kind := record.get("task_type", "s2s")) not in task_types:
+                key = kind if isinstance(kind, str) else json.dumps(kind)
+                report.filtered[key] = report.filtered.get(key, 0) + 1
                 continue
-            report.rows.append(_validate(record, f"{path.name}:{row_number}", vocab_size, max_prompt_tokens))
+            row = _validate(record, f"{path.name}:{row_number}", vocab_size, max_prompt_tokens)
+            if layout is not None:
+                _check_layout(row, layout)
+            report.rows.append(row)
         except _RowProblem as problem:
             message = f"{path}: row {row_number}: field '{problem.field}': {problem.reason}"
             if not skip_invalid_rows:
                 raise DataError(message) from None
             report.skipped.append(message)
+    if not seen:
+        raise DataError(f"{path}: no rows (the file is empty)")
     return report
 
 
@@ -96,22 +112,37 @@ class _RowProblem(Exception):
 def _records(path: Path) -> Iterator[tuple[int, Any]]:
     if not path.exists():
         raise DataError(f"{path}: data file not found")
+    if path.is_dir():
+        raise DataError(f"{path}: a directory, not a data file (list its files in data.train_files / eval_files)")
     if path.suffix == ".jsonl":
-        with path.open(encoding="utf-8") as lines:
-            for number, line in enumerate(lines, 1):
-                if not line.strip():
-                    continue
-                try:
-                    yield number, json.loads(line)
-                except json.JSONDecodeError as err:
-                    yield number, _Unparsable(str(err))
+        try:
+            content = path.read_bytes()
+        except OSError as err:
+            raise DataError(f"{path}: cannot read ({err.strerror})") from None
+        for number, line in enumerate(content.removeprefix(b"\xef\xbb\xbf").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                yield number, json.loads(line.decode("utf-8"))
+            except UnicodeDecodeError as err:
+                yield number, _Unparsable(f"not UTF-8: byte {line[err.start]:#04x} at column {err.start + 1}")
+            except json.JSONDecodeError as err:
+                yield number, _Unparsable(f"not valid JSON ({err})")
     elif path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        for number, record in enumerate(pq.read_table(path).to_pylist(), 1):
+        for number, record in enumerate(_parquet_records(path), 1):
             yield number, record
     else:
         raise DataError(f"{path}: unsupported data file type (use .jsonl or .parquet)")
+
+
+def _parquet_records(path: Path) -> list[dict[str, Any]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(path).to_pylist()
+    except (pa.ArrowException, OSError) as err:
+        raise DataError(f"{path}: not a readable Parquet file ({' '.join(str(err).split())[:200]})") from None
 
 
 @dataclass(frozen=True)
@@ -121,7 +152,7 @@ class _Unparsable:
 
 def _validate(record: Any, default_id: str, vocab_size: int, max_prompt_tokens: int) -> PromptRow:
     if isinstance(record, _Unparsable):
-        raise _RowProblem("<json>", f"not valid JSON ({record.error})")
+        raise _RowProblem("<line>", record.error)
     if not isinstance(record, dict):
         raise _RowProblem("<row>", f"expected an object, got {type(record).__name__}")
     for name in REQUIRED_FIELDS:
@@ -166,3 +197,31 @@ def _token_ids(record: dict[str, Any], name: str, vocab_size: int) -> tuple[int,
         if not 0 <= token < vocab_size:
             raise _RowProblem(name, f"position {position}: token id {token} is outside the vocabulary [0, {vocab_size})")
     return tuple(ids)
+
+
+def _check_layout(row: PromptRow, layout: SpeechLayout) -> None:
+    """The row's token ids follow the speech layout (see the module docstring)."""
+    reference = row.reference_token_ids
+    if reference[-1] != layout.eos_id:
+        raise _RowProblem("reference_token_ids", f"does not end with eos (id {layout.eos_id}): last id {reference[-1]}")
+    if layout.eos_id in reference[:-1]:
+        raise _RowProblem("reference_token_ids", f"position {reference.index(layout.eos_id)}: eos before the end")
+    for name, ids in (("prompt_token_ids", row.prompt_token_ids), ("reference_token_ids", reference)):
+        _check_audio_blocks(name, ids, layout)
+
+
+def _check_audio_blocks(name: str, ids: Sequence[int], layout: SpeechLayout) -> None:
+    opened: int | None = None  # where the open audio block began
+    for position, token in enumerate(ids):
+        if token == layout.boa_id:
+            if opened is not None:
+                raise _RowProblem(name, f"position {position}: begin-of-audio inside the block opened at {opened}")
+            opened = position
+        elif token == layout.eoa_id:
+            if opened is None:
+                raise _RowProblem(name, f"position {position}: end-of-audio with no block open")
+            opened = None
+        elif layout.is_speech_code(token) and opened is None:
+            raise _RowProblem(name, f"position {position}: speech token {token} outside an audio block")
+    if opened is not None:
+        raise _RowProblem(name, f"the audio block opened at position {opened} is never closed")

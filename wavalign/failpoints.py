@@ -8,9 +8,11 @@ at any time while a run goes (anything else there is an error naming the file). 
     exit     the process dies on the spot, as under kill -9 (os._exit)
     raise    the call fails with FailpointError
     sigterm  the process sends itself SIGTERM (the driver then checkpoints and stops)
+    corrupt  failpoint() returns True and the caller spoils its own output as its point says
 
-Points: rollout.generate, rollout.update_weights (RolloutWorker), reward.score, reward.counters
-(RewardWorker), driver.step_done (after a step's outputs are written). connect_ray forwards the
+Points: rollout.generate, rollout.update_weights (RolloutWorker), reward.score, reward.counters,
+reward.scores (RewardWorker; corrupt: every other score of every reward function is NaN, as a
+buggy function's would be), driver.step_done (after a step's outputs are written). connect_ray forwards the
 variable to the job's Ray workers. Standard library only; unset, a hit costs one environment lookup.
 """
 
@@ -21,41 +23,44 @@ import os
 import signal
 
 ENV = "WAVALIGN_FAILPOINTS"
-ACTIONS = ("exit", "raise", "sigterm")
+ACTIONS = ("exit", "raise", "sigterm", "corrupt")
 
 
 class FailpointError(RuntimeError):
     pass
 
 
-def failpoint(point: str) -> None:
-    """Fire the action armed at `point`, once per run; nothing when none is armed."""
+def failpoint(point: str) -> bool:
+    """Fire the action armed at `point`, once per run; nothing when none is armed. True only when a
+    `corrupt` action fired (the caller spoils its output)."""
     path = os.environ.get(ENV)
     if not path:
-        return
+        return False
     try:
         with open(path, encoding="utf-8") as spec:
             armed = json.load(spec)
     except FileNotFoundError:
-        return  # not written yet: nothing armed
+        return False  # not written yet: nothing armed
     except (OSError, ValueError) as err:
         raise FailpointError(f"{ENV}: {path}: not a readable JSON file ({err})") from None
     if not isinstance(armed, dict):
         raise FailpointError(f"{ENV}: {path}: expected a JSON object {{point: action}}, got {armed!r}")
     action = armed.get(point)
     if action is None:
-        return
+        return False
     if action not in ACTIONS:
         raise FailpointError(f"{ENV}: {point}: unknown action {action!r} (one of {', '.join(ACTIONS)})")
     try:
         os.close(os.open(f"{path}.{point}.fired", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
     except FileExistsError:
-        return  # fired already, here or in another process
+        return False  # fired already, here or in another process
     if action == "exit":
         os._exit(17)
     if action == "sigterm":
         os.kill(os.getpid(), signal.SIGTERM)
-        return
+        return False
+    if action == "corrupt":
+        return True
     raise FailpointError(f"failpoint {point}: injected failure")
 
 

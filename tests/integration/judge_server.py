@@ -12,6 +12,8 @@ Transport:     /reset/... RST after reading the request   /close/... closes with
                answers   /trickle/... a valid reply, its body one byte every `trickle_seconds`
                /trickle_headers/... the status line, one byte every `trickle_seconds`
                /huge_headers/... a 100 KiB header line
+Chaos:         /chaos/... of every 10 requests (counted in arrival order) 3 reset the connection,
+               1 hangs, 6 get <score>3</score>
 """
 
 from __future__ import annotations
@@ -98,11 +100,13 @@ class JudgeServer:
                     return self._send(302, b"", {"Location": server.redirect_to})
                 if mode in REPLIES:
                     return self._send(200, REPLIES[mode])
+                if mode == "chaos" and count % 10 in CHAOS:
+                    return TRANSPORT[CHAOS[count % 10]](self)
                 if mode in TRANSPORT:
                     return TRANSPORT[mode](self)
                 if mode == "slow":
                     time.sleep(server.slow_seconds)
-                text = "<score>3</score>" if mode in ("flaky", "ratelimit", "ratelimit_date", "unavailable") else OK_TEXT
+                text = "<score>3</score>" if mode in ("flaky", "ratelimit", "ratelimit_date", "unavailable", "chaos") else OK_TEXT
                 self._send(200, chat(text))
 
             def _send(self, status, payload, headers=None):
@@ -157,6 +161,7 @@ class JudgeServer:
             "hang": Handler._hang, "trickle": lambda handler: handler._trickle(body_only=True), "trickle_headers": Handler._trickle,
             "huge_headers": Handler._huge_headers,
         }
+        CHAOS = {1: "reset", 4: "reset", 7: "reset", 9: "hang"}
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]

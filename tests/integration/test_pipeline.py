@@ -25,7 +25,8 @@ from learner.advantages import group_advantages
 from learner.mixing import LambdaController
 from learner.schedule import lr_factor
 from tests.integration.conftest import ROOT
-from tests.integration.pipeline_jobs import Job, launch_args, metrics_rows, rollout_rows, run_dir_of, submit_job
+from tests.integration.judge_server import JudgeServer
+from tests.integration.pipeline_jobs import Failpoints, Job, launch_args, metrics_rows, rollout_rows, run_dir_of, submit_job
 from wavalign.pipeline.outputs import write_parquet_atomic
 from wavalign.pipeline.run import lambda_settings
 
@@ -225,16 +226,26 @@ def test_a_run_resumed_from_a_checkpoint_continues_exactly_as_the_uninterrupted_
     assert texts == [(r["step"], r["text"]) for r in rollout_rows(original) if r["step"] <= 32]
 
 
-def test_bounded_staleness_on_the_exported_policy(main_job, tmp_path, address, toy_assets):
+def test_bounded_staleness_on_the_exported_policy_with_a_failing_judge_and_nan_rewards(main_job, tmp_path, address, toy_assets):
     """train.max_staleness 1: step 2 is sampled (by the weights before step 1) while the learner takes
     step 1, and the learner applies the importance ratio. The run starts from the main job's exported
-    policy: an HF directory that vLLM and the learner load as they load users' checkpoints."""
+    policy: an HF directory that vLLM and the learner load as they load users' checkpoints. Its world
+    misbehaves: the judge drops 30% of its connections and hangs on 10% of its requests, and one
+    scoring call's functions return NaN for every other response; every step still finishes, with
+    the failures counted and λ and the losses finite."""
     # ratio_clip 1e-6: every ratio of a stale token that differs from 1 at all is clipped, so the
     # clip fraction shows whether the learner applied the importance ratio (0 if it did not)
+    server = JudgeServer()
+    failpoints = Failpoints(tmp_path)
+    failpoints.arm("reward.scores", "corrupt")
     extra = {"train.max_staleness": "1", "run.steps": "3", "train.eval_every": "0", "algorithm.ratio_clip": "0.000001",
-             "model.path": str(main_job[0] / "policy"),
-             "data.train_files": f'["{toy_assets.data_file("train")}"]'}
-    output = Job(tmp_path / "stale.log", launch_args(tmp_path, "stale", toy_assets, extra), address).finish()
+             "model.path": str(main_job[0] / "policy"), "data.train_files": f'["{toy_assets.data_file("train")}"]',
+             "reward.functions": "[{name: toy_answer, weight: 0.5}, {name: judge, weight: 0.5}]",
+             "reward.judge.url": server.url("chaos"), "reward.judge.timeout_s": "0.3", "reward.judge.backoff_s": "0.01"}
+    try:
+        output = Job(tmp_path / "stale.log", launch_args(tmp_path, "stale", toy_assets, extra), address, env=failpoints.env).finish()
+    finally:
+        server.close()
     assert f"policy: {main_job[0] / 'policy'}" in output
     run_dir = run_dir_of(tmp_path, "stale")
     rows, rollouts = metrics_rows(run_dir), rollout_rows(run_dir)
@@ -243,3 +254,17 @@ def test_bounded_staleness_on_the_exported_policy(main_job, tmp_path, address, t
     assert any(r["advantage"] != 0 for r in rollouts if r["step"] == 2)
     assert rows[0]["clip_frac"] == 0  # on-policy: no ratio at all
     assert rows[1]["clip_frac"] > 0 and rows[2]["clip_frac"] > 0, rows  # 0 exactly if the learner ignored the staleness
+    # The judge's failures are counted and retried away: every request got its 3, none the default.
+    last = rows[-1]
+    attempts = last["judge_judge_attempts"]
+    assert last["judge_judge_requests"] == len(rollouts) and "judge_judge_failures" not in last
+    assert last["judge_judge_connection_errors"] == pytest.approx(0.3 * attempts, abs=1)
+    assert last["judge_judge_timeouts"] == pytest.approx(0.1 * attempts, abs=1)
+    # One call's NaNs became the default score (counted per function); nothing non-finite got further.
+    assert last["judge_toy_answer_invalid_scores"] > 0 and last["judge_judge_invalid_scores"] > 0
+    spoiled = [r for r in rollouts if r["reward_judge"] == 2.5]
+    assert len(spoiled) == last["judge_judge_invalid_scores"] and all(r["reward_toy_answer"] == 2.5 for r in spoiled)
+    assert all(r["reward_judge"] in (3.0, 2.5) for r in rollouts)
+    for row in rows:
+        assert all(math.isfinite(row[key]) for key in ("lambda", "loss", "rl_loss", "sft_loss", "reward_mean")), row
+    assert all(math.isfinite(r["advantage"]) for r in rollouts)  # 0 exactly if the learner ignored the staleness

@@ -146,10 +146,13 @@ def test_base_is_a_cuda_image_of_the_wheels_cuda(dockerfile):
     assert cuda_major(image, tag) == CUDA_MAJOR, f"{image}:{tag}"
 
 
-def test_ray_is_the_command_and_the_project_is_installed(dockerfile):
+def test_ray_is_the_command_with_token_auth_and_the_project_is_installed(dockerfile):
     steps = instructions(dockerfile)
     (cmd,) = [json.loads(rest) for keyword, rest in steps if keyword == "CMD"]
-    assert cmd[:3] == ["ray", "start", "--head"] and "--block" in cmd
+    assert cmd[:2] == ["bash", "-c"]
+    token, _, start = cmd[2].partition(" && ")
+    assert token == "ray get-auth-token --generate > /dev/null" and start.startswith("exec ray start --head --block ")
+    assert any(keyword == "ENV" and rest == "RAY_AUTH_MODE=token" for keyword, rest in steps)  # every Ray process of the image
     assert not any(keyword == "ENTRYPOINT" for keyword, _ in steps)
     assert any(keyword == "WORKDIR" for keyword, _ in steps)
     assert any(keyword == "RUN" and 'pip install -e ".[gpu' in rest for keyword, rest in steps)

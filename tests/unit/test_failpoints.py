@@ -28,6 +28,14 @@ def test_an_armed_point_fires_once_and_others_not_at_all(monkeypatch, tmp_path):
     assert forwarded_env() == {ENV: str(spec)}
 
 
+def test_corrupt_tells_the_caller_once(monkeypatch, tmp_path):
+    spec = tmp_path / "failpoints.json"
+    monkeypatch.setenv(ENV, str(spec))
+    spec.write_text(json.dumps({"reward.scores": "corrupt"}))
+    assert failpoint("reward.score") is False
+    assert failpoint("reward.scores") is True and failpoint("reward.scores") is False
+
+
 def _hit(path: str) -> None:
     os.environ[ENV] = path
     failpoint("reward.score")

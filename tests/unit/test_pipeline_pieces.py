@@ -53,9 +53,51 @@ def test_groups_are_checked_whole_and_split_evenly_over_learner_ranks():
 
 def test_what_the_pipeline_does_not_run_is_refused_by_name():
     from wavalign.config import load_config
-    from wavalign.pipeline.run import unsupported
+    from wavalign.pipeline.preflight import unsupported
 
     assert unsupported(load_config({})) is None
     assert unsupported(load_config({"algorithm": {"objective": "dpo"}})).startswith("algorithm.objective:")
     nccl = load_config({"rollout": {"gpus_per_worker": 1, "weight_transfer": "nccl"}})
     assert unsupported(nccl).startswith("rollout.weight_transfer: nccl")
+
+
+def test_checkpoint_random_states_are_json_and_restore_exactly():
+    import json
+    import random
+
+    import numpy as np
+    import torch
+
+    from wavalign.pipeline.checkpoint import random_states, set_random_states
+
+    random.seed(3), np.random.seed(4), torch.manual_seed(5)
+    random.gauss(0, 1), np.random.randn()  # cached Gaussians are part of the state
+    saved = json.loads(json.dumps(random_states()))
+    first = (random.random(), random.gauss(0, 1), np.random.rand(), np.random.randn(), torch.rand(3).tolist())
+    set_random_states(saved)
+    assert (random.random(), random.gauss(0, 1), np.random.rand(), np.random.randn(), torch.rand(3).tolist()) == first
+
+
+@pytest.mark.parametrize("pointer", ["../../elsewhere", "/etc", "step-1", "step-000010/../../x", ""])
+def test_a_latest_pointer_that_is_not_a_checkpoint_name_is_refused(tmp_path, pointer):
+    from wavalign.pipeline.checkpoint import latest_checkpoint
+    from wavalign.pipeline.preflight import PreflightError, check_resume
+
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "latest").write_text(pointer)
+    with pytest.raises(ValueError, match="expected a checkpoint name like step-000010"):
+        latest_checkpoint(tmp_path)
+    with pytest.raises(PreflightError, match="^--resume: .*latest: expected a checkpoint name"):
+        check_resume(tmp_path)
+
+
+def test_the_toy_build_never_replaces_a_folder_it_did_not_make(tmp_path):
+    from wavalign.config import LayoutConfig, ToyConfig
+    from wavalign.toy.assets import ensure_toy_assets
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(ValueError, match=f"toy.assets_dir: {mine} exists and is not a toy asset cache"):
+        ensure_toy_assets(ToyConfig(assets_dir=str(mine)), LayoutConfig())
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"] and (mine / "notes.txt").read_text() == "keep me"

@@ -23,12 +23,12 @@ from wavalign.config import PipelineConfig
 from wavalign.data import PromptRow
 from wavalign.failpoints import failpoint
 from wavalign.interleave import response_channels, text_string
-from wavalign.model_files import load_tokenizer_and_layout
 from wavalign.pipeline.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from wavalign.pipeline.dashboard import DashboardMetrics
 from wavalign.pipeline.evaluation import evaluate, scored_by_toy_task
-from wavalign.pipeline.inputs import connect_ray, read_prompt_rows, resolve_inputs
+from wavalign.pipeline.inputs import connect_ray
 from wavalign.pipeline.outputs import RunOutputs
+from wavalign.pipeline.preflight import Inputs
 from wavalign.pipeline.prompts import PromptStream
 from wavalign.pipeline.reward_stream import RewardStream
 from wavalign.pipeline.step_data import Group, advantages_of, assemble_groups, learner_batches, rollout_rows, step_lambdas
@@ -48,28 +48,15 @@ def step_seed(cfg: PipelineConfig, step: int) -> int:
     return (cfg.run.seed * 1_000_003 + step * 7919) % (2**31)
 
 
-def unsupported(cfg: PipelineConfig) -> str | None:
-    """What a valid config asks for that the pipeline does not run (yet), or None."""
-    if cfg.algorithm.objective != "wavalign":
-        return "algorithm.objective: the pipeline runs 'wavalign'; DPO training uses LearnerWorker.dpo_step (see README)"
-    if cfg.rollout.weight_transfer_backend != "object_store":
-        return (f"rollout.weight_transfer: {cfg.rollout.weight_transfer_backend} (vLLM's native transfer, "
-                "actors/gpu_weight_sync.py) is not wired into the pipeline's sync step yet; use object_store")
-    return None
-
-
 class Pipeline:
-    def __init__(self, cfg: PipelineConfig, run_dir: Path, address: str | None) -> None:
-        if problem := unsupported(cfg):
-            raise NotImplementedError(problem)
+    def __init__(self, cfg: PipelineConfig, run_dir: Path, address: str | None, inputs: Inputs) -> None:
+        """`inputs`: what preflight(cfg) checked and loaded (policy, tokenizer, layout, data)."""
         self.cfg, self.run_dir = cfg, run_dir
         self.group_size = cfg.rollout.group_size
-        model_path, train_files, eval_files = resolve_inputs(cfg)
-        self.tokenizer, self.layout = load_tokenizer_and_layout(model_path, cfg.model.layout)
-        train_rows = read_prompt_rows(cfg, len(self.tokenizer), train_files)
-        self.eval_rows = read_prompt_rows(cfg, len(self.tokenizer), eval_files) if cfg.train.eval_every else []
-        self.prompts = PromptStream(train_rows, cfg.run.seed, cfg.train.rollout_batch_size // self.group_size)
-        print(f"data: {len(train_rows)} train prompts, {len(self.eval_rows)} eval prompts; policy: {model_path}", flush=True)
+        model_path, self.tokenizer, self.layout = inputs.model_path, inputs.tokenizer, inputs.layout
+        self.eval_rows = inputs.eval_rows
+        self.prompts = PromptStream(inputs.train_rows, cfg.run.seed, cfg.train.rollout_batch_size // self.group_size)
+        print(f"data: {len(inputs.train_rows)} train prompts, {len(self.eval_rows)} eval prompts; policy: {model_path}", flush=True)
 
         connect_ray(address)
         # every worker starts at once (the learners are waited for first, then the pools)

@@ -70,11 +70,29 @@ def fingerprint(toy: ToyConfig, layout: LayoutConfig) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
+def foreign_assets_dir(toy: ToyConfig) -> str | None:
+    """Why toy.assets_dir cannot hold the cache: it exists and is not one (the build replaces only
+    a cache it made, never a folder of the user's), or None."""
+    root = Path(toy.assets_dir)
+    if root.exists() and not (root / "fingerprint").is_file() and (not root.is_dir() or any(root.iterdir())):
+        return (f"toy.assets_dir: {root} exists and is not a toy asset cache (no fingerprint file); "
+                "it is left alone: choose a new or empty folder")
+    return None
+
+
+def toy_assets_ready(toy: ToyConfig, layout: LayoutConfig) -> bool:
+    """Whether the cache holds the assets of this config (no build needed)."""
+    stamp = Path(toy.assets_dir) / "fingerprint"
+    return stamp.is_file() and stamp.read_text().strip() == fingerprint(toy, layout)
+
+
 def ensure_toy_assets(
     toy: ToyConfig, layout: LayoutConfig, force: bool = False, log: Callable[[str], None] = print
 ) -> ToyAssets:
     """The cached assets for this config, built first if missing or stale."""
     root = Path(toy.assets_dir)
+    if problem := foreign_assets_dir(toy):
+        raise ValueError(problem)
     root.parent.mkdir(parents=True, exist_ok=True)
     key = fingerprint(toy, layout)
     with open(root.parent / f".{root.name}.lock", "w") as lock:
@@ -88,7 +106,9 @@ def ensure_toy_assets(
             _build(staging, toy, layout, log)
             (staging / "fingerprint").write_text(key + "\n")
             staging.chmod(0o755)  # mkdtemp makes it private; the cache is shared with Ray workers
-            shutil.rmtree(root, ignore_errors=True)
+            if problem := foreign_assets_dir(toy):  # appeared while we built
+                raise ValueError(problem)
+            shutil.rmtree(root, ignore_errors=True)  # an outdated cache of ours, or an empty folder
             staging.rename(root)
         finally:
             shutil.rmtree(staging, ignore_errors=True)

@@ -1,0 +1,76 @@
+"""The checks a launch makes before it starts anything, on the built toy assets: the policy and the
+data are there, readable and non-empty. Through `--dry-run` (launch.main in this process) and once
+through a real launch: exit 2, one line naming the key or file, no run directory."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+import launch
+from tests.integration.conftest import ROOT
+
+
+@pytest.fixture
+def dry_run(tmp_path, toy_assets, capsys, monkeypatch):
+    monkeypatch.delenv("WAVALIGN_REWARD_API_BASE", raising=False)
+
+    def run(*overrides: str) -> tuple[int, str, str]:
+        sets = [f"toy.assets_dir={toy_assets.root}", f"run.output_dir={tmp_path / 'runs'}", *overrides]
+        code = launch.main(["--config", str(ROOT / "pipeline.yaml"), *(a for s in sets for a in ("--set", s)), "--dry-run"])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+def test_a_dry_run_on_built_assets_checks_policy_and_data_and_writes_nothing(dry_run, tmp_path):
+    code, out, err = dry_run()
+    assert code == 0 and out.startswith("run:") and err == "", err
+    assert not (tmp_path / "runs").exists()
+
+
+CASES = ["missing train file", "empty train file", "only other task types", "no usable eval rows", "missing policy", "bad row"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_missing_or_empty_inputs_are_one_line(dry_run, tmp_path, toy_assets, case):
+    train = toy_assets.data_file("train", ".jsonl")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    good = train.read_text().splitlines()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("\n".join([good[0], good[1].replace('"prompt_token_ids": [', '"prompt_token_ids": [99999, '), good[2]]) + "\n")
+    other = tmp_path / "other.jsonl"
+    other.write_text("".join(line.replace('"task_type": "s2s"', '"task_type": "asr"') + "\n" for line in good))
+    overrides, expected = {
+        "missing train file": (["data.train_files=[/no/such.jsonl]"], "/no/such.jsonl: data file not found"),
+        "empty train file": ([f"data.train_files=[{empty}]"], f"{empty}: no rows (the file is empty)"),
+        "only other task types": ([f"data.train_files=[{other}]"], f"data.train_files: no usable rows in {other}"),
+        "no usable eval rows": ([f"data.eval_files=[{other}]", "train.eval_every=5"],
+                                f"data.eval_files: no usable rows in {other} (train.eval_every: 0 runs without evaluation)"),
+        "missing policy": (["model.path=/no/such/model", f"data.train_files=[{train}]"],
+                           "model.path: /no/such/model is not an HF model directory (no config.json)"),
+        "bad row": ([f"data.train_files=[{bad}]"], f"{bad}: row 2: field 'prompt_token_ids': position 0: token id 99999"),
+    }[case]
+    code, out, err = dry_run(*overrides)
+    *notes, error = err.strip().splitlines()
+    assert code == 2 and out == "" and error.startswith("error: ") and expected in error, err
+    assert all(note.startswith("data: left out") for note in notes), notes  # rows of other task types, counted
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_real_launch_fails_its_start_checks_before_creating_anything(tmp_path, toy_assets):
+    env = {k: v for k, v in os.environ.items() if k != "WAVALIGN_REWARD_API_BASE"}
+    runs = tmp_path / "runs"
+    done = subprocess.run(
+        [sys.executable, "launch.py", "--config", "pipeline.yaml", "--set", f"toy.assets_dir={toy_assets.root}",
+         "--set", f"run.output_dir={runs}", "--set", "reward.functions=[{name: judge}]"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 2 and done.stdout == "", done.stdout + done.stderr
+    assert done.stderr.strip() == "error: reward.judge.url: not set, and $WAVALIGN_REWARD_API_BASE is empty"
+    assert not runs.exists()  # no run directory holding only config.yaml

@@ -1,0 +1,106 @@
+"""Every check a run can make before it starts Ray: `launch.py --dry-run` runs them all, and a
+launch runs them all before it creates its run directory. What the config accepts but the
+pipeline cannot run, reward functions that cannot be built (a judge without a URL, a reward model
+that is not there), a policy that does not load, and training or eval data that is missing,
+unreadable, invalid or empty: each is one PreflightError line naming the key or file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from wavalign.config import ConfigError, PipelineConfig
+from wavalign.data import DataError, PromptRow
+from wavalign.layout import SpeechLayout
+
+
+class PreflightError(ValueError):
+    """Why the run cannot start, in one line."""
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What a run starts from, checked."""
+
+    model_path: Path
+    tokenizer: Any
+    layout: SpeechLayout
+    train_rows: list[PromptRow]
+    eval_rows: list[PromptRow]  # empty when evaluation is off
+
+
+def unsupported(cfg: PipelineConfig) -> str | None:
+    """What a valid config asks for that the pipeline does not run (yet), or None."""
+    if cfg.algorithm.objective != "wavalign":
+        return "algorithm.objective: the pipeline runs 'wavalign'; DPO training uses LearnerWorker.dpo_step (see README)"
+    if cfg.rollout.weight_transfer_backend != "object_store":
+        return (f"rollout.weight_transfer: {cfg.rollout.weight_transfer_backend} (vLLM's native transfer, "
+                "actors/gpu_weight_sync.py) is not wired into the pipeline's sync step yet; use object_store")
+    return None
+
+
+def check_reward_functions(cfg: PipelineConfig) -> None:
+    """The configured reward functions can be built where the reward workers run: the judge has a
+    URL, the reward model is an HF directory."""
+    from rewards.registry import judge_settings
+
+    names = [f.name for f in cfg.reward.functions]
+    if "judge" in names:
+        try:
+            judge_settings(cfg.reward, rubric="")
+        except ConfigError as err:
+            raise PreflightError(str(err)) from None
+    if "reward_model" in names and not (Path(cfg.reward.reward_model_path or "") / "config.json").is_file():
+        raise PreflightError(f"reward.reward_model_path: {cfg.reward.reward_model_path} is not an HF model directory (no config.json)")
+
+
+def preflight(cfg: PipelineConfig, build_toy: bool = True, log=print) -> Inputs | None:
+    """Run every check; build the toy assets first when the config uses them and they are missing
+    (with build_toy=False, as a dry run: say so and skip the policy and data checks, None)."""
+    if problem := unsupported(cfg):
+        raise PreflightError(problem)
+    check_reward_functions(cfg)
+    from wavalign.model_files import load_tokenizer_and_layout
+    from wavalign.pipeline.inputs import read_prompt_rows, resolve_inputs
+    from wavalign.toy.assets import foreign_assets_dir, toy_assets_ready
+
+    if cfg.model.path is None and (problem := foreign_assets_dir(cfg.toy)):
+        raise PreflightError(problem)
+    if cfg.model.path is None and not build_toy and not toy_assets_ready(cfg.toy, cfg.model.layout):
+        log(f"note: the toy assets are not built yet in {cfg.toy.assets_dir} (a run builds them first, a few minutes); "
+            "the policy and data checks wait for them")
+        return None
+
+    model_path, train_files, eval_files = resolve_inputs(cfg)
+    try:
+        tokenizer, layout = load_tokenizer_and_layout(model_path, cfg.model.layout)
+    except (OSError, ValueError) as err:
+        raise PreflightError(_one_line(err if str(err).startswith("model.") else f"model.path: {model_path}: {err}")) from None
+    rows = {}
+    for split, files, needed in (("train", train_files, True), ("eval", eval_files, cfg.train.eval_every > 0)):
+        if not needed:
+            rows[split] = []
+            continue
+        try:
+            rows[split] = read_prompt_rows(cfg, len(tokenizer), files, layout, log)
+        except (DataError, OSError, ValueError) as err:
+            raise PreflightError(_one_line(err)) from None
+        if not rows[split]:
+            hint = "" if split == "train" else " (train.eval_every: 0 runs without evaluation)"
+            raise PreflightError(f"data.{split}_files: no usable rows in {', '.join(files)}{hint}")
+    return Inputs(Path(model_path), tokenizer, layout, rows["train"], rows["eval"])
+
+
+def check_resume(run_dir: Path) -> None:
+    """A run directory to resume: its `latest` pointer names one of its complete checkpoints."""
+    from wavalign.pipeline.checkpoint import latest_checkpoint
+
+    try:
+        latest_checkpoint(run_dir)
+    except (OSError, ValueError) as err:
+        raise PreflightError(f"--resume: {_one_line(err)}") from None
+
+
+def _one_line(err: object) -> str:
+    return " ".join(str(err).split())
