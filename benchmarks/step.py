@@ -13,6 +13,11 @@ Prints the median step time of each (the first step of each is warm-up and left 
 speed-ups (target >= 5x against the authors' style) and the split of the pipeline's step into
 generation, waiting for rewards, learning and sync. Usage:
     .venv/bin/python benchmarks/step.py [--config pipeline.yaml] [--steps 6] [--set k=v ...] [--hidden 512 --layers 8]
+    .venv/bin/python benchmarks/step.py --pipeline-run runs/<run> [--steps 6]
+
+`--pipeline-run` takes the pipeline's side from a run that already happened (its first `--steps`
+steps, which must have run with train.max_staleness 0) and builds the reference loop from that run's
+own resolved config.yaml: the same model, data, batch and prompts in order.
 
 `--hidden/--layers` swap the warm-started tiny policy for a random Qwen2 of that size (toy
 vocabulary and prompts): it rarely stops early, so every response runs to rollout.max_new_tokens,
@@ -46,6 +51,18 @@ def pipeline_steps(config: str, sets: list[str], steps: int, out_dir: Path) -> l
 
     (run_dir,) = out_dir.glob("bench-*")
     return pq.read_table(run_dir / "metrics.parquet").to_pylist()
+
+
+def finished_steps(run_dir: Path, cfg, steps: int) -> list[dict]:
+    """The first `steps` metrics rows of a finished run (on-policy: no overlap to flatter the pipeline)."""
+    import pyarrow.parquet as pq
+
+    if cfg.train.max_staleness:
+        raise SystemExit(f"{run_dir}: ran with train.max_staleness {cfg.train.max_staleness}; the reference loop has no overlap")
+    rows = pq.read_table(run_dir / "metrics.parquet").to_pylist()[:steps]
+    if len(rows) < steps:
+        raise SystemExit(f"{run_dir}: {len(rows)} steps in metrics.parquet, fewer than --steps {steps}")
+    return rows
 
 
 class ReferenceLoop:
@@ -137,7 +154,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--hidden", type=int, default=0, help="random Qwen2 of this hidden size (0 = the tiny policy)")
     parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--pipeline-run", default=None, help="a finished run's directory: its steps instead of a new run")
     args = parser.parse_args()
+    if args.pipeline_run and (args.set or args.hidden):
+        parser.error("--pipeline-run takes the run's own config: no --set or --hidden with it")
+    if args.steps < 2:
+        parser.error("--steps must be >= 2 (the first step of each side is warm-up)")
     with tempfile.TemporaryDirectory() as tmp:
         measure(args, Path(tmp))
 
@@ -148,7 +170,10 @@ def measure(args, tmp: Path) -> None:
     from wavalign.pipeline.inputs import read_prompt_rows, resolve_inputs
     from wavalign.pipeline.prompts import PromptStream
 
-    cfg = read_config(args.config, args.set)
+    if args.pipeline_run:
+        cfg = read_config(Path(args.pipeline_run) / "config.yaml")
+    else:
+        cfg = read_config(args.config, args.set)
     if args.hidden:
         from wavalign.toy.resized import resized_model
 
@@ -156,7 +181,10 @@ def measure(args, tmp: Path) -> None:
         resized = resized_model(toy_dir, args.hidden, args.layers, tmp / "model")
         args.set = [*args.set, f"model.path={resized}", f'data.train_files=["{Path(toy_train[0]).resolve()}"]']
         cfg = read_config(args.config, args.set)
-    rows_of_pipeline = pipeline_steps(args.config, args.set, args.steps, tmp / "runs")
+    if args.pipeline_run:
+        rows_of_pipeline = finished_steps(Path(args.pipeline_run), cfg, args.steps)
+    else:
+        rows_of_pipeline = pipeline_steps(args.config, args.set, args.steps, tmp / "runs")
     model_dir, train_files, _ = resolve_inputs(cfg)
     tokenizer, layout = load_tokenizer_and_layout(model_dir, cfg.model.layout)
     stream = PromptStream(read_prompt_rows(cfg, len(tokenizer), train_files, layout), cfg.run.seed,

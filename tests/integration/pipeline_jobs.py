@@ -30,11 +30,14 @@ def launch_args(root: Path, name: str, assets, extra: dict[str, str] | None = No
 class Job:
     """launch.py in a subprocess joined to the session's cluster, its output in a log file."""
 
-    def __init__(self, log_path: Path, args: list[str], address: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, log_path: Path, args: list[str], address: str | None, env: dict[str, str] | None = None) -> None:
+        """address None: launch.py alone, as the README's command runs it (a local cluster of its own)."""
         self.log_path = log_path
+        joins = ["--address", address] if address else []
+        environment = {key: value for key, value in os.environ.items() if address or key != "RAY_ADDRESS"}
         with open(log_path, "w") as log:
-            self.process = subprocess.Popen([sys.executable, "launch.py", *args, "--address", address], cwd=ROOT,
-                                            stdout=log, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})})
+            self.process = subprocess.Popen([sys.executable, "launch.py", *args, *joins], cwd=ROOT,
+                                            stdout=log, stderr=subprocess.STDOUT, text=True, env={**environment, **(env or {})})
 
     def running(self) -> bool:
         return self.process.poll() is None

@@ -26,6 +26,7 @@ from learner.mixing import LambdaController
 from learner.schedule import lr_factor
 from tests.integration.conftest import ROOT
 from tests.integration.judge_server import JudgeServer
+from tests.integration.test_benchmarks import run_benchmark
 from tests.integration.pipeline_jobs import Failpoints, Job, launch_args, metrics_rows, rollout_rows, run_dir_of, submit_job
 from wavalign.pipeline.outputs import write_parquet_atomic
 from wavalign.pipeline.run import lambda_settings
@@ -198,11 +199,18 @@ def test_report_renders_the_curves_to_png(main_job, tmp_path):
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 10_000 for p in tmp_path.glob("*.png"))
 
 
-def test_a_run_resumed_from_a_checkpoint_continues_exactly_as_the_uninterrupted_run(main_job, tmp_path, address):
+def test_the_step_benchmark_measures_the_main_job_against_the_reference_loop(main_job, address):
+    """benchmarks/step.py with --pipeline-run: the main job's first steps against the reference loop
+    built from its config (the script cannot rot; no timing is asserted)."""
+    run_benchmark(["benchmarks/step.py", "--pipeline-run", str(main_job[0]), "--steps", "2"], "pipeline step ", address)
+
+
+def test_a_run_resumed_from_a_checkpoint_continues_exactly_as_the_uninterrupted_run(main_job, tmp_path):
     """The main job as if it had died during step 35: its run directory up to then (rows and rollouts
     to step 35, the checkpoint of step 30 the newest). `--resume` drops what came after the checkpoint
     and continues; stopped after step 32 (`--stop-after-step`), its rows equal the uninterrupted run's,
-    timings aside, and so do its rollouts."""
+    timings aside, and so do its rollouts. It runs as the README's commands do: `launch.py` alone,
+    which starts a local Ray cluster of its own."""
     original = main_job[0]
     run_dir = tmp_path / original.name
     shutil.copytree(original, run_dir, ignore=shutil.ignore_patterns("policy", "step-000040", "rollouts.parquet"))
@@ -213,7 +221,8 @@ def test_a_run_resumed_from_a_checkpoint_continues_exactly_as_the_uninterrupted_
     write_parquet_atomic(run_dir / "metrics.parquet", pa.Table.from_pylist(expected[:35]))
     (run_dir / "checkpoints" / "latest").write_text("step-000030\n")
 
-    output = Job(tmp_path / "resumed.log", ["--resume", str(run_dir), "--stop-after-step", "32"], address).finish()
+    output = Job(tmp_path / "resumed.log", ["--resume", str(run_dir), "--stop-after-step", "32"], address=None).finish()
+    assert "Started a local Ray instance" in output
     assert "resumed from step-000030: step 30" in output and "stopped after step 32 (--stop-after-step 32)" in output
     got = metrics_rows(run_dir)
     assert [r["step"] for r in got] == list(range(1, 33))

@@ -37,34 +37,39 @@ PURE_MODULES = [
 HEAVY = ["ray", "vllm", "deepspeed", "transformers", "pyarrow", "aiohttp", "requests"]
 
 
-def test_pure_modules_import_nothing_heavy():
-    """The pure modules, imported one after another in one fresh interpreter: a heavy module once
-    imported stays in sys.modules, so the first pure module that brings one in is the one named."""
+@pytest.fixture(scope="module")
+def fresh_imports() -> dict:
+    """One fresh interpreter imports the pure modules one after another (a heavy module once imported
+    stays in sys.modules, so the first pure module that brings one in is the one named), then the
+    whole stack, and reports both."""
     code = (
         "import importlib, json, sys\n"
         f"heavy, seen = {HEAVY!r}, {{}}\n"
         f"for module in {PURE_MODULES!r}:\n"
         "    importlib.import_module(module)\n"
         "    seen[module] = [m for m in heavy if m in sys.modules]\n"
-        "print(json.dumps(seen))\n"
+        "print('PURE', json.dumps(seen), flush=True)\n"
+        "import transformers.models.qwen2.modeling_qwen2 as q; q.Qwen2ForCausalLM\n"
+        "import vllm, ray, deepspeed, pyarrow, pydantic\n"
+        "print('STACK', json.dumps([vllm.__version__, ray.__version__, deepspeed.__version__]))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    found = dict(line.split(" ", 1) for line in out.stdout.splitlines() if line.startswith(("PURE ", "STACK ")))
+    return {"returncode": out.returncode, "stderr": out.stderr[-3000:], **{k: json.loads(v) for k, v in found.items()}}
+
+
+def test_pure_modules_import_nothing_heavy(fresh_imports):
+    assert "PURE" in fresh_imports, fresh_imports["stderr"]
+    seen = fresh_imports["PURE"]
     assert list(seen) == PURE_MODULES
     offenders = [(module, heavy) for module, heavy in seen.items() if heavy]
     assert not offenders, f"{offenders[0][0]} imported {offenders[0][1]}"
 
 
-def test_the_stack_imports():
+def test_the_stack_imports(fresh_imports):
     """Fails when the install left a broken stack (e.g. PyPI torchvision beside torch+cpu breaks Qwen2)."""
-    code = (
-        "import transformers.models.qwen2.modeling_qwen2 as q; q.Qwen2ForCausalLM; "
-        "import vllm, ray, deepspeed, pyarrow, pydantic; print(vllm.__version__, ray.__version__, deepspeed.__version__)"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.split()[-3:] == ["0.32.0", "2.60.0", "0.19.8"]
+    assert fresh_imports["returncode"] == 0, fresh_imports["stderr"]
+    assert fresh_imports["STACK"] == ["0.32.0", "2.60.0", "0.19.8"]
 
 
 def test_asset_cache_key_follows_settings_not_location():
