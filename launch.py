@@ -67,45 +67,55 @@ def main(argv: list[str] | None = None) -> int:
     print(f"run dir: {run_dir}", flush=True)
 
     # 3. Policy, data, Ray and the workers: rollout pool, reward pool, learners, operator control.
+    from actors.worker_pool import WorkerError
     from wavalign.pipeline.run import Pipeline
 
-    pipe = Pipeline(cfg, run_dir, args.address, inputs)
+    try:
+        pipe = Pipeline(cfg, run_dir, args.address, inputs)
+    except WorkerError as err:  # workers that cannot start (their replacements neither)
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        return 1
     # 4. Resume: learner state, λ, data cursor, step and policy version; the pool gets the weights.
     if args.resume:
         pipe.resume()
     stop = {"requested": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(requested=True))
 
-    # 5. The loop.
-    while pipe.step < cfg.run.steps:
-        step = pipe.step + 1
-        started = time.monotonic()
-        pipe.apply_operator_requests()  # `launch.py scale --workers N`, between steps
-        # 5a. Prompts -> rollouts, each chunk of groups scored as soon as it is in (with
-        #     train.max_staleness: 1, sampled while the learner took the previous step).
-        prompts, records, scoring, generation_s = pipe.rollouts_for(step)
-        wait_started = time.monotonic()
-        results = scoring.finish(cfg.reward.timeout_s)
-        reward_wait_s = time.monotonic() - wait_started
-        # 5b. Advantages per group; λ from the streamed group statistics.
-        groups, advantages, lambdas, aggregates = pipe.assemble(prompts, records, results, scoring.stats)
-        # 5c. One learner step on the RL rows (text tokens) and the SFT rows, mixed by λ.
-        learn_started = time.monotonic()
-        learned = pipe.learn(step, groups, advantages, lambdas)
-        learn_s = time.monotonic() - learn_started
-        # 5d. The new weights into every rollout worker: the next step samples from them.
-        sync_s = pipe.sync_weights()
-        # 5e. Metrics, rollouts, evaluation, progress, checkpoint.
-        timings = {"generation_seconds": generation_s, "reward_wait_seconds": reward_wait_s, "learn_seconds": learn_s,
-                   "sync_seconds": sync_s, "step_seconds": time.monotonic() - started}
-        pipe.record_step(step, groups, advantages, lambdas, aggregates, learned, timings)
-        last = step == cfg.run.steps or step == args.stop_after_step or stop["requested"]
-        if last or (cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0):
-            pipe.checkpoint()
-        if last and step < cfg.run.steps:
-            why = "SIGTERM" if stop["requested"] else f"--stop-after-step {step}"
-            print(f"stopped after step {step} ({why}); continue with: python launch.py --resume {run_dir}", flush=True)
-            break
+    # 5. The loop. A worker failure the pools cannot heal (replacements that keep dying, a chunk
+    #    lost max_redispatch times, a deadline passed) ends it after a checkpoint of the last step.
+    try:
+        while pipe.step < cfg.run.steps:
+            step = pipe.step + 1
+            started = time.monotonic()
+            pipe.apply_operator_requests()  # `launch.py scale --workers N`, between steps
+            # 5a. Prompts -> rollouts, each chunk of groups scored as soon as it is in (with
+            #     train.max_staleness: 1, sampled while the learner took the previous step).
+            prompts, records, scoring, generation_s = pipe.rollouts_for(step)
+            wait_started = time.monotonic()
+            results = scoring.finish(cfg.reward.timeout_s)
+            reward_wait_s = time.monotonic() - wait_started
+            # 5b. Advantages per group; λ from the streamed group statistics.
+            groups, advantages, lambdas, aggregates = pipe.assemble(prompts, records, results, scoring.stats)
+            # 5c. One learner step on the RL rows (text tokens) and the SFT rows, mixed by λ.
+            learn_started = time.monotonic()
+            learned = pipe.learn(step, groups, advantages, lambdas)
+            learn_s = time.monotonic() - learn_started
+            # 5d. The new weights into every rollout worker: the next step samples from them.
+            sync_s = pipe.sync_weights()
+            # 5e. Metrics, rollouts, evaluation, progress, checkpoint.
+            timings = {"generation_seconds": generation_s, "reward_wait_seconds": reward_wait_s, "learn_seconds": learn_s,
+                       "sync_seconds": sync_s, "step_seconds": time.monotonic() - started}
+            pipe.record_step(step, groups, advantages, lambdas, aggregates, learned, timings)
+            last = step == cfg.run.steps or step == args.stop_after_step or stop["requested"]
+            if last or (cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0):
+                pipe.checkpoint()
+            if last and step < cfg.run.steps:
+                why = "SIGTERM" if stop["requested"] else f"--stop-after-step {step}"
+                print(f"stopped after step {step} ({why}); continue with: python launch.py --resume {run_dir}", flush=True)
+                break
+    except WorkerError as err:
+        pipe.stop_after_failure(err)
+        return 1
 
     # 6. Close: the merged rollouts, the final policy as an HF directory, the workers.
     pipe.finish(export=pipe.step == cfg.run.steps)

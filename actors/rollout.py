@@ -44,6 +44,7 @@ class RolloutWorker:
         shm = cfg.rollout.weight_staging_dir
         self.staging_dir = shm if os.path.isdir(shm) else tempfile.gettempdir()
         self.policy_version = 0
+        failpoint("rollout.start")  # fault tests: a worker (a replacement) that dies while its engine starts
         self.engine = VLLMEngine(
             model_path,
             cfg.rollout,

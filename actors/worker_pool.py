@@ -7,6 +7,8 @@ The rollout and reward pools are built on it. It
 - maps chunks of work over the idle workers (`map_chunks`): a chunk whose worker dies is re-sent, to
   a replacement (brought up first) or another worker, at most `max_redispatch` times; a chunk's
   result is accepted once, so every chunk comes back exactly once;
+- replaces a worker that dies (or fails) while it starts, new or a replacement, by another, unless
+  more than `max_redispatch` starts in a row have failed: then an error names the worker and cause;
 - turns any wait that passes its deadline into an error naming the worker.
 """
 
@@ -81,6 +83,7 @@ class WorkerPool:
         self.members: list[Member] = []
         self._starting: dict[ray.ObjectRef, Member] = {}  # workers still coming up (new, grown or replacements)
         self.replacements = 0
+        self.failed_starts = 0  # workers in a row that died or failed before they came up
         self.target_size = settings.num_workers
 
     # ----------------------------------------------------------------------------------- membership
@@ -107,17 +110,18 @@ class WorkerPool:
             self._starting[self.bring_up(member)] = member
 
     def wait_until_up(self) -> None:
-        """Every worker still starting is up, or an error names those that are not."""
+        """Every worker still starting is up (a worker that dies starting is replaced, within
+        max_redispatch), or an error names those that are not."""
         pending, self._starting = self._starting, {}
-        deadline = time.monotonic() + self.settings.start_timeout_s
         while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+            nearest = min(m.start_deadline for m in pending.values())
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.0, nearest - time.monotonic()))
             if not ready:
-                names = ", ".join(m.name for m in pending.values())
+                names = ", ".join(m.name for m in pending.values() if m.start_deadline <= nearest)
                 raise WorkerError(f"{names}: not up after start_timeout_s={self.settings.start_timeout_s:g}s")
             member = pending.pop(ready[0])
-            if not self._mark_up(member, ready[0]):
-                pending[self.bring_up(member)] = member
+            if (again := self._take_in(member, ready[0])) is not None:
+                pending[self.bring_up(again)] = again
 
     def _start_member(self) -> Member:
         name = f"{self.settings.kind}-{self._pool_id}-{self._serial}"
@@ -136,19 +140,37 @@ class WorkerPool:
         serves the current weights; they may have changed while it started)."""
         return True
 
-    def _mark_up(self, member: Member, ref: ray.ObjectRef) -> bool:
-        """Takes in a worker whose bring-up finished; False if it must be brought up again first."""
+    def _take_in(self, member: Member, ref: ray.ObjectRef) -> Member | None:
+        """Takes in a worker whose bring-up finished: None once it is up; else the member to bring
+        up (again): itself when the weights changed while it started, a new worker in its place
+        when it died or failed starting."""
         try:
             member.info = ray.get(ref)
         except (RayActorError, RayTaskError) as err:
-            self._remove(member)
-            raise WorkerError(f"{member.name}: failed to start: {first_line(err)}") from None
+            return self._start_failed(member, err)
         member.pid = member.info.get("pid")
         if not self.is_current(member):
-            return False
+            member.start_deadline = time.monotonic() + self.settings.start_timeout_s
+            return member
         member.state = "idle"
+        self.failed_starts = 0
         self.log(f"{self.settings.kind} pool: {member.name} up")
-        return True
+        return None
+
+    def _start_failed(self, member: Member, err: Exception) -> Member:
+        """Removes a worker that died or failed before it came up and starts another in its place,
+        unless more than max_redispatch starts in a row have failed (a cause that will not go away:
+        a bad model path, a node out of memory): then the error names the worker and the cause."""
+        self._remove(member)
+        self.failed_starts += 1
+        cause, limit = first_line(err), self.settings.max_redispatch
+        if self.failed_starts > limit:
+            raise WorkerError(f"{member.name}: failed to start ({cause}); {self.failed_starts} starts in a row failed "
+                              f"(max_redispatch {limit})")
+        replacement = self._start_member()
+        self.log(f"{self.settings.kind} pool: {member.name} failed to start ({cause}); starting {replacement.name} "
+                 f"in its place ({self.failed_starts} of at most {limit} in a row)")
+        return replacement
 
     def _remove(self, member: Member) -> None:
         if member in self.members:
@@ -200,8 +222,8 @@ class WorkerPool:
                 raise WorkerError(f"{late.member.name}: no answer to {what} after {time.monotonic() - late.started:.0f}s")
             call = calls.pop(ready[0])
             if call.kind == "start":
-                if not self._mark_up(call.member, ready[0]):  # the weights changed while it started
-                    calls[self.bring_up(call.member)] = _Call(call.member, "start", time.monotonic() + self.settings.start_timeout_s)
+                if (again := self._take_in(call.member, ready[0])) is not None:
+                    calls[self.bring_up(again)] = _Call(again, "start", again.start_deadline)
                 continue
             try:
                 result = ray.get(ready[0])

@@ -10,7 +10,7 @@ at any time while a run goes (anything else there is an error naming the file). 
     sigterm  the process sends itself SIGTERM (the driver then checkpoints and stops)
     corrupt  failpoint() returns True and the caller spoils its own output as its point says
 
-Points: rollout.generate, rollout.update_weights (RolloutWorker), reward.score, reward.counters,
+Points: rollout.start, rollout.generate, rollout.update_weights (RolloutWorker), reward.score, reward.counters,
 reward.scores (RewardWorker; corrupt: every other score of every reward function is NaN, as a
 buggy function's would be), driver.step_done (after a step's outputs are written). connect_ray forwards the
 variable to the job's Ray workers. Standard library only; unset, a hit costs one environment lookup.

@@ -3,10 +3,11 @@ known point (wavalign.failpoints) while the run goes, then SIGTERM and a resume 
 
   1. the operator scales the rollout pool from 1 to 2 workers (`launch.py scale`);
   2. a rollout worker's weight update fails (it is removed; the next step starts a replacement);
-  3. a rollout worker dies as it starts sampling (kill -9; its groups are re-sent);
-  4. a reward worker dies as it starts scoring, and its replacement dies when asked for its counters
-     (the run goes on; the judge counters keep what the dead workers had reported);
-  5. the driver gets SIGTERM after a step: it checkpoints that step and stops (resuming from a
+  3. at once: a rollout worker dies as it starts sampling (kill -9; its groups are re-sent), the
+     replacement that starts next dies while its engine starts (another takes its place), a reward
+     worker dies as it starts scoring, and its replacement dies when asked for its counters (the run
+     goes on; the judge counters keep what the dead workers had reported);
+  4. the driver gets SIGTERM after a step: it checkpoints that step and stops (resuming from a
      checkpoint: test_pipeline.py).
 
 The run scores with the toy reward and a judge (a real HTTP server on 127.0.0.1 that fails its
@@ -37,6 +38,7 @@ FLAKY_FAILURES = 2
 FAULT_LINES = {
     "rollout.update_weights": ("warning: weight update to version", "failed; removed rollout-"),
     "rollout.generate": ("rollout pool: rollout-", "died", "re-sending chunk"),
+    "rollout.start": ("rollout pool: rollout-", "failed to start", "in its place"),
     "reward.score": ("reward pool: reward-", "died", "re-sending chunk"),
     "reward.counters": ("reward pool: reward-", "died", "replaced by the next batch"),
 }
@@ -48,6 +50,13 @@ def step_of(output: str, words: tuple[str, ...]) -> int:
     start = next(i for i, line in enumerate(lines) if all(w in line for w in words))
     progress = next(line for line in lines[start:] if re.match(r"step \d+/\d+ \|", line))
     return int(progress.split()[1].split("/")[0])
+
+
+def came_up_after_failed_start(output: str) -> bool:
+    """A rollout worker came up after the one that failed to start (its replacement)."""
+    lines = output.splitlines()
+    failed = [i for i, line in enumerate(lines) if line.startswith("rollout pool: rollout-") and "failed to start" in line]
+    return bool(failed) and any(re.fullmatch(r"rollout pool: rollout-\w+-\d+ up", line) for line in lines[failed[0]:])
 
 
 @dataclass
@@ -88,8 +97,8 @@ def faults(tmp_path_factory, address, toy_assets) -> FaultRun:
         assert missing.returncode == 1, missing.stdout + missing.stderr
         wait_until(lambda: any(r["rollout_workers"] == 2 for r in rows()), job, "a step with 2 rollout workers")
         inject("rollout.update_weights", action="raise")
-        inject("rollout.generate", action="exit")
-        inject("reward.score", "reward.counters", action="exit")
+        inject("rollout.generate", "rollout.start", "reward.score", "reward.counters", action="exit", then_steps=0)
+        wait_until(lambda: came_up_after_failed_start(job.output()), job, "the replacement's replacement up")
         failpoints.arm("driver.step_done", "sigterm")
         output = job.finish()
         run_dir = run_dir_of(root, "faults")
@@ -119,10 +128,12 @@ def test_a_failed_weight_update_removes_the_worker_and_the_next_step_replaces_it
     assert workers[step] == 1 and workers[step + 1] == 2
 
 
-def test_a_killed_rollout_worker_is_replaced_and_its_groups_resent(faults):
+def test_a_killed_rollout_worker_is_replaced_even_when_its_replacement_dies_starting(faults):
     assert "rollout pool: rollout-" in faults.output and "died" in faults.output and "re-sending chunk" in faults.output
-    workers = {r["step"]: r["rollout_workers"] for r in metrics_rows(faults.run_dir)}
-    assert workers[faults.fault_steps["rollout.generate"] + 1] == 2
+    (line,) = [line for line in faults.output.splitlines() if "failed to start" in line]
+    assert line.startswith("rollout pool: rollout-") and "(1 of at most 2 in a row)" in line, line
+    assert came_up_after_failed_start(faults.output)  # the replacement's replacement came up
+    assert metrics_rows(faults.run_dir)[-1]["rollout_workers"] == 2
 
 
 def test_a_killed_reward_worker_is_replaced_and_the_judge_counters_go_on(faults, cfg):

@@ -263,17 +263,19 @@ def test_bounded_staleness_on_the_exported_policy_with_a_failing_judge_and_nan_r
     assert any(r["advantage"] != 0 for r in rollouts if r["step"] == 2)
     assert rows[0]["clip_frac"] == 0  # on-policy: no ratio at all
     assert rows[1]["clip_frac"] > 0 and rows[2]["clip_frac"] > 0, rows  # 0 exactly if the learner ignored the staleness
-    # The judge's failures are counted and retried away: every request got its 3, none the default.
+    # The judge's failures are counted and retried: a request gets its 3, or the default once all its
+    # attempts failed (a few: 40% of attempts fail, five attempts each).
     last = rows[-1]
-    attempts = last["judge_judge_attempts"]
-    assert last["judge_judge_requests"] == len(rollouts) and "judge_judge_failures" not in last
+    attempts, failures = last["judge_judge_attempts"], last.get("judge_judge_failures") or 0
+    assert last["judge_judge_requests"] == len(rollouts) and failures <= 0.05 * len(rollouts), last
     assert last["judge_judge_connection_errors"] == pytest.approx(0.3 * attempts, abs=1)
     assert last["judge_judge_timeouts"] == pytest.approx(0.1 * attempts, abs=1)
-    # One call's NaNs became the default score (counted per function); nothing non-finite got further.
-    assert last["judge_toy_answer_invalid_scores"] > 0 and last["judge_judge_invalid_scores"] > 0
-    spoiled = [r for r in rollouts if r["reward_judge"] == 2.5]
-    assert len(spoiled) == last["judge_judge_invalid_scores"] and all(r["reward_toy_answer"] == 2.5 for r in spoiled)
     assert all(r["reward_judge"] in (3.0, 2.5) for r in rollouts)
+    # One call's NaNs became the default score (counted per function); nothing non-finite got further.
+    spoiled = [r for r in rollouts if r["reward_toy_answer"] == 2.5]  # toy_answer itself gives 5, 2 or 1
+    assert 0 < len(spoiled) == last["judge_toy_answer_invalid_scores"] and all(r["reward_judge"] == 2.5 for r in spoiled)
+    defaults = sum(r["reward_judge"] == 2.5 for r in rollouts)
+    assert defaults <= last["judge_judge_invalid_scores"] + failures and last["judge_judge_invalid_scores"] == len(spoiled)
     for row in rows:
         assert all(math.isfinite(row[key]) for key in ("lambda", "loss", "rl_loss", "sft_loss", "reward_mean")), row
-    assert all(math.isfinite(r["advantage"]) for r in rollouts)  # 0 exactly if the learner ignored the staleness
+    assert all(math.isfinite(r["advantage"]) for r in rollouts)

@@ -33,7 +33,8 @@ def test_a_dry_run_on_built_assets_checks_policy_and_data_and_writes_nothing(dry
     assert not (tmp_path / "runs").exists()
 
 
-CASES = ["missing train file", "empty train file", "only other task types", "no usable eval rows", "missing policy", "bad row"]
+CASES = ["missing train file", "empty train file", "only other task types", "no usable eval rows", "missing policy", "bad row",
+         "fewer rows than a step's prompts"]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -55,11 +56,13 @@ def test_missing_or_empty_inputs_are_one_line(dry_run, tmp_path, toy_assets, cas
         "missing policy": (["model.path=/no/such/model", f"data.train_files=[{train}]"],
                            "model.path: /no/such/model is not an HF model directory (no config.json)"),
         "bad row": ([f"data.train_files=[{bad}]"], f"{bad}: row 2: field 'prompt_token_ids': position 0: token id 99999"),
+        "fewer rows than a step's prompts": ([f"data.train_files=[{bad}]", "data.skip_invalid_rows=true"],
+                                             "train.rollout_batch_size: 32 responses are 8 prompts per step; the train data has 2 usable rows"),
     }[case]
     code, out, err = dry_run(*overrides)
     *notes, error = err.strip().splitlines()
     assert code == 2 and out == "" and error.startswith("error: ") and expected in error, err
-    assert all(note.startswith("data: left out") for note in notes), notes  # rows of other task types, counted
+    assert all(note.startswith(("data: left out", "data: skipped")) for note in notes), notes  # counted, not lost
     assert not (tmp_path / "runs").exists()
 
 

@@ -32,6 +32,22 @@ class StandIn:
         return [x * 2 for x in chunk]
 
 
+class DiesStarting(StandIn):
+    """Dies in ready() (kill -9, as a vLLM start that crashes) for the first `deaths` workers made
+    with the same counter file; the ones after come up."""
+
+    def __init__(self, counter: str, deaths: int) -> None:
+        super().__init__()
+        self.counter, self.deaths = counter, deaths
+
+    def ready(self) -> dict:
+        with open(self.counter, "a") as tally:  # one byte per start, across processes
+            tally.write("x")
+        if os.path.getsize(self.counter) <= self.deaths:
+            os._exit(9)
+        return super().ready()
+
+
 class HangingUpdate(StandIn):
     """A rollout worker (RolloutPool's constructor arguments) whose weight update never finishes."""
 
@@ -102,5 +118,27 @@ def test_a_weight_update_past_its_deadline_removes_the_worker_and_names_it(ray_c
         with pytest.raises(WeightSyncError, match=rf"version 1 failed; removed {name}: no answer within rollout.update_timeout_s=2s"):
             pool.sync_weights([(b"weights", 1)], version=1)
         assert pool.members == []  # never left serving the old weights
+    finally:
+        pool.shutdown()
+
+
+def test_a_worker_that_dies_starting_is_replaced_within_max_redispatch(ray_cluster, tmp_path):
+    lines = []
+    pool = WorkerPool(settings(max_redispatch=2), DiesStarting, (str(tmp_path / "starts"), 2), log=lines.append)
+    try:
+        pool.resize(1)  # two starts die, the third comes up
+        assert [m.name.rsplit("-", 1)[1] for m in pool.members] == ["2"] and pool.failed_starts == 0
+        assert pool.map_chunks([[1, 2]], lambda handle, chunk: handle.work.remote(chunk)) == [[2, 4]]
+    finally:
+        pool.shutdown()
+    failed = [line for line in lines if "failed to start" in line]
+    assert len(failed) == 2 and "(1 of at most 2 in a row)" in failed[0] and "(2 of at most 2 in a row)" in failed[1], lines
+
+
+def test_starts_that_keep_failing_end_with_an_error_naming_the_worker(ray_cluster, tmp_path):
+    pool = WorkerPool(settings(max_redispatch=1), DiesStarting, (str(tmp_path / "starts"), 99), log=lambda line: None)
+    try:
+        with pytest.raises(WorkerError, match=r"standin-\w+-1: failed to start \(.+\); 2 starts in a row failed \(max_redispatch 1\)"):
+            pool.resize(1)
     finally:
         pool.shutdown()

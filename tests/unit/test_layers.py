@@ -13,6 +13,7 @@ PURE_MODULES = [
     "wavalign.atomic",
     "wavalign.failpoints",
     "wavalign.data",
+    "wavalign.toy.cache",
     "wavalign.toy.codec",
     "wavalign.toy.task",
     "wavalign.toy.rows",
@@ -74,7 +75,7 @@ def test_the_stack_imports(fresh_imports):
 
 def test_asset_cache_key_follows_settings_not_location():
     from wavalign.config import LayoutConfig, ToyConfig
-    from wavalign.toy.assets import fingerprint
+    from wavalign.toy.cache import fingerprint
 
     base = fingerprint(ToyConfig(), LayoutConfig())
     assert fingerprint(ToyConfig(assets_dir="/elsewhere"), LayoutConfig()) == base

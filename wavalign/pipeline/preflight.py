@@ -63,7 +63,7 @@ def preflight(cfg: PipelineConfig, build_toy: bool = True, log=print) -> Inputs 
     check_reward_functions(cfg)
     from wavalign.model_files import load_tokenizer_and_layout
     from wavalign.pipeline.inputs import read_prompt_rows, resolve_inputs
-    from wavalign.toy.assets import foreign_assets_dir, toy_assets_ready
+    from wavalign.toy.cache import foreign_assets_dir, toy_assets_ready
 
     if cfg.model.path is None and (problem := foreign_assets_dir(cfg.toy)):
         raise PreflightError(problem)
@@ -89,6 +89,10 @@ def preflight(cfg: PipelineConfig, build_toy: bool = True, log=print) -> Inputs 
         if not rows[split]:
             hint = "" if split == "train" else " (train.eval_every: 0 runs without evaluation)"
             raise PreflightError(f"data.{split}_files: no usable rows in {', '.join(files)}{hint}")
+    per_step = cfg.train.rollout_batch_size // cfg.rollout.group_size
+    if per_step > len(rows["train"]):
+        raise PreflightError(f"train.rollout_batch_size: {cfg.train.rollout_batch_size} responses are {per_step} prompts per step; "
+                             f"the train data has {len(rows['train'])} usable rows")
     return Inputs(Path(model_path), tokenizer, layout, rows["train"], rows["eval"])
 
 

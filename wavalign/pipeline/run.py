@@ -7,6 +7,7 @@ run's outputs. Every method is one narrated step of the loop; none of them loops
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -70,6 +71,8 @@ class Pipeline:
         per_rank = cfg.algorithm.lambda_scope == "per_rank"
         self.controllers = [LambdaController(lambda_settings(cfg)) for _ in range(cfg.learner.num_workers if per_rank else 1)]
         self.step, self.version = 0, 0
+        self.learned_step = 0  # the last step the learner has taken (one ahead of self.step mid-step)
+        self._prompts_after_step = self.prompts.state_dict()  # the cursor as of the last complete step
         self._prefetched: tuple | None = None  # the next step's rollouts, sampled while the learner trained
         self.outputs: RunOutputs | None = None
         self._step_seconds: list[float] = []
@@ -82,7 +85,9 @@ class Pipeline:
         else:
             state = load_checkpoint(checkpoint, self.learners)
             self.step, self.version = state["step"], state["policy_version"]
+            self.learned_step = self.step
             self.prompts.load_state_dict(state["prompts"])
+            self._prompts_after_step = self.prompts.state_dict()
             for controller, saved in zip(self.controllers, state["lambda"], strict=True):
                 controller.load_state_dict(saved)
             self.sync_weights(advance=False)
@@ -92,9 +97,10 @@ class Pipeline:
     def checkpoint(self) -> None:
         state = {
             "policy_version": self.version,
-            # rollouts sampled ahead are not saved: a resumed run samples that step again (from the
-            # saved weights, so bounded-staleness runs resume close to, not exactly like, the original)
-            "prompts": self.prompts.state_dict(give_back_last_step=self._prefetched is not None),
+            # as of the last complete step; rollouts sampled ahead are not saved: a resumed run samples
+            # that step again (from the saved weights, so bounded-staleness runs resume close to, not
+            # exactly like, the original)
+            "prompts": self._prompts_after_step,
             "lambda": [c.state_dict() for c in self.controllers],
         }
         directory = save_checkpoint(self.run_dir, self.step, self.learners, state, self.cfg.train.keep_checkpoints)
@@ -143,6 +149,7 @@ class Pipeline:
         if self.cfg.train.max_staleness and step < self.cfg.run.steps:
             self._prefetched = self._sample_and_score(step + 1, self.prompts.next_step())
         learned = self.learners.train_result(started)
+        self.learned_step = step
         return {**learned, "staleness": float(staleness)}
 
     def sync_weights(self, advance: bool = True) -> float:
@@ -161,6 +168,7 @@ class Pipeline:
 
     def record_step(self, step, groups, advantages, lambdas, aggregates, learned, timings) -> None:
         self.step = step
+        self._prompts_after_step = self.prompts.state_dict(give_back_last_step=self._prefetched is not None)
         row = step_metrics(
             step=step, version=self.version, lambdas=lambdas, reward_aggregates=aggregates, learned=learned, timings=timings,
             response_tokens=sum(len(r.response_token_ids) for g in groups for r in g.records),
@@ -198,6 +206,20 @@ class Pipeline:
         """G samples per eval prompt from the current policy (seeded apart from training's)."""
         records = self.rollouts.generate([(r.row_id, r.prompt_token_ids) for r in self.eval_rows], seed=step_seed(self.cfg, -step))
         return {f"eval_{k}": v for k, v in evaluate(self.cfg, self.tokenizer, self.layout, self.eval_rows, records).items()}
+
+    def stop_after_failure(self, err: Exception) -> None:
+        """A worker failure the pools could not heal: checkpoint the last complete step (unless the
+        learner has already moved past it), say how to go on, stop every worker."""
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        self._prefetched = None  # sampled ahead by pools that failed: not waited for
+        if self.step > 0 and self.learned_step == self.step:
+            self.checkpoint()
+            print(f"stopped after step {self.step} (a worker failure); continue with: python launch.py --resume {self.run_dir}",
+                  flush=True)
+        elif self.step > 0:
+            print(f"stopped during step {self.step + 1} after the learner took it; the newest checkpoint in "
+                  f"{self.run_dir / 'checkpoints'} is where a resume continues", flush=True)
+        self.finish(export=False)
 
     def finish(self, export: bool) -> None:
         if self._prefetched is not None:  # sampled ahead for a step this run will not take

@@ -2,7 +2,7 @@
 (JSONL and Parquet) and a warm-start report.
 
 The cache lives in `toy.assets_dir` and is keyed by a fingerprint of the toy and layout config and
-of ASSET_VERSION (bump it when the generator changes). Building happens in a temporary directory
+of ASSET_VERSION (wavalign/toy/cache.py; bump it when the generator changes). Building happens in a temporary directory
 that is renamed into place, under a file lock, so a crash or a concurrent build never leaves a
 half-built cache behind.
 """
@@ -10,7 +10,6 @@ half-built cache behind.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import random
 import shutil
@@ -25,6 +24,7 @@ import torch
 from wavalign.config import LayoutConfig, ToyConfig
 from wavalign.data import PromptRow, read_rows, write_rows
 from wavalign.layout import SpeechLayout, layout_fields, resolve_layout
+from wavalign.toy.cache import fingerprint, foreign_assets_dir
 from wavalign.toy.codec import ToyCodec
 from wavalign.toy.metrics import ToyScorer
 from wavalign.toy.model import ReferenceFor, build_tiny_model, generate, warm_start
@@ -32,7 +32,6 @@ from wavalign.toy.rows import ToyEncoder, toy_corpus
 from wavalign.toy.task import all_questions, split_questions, vocabulary_words
 from wavalign.toy.tokenizer import build_tokenizer
 
-ASSET_VERSION = 4
 SAMPLING_TEMPERATURE = 0.7  # the method's rollout temperature, for the reported sampled accuracy
 
 
@@ -61,29 +60,6 @@ def toy_scorer(layout: SpeechLayout, toy: ToyConfig, tokenizer) -> ToyScorer:
     return ToyScorer(
         layout, toy_codec(toy, layout.num_speech_tokens), lambda ids: tokenizer.decode(ids, skip_special_tokens=True)
     )
-
-
-def fingerprint(toy: ToyConfig, layout: LayoutConfig) -> str:
-    """What the assets depend on: the toy settings (not where they are cached) and the layout."""
-    settings = toy.model_dump(exclude={"assets_dir"})
-    payload = json.dumps({"version": ASSET_VERSION, "toy": settings, "layout": layout_fields(layout)}, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
-
-
-def foreign_assets_dir(toy: ToyConfig) -> str | None:
-    """Why toy.assets_dir cannot hold the cache: it exists and is not one (the build replaces only
-    a cache it made, never a folder of the user's), or None."""
-    root = Path(toy.assets_dir)
-    if root.exists() and not (root / "fingerprint").is_file() and (not root.is_dir() or any(root.iterdir())):
-        return (f"toy.assets_dir: {root} exists and is not a toy asset cache (no fingerprint file); "
-                "it is left alone: choose a new or empty folder")
-    return None
-
-
-def toy_assets_ready(toy: ToyConfig, layout: LayoutConfig) -> bool:
-    """Whether the cache holds the assets of this config (no build needed)."""
-    stamp = Path(toy.assets_dir) / "fingerprint"
-    return stamp.is_file() and stamp.read_text().strip() == fingerprint(toy, layout)
 
 
 def ensure_toy_assets(
