@@ -38,6 +38,7 @@ from rewards.judge_reply import BadReply, reply_content, retry_after_seconds
 from rewards.scores import BadScore, fit_to_scale, parse_score
 from rewards.types import ScoredResponse
 from rewards.wav import wav_base64
+from wavalign.config import http_url_problem
 
 MAX_REPLY_BYTES = 4 * 2**20  # a chat completion holding one score is a few KiB
 CALL_GRACE_S = 1.0  # past the call deadline, how long a call waits for attempts being cut off
@@ -108,10 +109,9 @@ class OpenAIJudge:
     def __init__(self, settings: JudgeSettings, name: str = "judge") -> None:
         if settings.out_of_range not in ("default", "clamp"):
             raise ValueError(f"out_of_range must be 'default' or 'clamp', got {settings.out_of_range!r}")
-        url = urllib.parse.urlsplit(settings.url)
-        if url.scheme not in ("http", "https") or not url.hostname:
-            raise ValueError(f"judge url must be http(s)://host[:port]/path, got {settings.url!r}")
-        self.settings, self.name, self._url = settings, name, url
+        if problem := http_url_problem(settings.url):
+            raise ValueError(f"judge url: {problem}")
+        self.settings, self.name, self._url = settings, name, urllib.parse.urlsplit(settings.url)
         self._key = os.environ.get(settings.api_key_env, "")
         self._counts: Counter[str] = Counter()
         self._lock = threading.Lock()

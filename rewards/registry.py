@@ -7,7 +7,7 @@ import os
 from rewards.judge import ACOUSTIC_RUBRIC, HOLISTIC_RUBRIC, SEMANTIC_RUBRIC, JudgeSettings, OpenAIJudge, TwoJudges
 from rewards.toy import NoisyToyJudge, toy_answer_reward
 from rewards.types import RewardFn
-from wavalign.config import ConfigError, RewardConfig
+from wavalign.config import ConfigError, RewardConfig, http_url_problem
 
 URL_ENV = "WAVALIGN_REWARD_API_BASE"
 # A judge call ends within this share of reward.timeout_s, so a chunk's scoring (decoding, the
@@ -20,6 +20,8 @@ def judge_settings(cfg: RewardConfig, rubric: str) -> JudgeSettings:
     url = j.url or os.environ.get(URL_ENV)
     if not url:
         raise ConfigError("reward.judge.url", f"not set, and ${URL_ENV} is empty")
+    if problem := http_url_problem(url):  # the config's URL is checked already; the variable's is not
+        raise ConfigError("reward.judge.url", f"${URL_ENV}: {problem}")
     return JudgeSettings(
         url=url,
         model=j.model,

@@ -11,6 +11,7 @@ Pure module: imports pydantic and the standard library only.
 from __future__ import annotations
 
 import re
+import urllib.parse
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -280,8 +281,8 @@ class JudgeConfig(Section):
 
     @model_validator(mode="after")
     def _check(self) -> "JudgeConfig":
-        if self.url is not None and not re.fullmatch(r"https?://[^/\s:]+(:\d+)?(/\S*)?", self.url):
-            raise ConfigError("url", f"{self.url!r} is not an http(s)://host[:port]/path URL")
+        if self.url is not None and (problem := http_url_problem(self.url)):
+            raise ConfigError("url", problem)
         if self.mode == "two_judges" and abs(self.semantic_weight + self.acoustic_weight - 1) > 1e-9:
             raise ConfigError("semantic_weight", "semantic_weight + acoustic_weight must be 1 (stays on the scale)")
         return self
@@ -468,6 +469,19 @@ def validation_problems(err: ValidationError) -> list[str]:
             message = f"{message} (got {_shown(problem['input'])})"
         lines.append(f"{path}: {message}" if path else message)
     return lines
+
+
+def http_url_problem(url: str) -> str | None:
+    """Why `url` is not an http(s)://host[:port]/path URL, or None: the one check of a judge URL,
+    whether it comes from the config or from $WAVALIGN_REWARD_API_BASE."""
+    parts = urllib.parse.urlsplit(url)
+    try:
+        parts.port  # noqa: B018 - raises on a port that is not a number in range
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in url):
+        return f"{url!r} is not an http(s)://host[:port]/path URL"
+    return None
 
 
 def _shown(value: Any) -> str:

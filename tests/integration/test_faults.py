@@ -1,5 +1,5 @@
 """One run through every fault the README promises to survive, in sequence, each injected at a
-known point (wavalign.failpoints) while the run goes, then SIGTERM and a resume to the end:
+known point (wavalign.failpoints) while the run goes, then SIGTERM:
 
   1. the operator scales the rollout pool from 1 to 2 workers (`launch.py scale`);
   2. a rollout worker's weight update fails (it is removed; the next step starts a replacement);

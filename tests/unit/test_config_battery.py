@@ -67,8 +67,7 @@ def test_a_malformed_config_is_one_line_naming_key_and_value(tmp_path, capsys, m
     config = tmp_path / "c.yaml"
     config.write_text(PIPELINE if text is None else text)
     runs = tmp_path / "runs"
-    sets = [a for o in [f"run.output_dir={runs}", *overrides] for a in ("--set", o)] if text is None else \
-        [a for o in overrides for a in ("--set", o)]
+    sets = [a for o in [f"run.output_dir={runs}", *overrides] for a in ("--set", o)]
     code = launch.main(["--config", str(config), *sets, "--dry-run"])
     out, err = capsys.readouterr()
     assert code == 2 and out == "", (code, out)
@@ -92,3 +91,13 @@ def test_yaml_1_2_numbers_are_numbers(tmp_path):
 
     cfg = read_config(ROOT / "pipeline.yaml", ["learner.learning_rate=1e-6", "learner.adam_eps=1E-8", "rollout.temperature=.5"])
     assert (cfg.learner.learning_rate, cfg.learner.adam_eps, cfg.rollout.temperature) == (1e-6, 1e-8, 0.5)
+
+
+def test_a_judge_url_from_the_environment_is_checked_like_the_configs(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WAVALIGN_REWARD_API_BASE", "judge.internal:8000/v1")  # no scheme
+    code = launch.main(["--config", str(ROOT / "pipeline.yaml"), "--set", f"run.output_dir={tmp_path / 'runs'}",
+                        "--set", "reward.functions=[{name: judge}]", "--set", "reward.judge.url=null", "--dry-run"])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == "" and err.strip() == (
+        "error: reward.judge.url: $WAVALIGN_REWARD_API_BASE: 'judge.internal:8000/v1' is not an http(s)://host[:port]/path URL")
+    assert not (tmp_path / "runs").exists()
