@@ -69,10 +69,10 @@ class RewardWorker:
     def score(self, requests: Sequence[RewardRequest]) -> list[RewardResult]:
         failpoint("reward.score")
         responses = [self.view(r) for r in requests]
-        spoil = failpoint("reward.scores")  # fault tests: every other score NaN, as a buggy function's
         with ThreadPoolExecutor(max_workers=len(self.functions)) as pool:
-            columns = dict(zip(self.functions, pool.map(self._column, self.functions.items(), [responses] * len(self.functions),
-                                                        [spoil] * len(self.functions))))
+            raw = dict(zip(self.functions, pool.map(lambda fn: fn(responses), self.functions.values())))
+        spoil = failpoint("reward.scores")  # fault tests: every other score NaN, as a buggy function's
+        columns = {name: self._checked(name, column, len(requests), spoil) for name, column in raw.items()}
         results = []
         for i, request in enumerate(requests):
             scores = {name: column[i] for name, column in columns.items()}
@@ -80,18 +80,16 @@ class RewardWorker:
             results.append(RewardResult(request.prompt_id, request.sample_index, scores, total))
         return results
 
-    def _column(self, named_fn, responses: Sequence[ScoredResponse], spoil: bool = False) -> list[float]:
+    def _checked(self, name: str, column, n: int, spoil: bool) -> list[float]:
         """One function's scores, each unusable one (non-finite, off the scale, not a number)
         replaced by reward.default_score and counted: one bad score must not reach λ or the
         advantages."""
-        name, fn = named_fn
-        r = self.reward_cfg
-        raw = fn(responses)
         if spoil:
-            raw = [math.nan if i % 2 else score for i, score in enumerate(raw)]
-        column, replaced = checked_scores(name, raw, len(responses), r.scale_min, r.scale_max, r.default_score)
+            column = [math.nan if i % 2 else score for i, score in enumerate(column)]
+        r = self.reward_cfg
+        checked, replaced = checked_scores(name, column, n, r.scale_min, r.scale_max, r.default_score)
         self.invalid_scores[name] += replaced
-        return column
+        return checked
 
     def counters(self) -> dict[str, int]:
         """Failure counters of the judges (requests, retries, failures, ...) and every function's

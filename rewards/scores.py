@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable
 
 _SCORE = re.compile(r"<score>\s*([0-9]+(?:\.[0-9]+)?)\s*</score>", re.IGNORECASE)
 
@@ -51,15 +51,20 @@ def checked_scores(name: str, values: object, n: int, low: float, high: float, d
     >>> checked_scores("rm", [4, float("nan"), 9.0, "x"], 4, 1.0, 5.0, 2.5)
     ([4.0, 2.5, 2.5, 2.5], 3)
     """
-    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or len(values) != n:
-        got = f"{len(values)} values" if isinstance(values, Sequence) and not isinstance(values, (str, bytes)) else type(values).__name__
-        raise ValueError(f"reward function {name!r} returned {got} for {n} responses; it must return one float per response")
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        raise ValueError(f"reward function {name!r} returned {type(values).__name__} for {n} responses; "
+                         "it must return one float per response")
+    values = list(values)  # a list, a tuple, a NumPy array, a tensor
+    if len(values) != n:
+        raise ValueError(f"reward function {name!r} returned {len(values)} values for {n} responses; "
+                         "it must return one float per response")
     checked, replaced = [], 0
     for value in values:
-        number = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
-        if math.isfinite(number) and low <= number <= high:
-            checked.append(number)
-        else:
+        try:
+            if isinstance(value, bool) or not hasattr(type(value), "__float__"):  # numbers, NumPy and 0-d tensors
+                raise BadScore(f"{value!r} is not a number")
+            checked.append(fit_to_scale(float(value), low, high, "default"))
+        except BadScore:
             checked.append(default)
             replaced += 1
     return checked, replaced

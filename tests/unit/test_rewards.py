@@ -74,3 +74,20 @@ def test_toy_speech_decoder_and_wav():
     data = wav_bytes(audio)
     assert data[:4] == b"RIFF" and data[8:12] == b"WAVE"
     assert len(data) == 44 + 2 * len(audio.samples)  # header + 16-bit mono PCM
+
+
+def test_checked_scores_take_any_number_and_replace_the_rest():
+    import numpy as np
+    import torch
+
+    from rewards.scores import checked_scores
+
+    column = [np.float32(3.5), np.int64(2), 4, True, None, float("inf"), 0.5, "4"]
+    assert checked_scores("plugin", column, 8, 1.0, 5.0, 2.5) == ([3.5, 2.0, 4.0, 2.5, 2.5, 2.5, 2.5, 2.5], 5)
+    assert checked_scores("plugin", np.array([1.5, 9.0]), 2, 1.0, 5.0, 2.5) == ([1.5, 2.5], 1)
+    assert checked_scores("plugin", torch.tensor([4.0, float("nan")]), 2, 1.0, 5.0, 2.5) == ([4.0, 2.5], 1)
+    default = 2.5  # the judge returns the configured default object itself: a valid score, not a replaced one
+    assert checked_scores("judge", [default, 3.0], 2, 1.0, 5.0, default) == ([2.5, 3.0], 0)
+    for bad, got in (([1.0], "1 values"), ("55", "str"), (3.0, "float")):
+        with pytest.raises(ValueError, match=f"reward function 'plugin' returned {got} for 2 responses"):
+            checked_scores("plugin", bad, 2, 1.0, 5.0, 2.5)
