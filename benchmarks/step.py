@@ -59,6 +59,8 @@ def finished_steps(run_dir: Path, cfg, steps: int) -> list[dict]:
 
     if cfg.train.max_staleness:
         raise SystemExit(f"{run_dir}: ran with train.max_staleness {cfg.train.max_staleness}; the reference loop has no overlap")
+    if not (run_dir / "metrics.parquet").is_file():
+        raise SystemExit(f"{run_dir}: no metrics.parquet (not a run directory)")
     rows = pq.read_table(run_dir / "metrics.parquet").to_pylist()[:steps]
     if len(rows) < steps:
         raise SystemExit(f"{run_dir}: {len(rows)} steps in metrics.parquet, fewer than --steps {steps}")
@@ -160,8 +162,13 @@ def main() -> None:
         parser.error("--pipeline-run takes the run's own config: no --set or --hidden with it")
     if args.steps < 2:
         parser.error("--steps must be >= 2 (the first step of each side is warm-up)")
+    from wavalign.config import InvalidConfig
+
     with tempfile.TemporaryDirectory() as tmp:
-        measure(args, Path(tmp))
+        try:
+            measure(args, Path(tmp))
+        except InvalidConfig as err:  # a bad --config / --set, or a --pipeline-run without its config.yaml
+            raise SystemExit(f"error: {err}") from None
 
 
 def measure(args, tmp: Path) -> None:

@@ -35,3 +35,12 @@ def run_benchmark(command: list[str], ratio_line: str, address: str) -> list[flo
     ratios = [float(x) for x in re.findall(r"(?:= |up )([0-9]+\.[0-9]+)x?", line)]
     assert ratios and all(r > 0 for r in ratios), line
     return ratios
+
+
+def test_a_pipeline_run_that_is_not_one_is_a_one_line_error(tmp_path):
+    (tmp_path / "config.yaml").write_text((ROOT / "pipeline.yaml").read_text())
+    for run_dir, expected in ((tmp_path / "nope", "config.yaml not found"), (tmp_path, "no metrics.parquet (not a run directory)")):
+        out = subprocess.run([sys.executable, "benchmarks/step.py", "--pipeline-run", str(run_dir)], cwd=ROOT,
+                             capture_output=True, text=True, timeout=120)
+        lines = out.stderr.strip().splitlines()
+        assert out.returncode == 1 and len(lines) == 1 and expected in lines[0], out.stderr
