@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 
 from wavalign.config import InvalidConfig
@@ -22,6 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     except InvalidConfig as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    # SIGTERM (ray job stop, an interrupted test session) unwinds the build, which then removes its
+    # half-built staging folder, instead of killing it where it stands.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     assets = ensure_toy_assets(cfg.toy, cfg.model.layout, force=args.force)
     print(json.dumps(assets.report, indent=2))
     return 0
