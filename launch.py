@@ -101,10 +101,11 @@ def main(argv: list[str] | None = None) -> int:
             learned = pipe.learn(step, groups, advantages, lambdas)
             learn_s = time.monotonic() - learn_started
             # 5d. The new weights into every rollout worker: the next step samples from them.
-            sync_s = pipe.sync_weights()
+            #     The learner sends them itself; the driver names the workers and the version.
+            sync = pipe.sync_weights()
             # 5e. Metrics, rollouts, evaluation, progress, checkpoint.
             timings = {"generation_seconds": generation_s, "reward_wait_seconds": reward_wait_s, "learn_seconds": learn_s,
-                       "sync_seconds": sync_s, "step_seconds": time.monotonic() - started}
+                       **sync, "step_seconds": time.monotonic() - started}
             pipe.record_step(step, groups, advantages, lambdas, aggregates, learned, timings)
             last = step == cfg.run.steps or step == args.stop_after_step or stop["requested"]
             if last or (cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0):

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from actors.weight_sync import LearnerSync, SyncReport, Worker
 from learner.deepspeed_engine import DeepSpeedEngine, frozen_policy
 from learner.diagnostics import grad_norm, modality_entropy
 from learner.dpo import dpo_loss, sequence_logps
@@ -22,7 +23,6 @@ from learner.loss import rl_loss, sft_loss, token_logprobs, token_weights, with_
 from learner.masks import ModalityMasks, modality_masks
 from wavalign.config import PipelineConfig
 from wavalign.model_files import load_tokenizer_and_layout
-from wavalign.weights import pack_buckets
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,14 @@ class LearnerWorker:
         self.device = self.engine.device  # batches are built on CPU and moved there (a GPU learner)
         self.reference = frozen_policy(model_path, cfg.learner, self.device) if cfg.algorithm.needs_reference else None
         self.steps_done = 0
+        rc = cfg.rollout
+        self.weight_sync = LearnerSync(
+            rc.weight_transfer_backend, rank, self.engine.full_weights, chunk_bytes=int(rc.weight_bucket_mb * 2**20),
+            timeout_s=rc.update_timeout_s,
+            # ipc, unpacked: handles to the parameters themselves, no copy. Under ZeRO-3 the gathered
+            # copies would all stay alive until the workers finish, so they go in packed buffers.
+            packed=cfg.learner.zero_stage == 3,
+        )
 
     def ready(self) -> dict[str, int]:
         return {"pid": os.getpid(), "steps_done": self.steps_done}
@@ -235,11 +243,32 @@ class LearnerWorker:
     def full_weights(self):
         return list(self.engine.full_weights())
 
-    def weight_buckets(self, bucket_bytes: int) -> list[tuple[bytes, int]]:
-        """The policy's weights as safetensors buckets for the rollout pool (see wavalign.weights).
-        Every rank must call it (ZeRO-3 gathers collectively); rank 0 returns them."""
-        buckets = list(pack_buckets(self.engine.full_weights(), bucket_bytes))
-        return buckets if self.engine.rank == 0 else []
+    # The weight sync (actors/weight_sync.py): this rank's side of vLLM's trainer engine.
+
+    def send_weights(self, version: int, workers: Sequence[Worker]) -> SyncReport:
+        """The policy's weights into `workers` as `version`; every rank calls it (ZeRO-3 gathers
+        collectively), rank 0 sends and reports."""
+        report = self.weight_sync.sync(version, workers)
+        if self.cfg.rollout.colocate:
+            torch.cuda.empty_cache()  # hand back the learner's cached blocks before vLLM's KV cache wakes
+        return report
+
+    def bring_up_worker(self, worker: Worker) -> dict:
+        """The last version sent, into one worker that came up since (rank 0; runs beside a step)."""
+        return self.weight_sync.bring_up(worker)
+
+    def close_weight_sync(self) -> None:
+        self.weight_sync.close()
+
+    def continuation_logprobs(self, prompt: Sequence[int], continuation: Sequence[int]) -> list[float]:
+        """log p(continuation[t] | prompt, continuation[:t]) under the learner's weights (one rank,
+        no DeepSpeed step): what the rollout workers must reproduce after a sync."""
+        module = self.engine.module
+        ids = torch.tensor([[*prompt, *continuation]], device=next(module.parameters()).device)
+        with torch.no_grad():
+            logits = module(input_ids=ids).logits[0].float()  # (L, V)
+        logp = torch.log_softmax(logits[len(prompt) - 1 : -1], dim=-1)  # position t-1 predicts token t
+        return logp.gather(-1, ids[0, len(prompt) :, None]).squeeze(-1).tolist()
 
     def save_hf(self, directory: str) -> None:
         self.engine.save_hf(directory, self.model_path)

@@ -13,6 +13,7 @@ import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from actors.learner import DpoBatch, LearnerWorker, TrainBatch
+from actors.weight_sync import SyncReport, Worker
 from actors.worker_pool import WorkerError, first_line
 from wavalign.config import PipelineConfig
 from wavalign.ports import free_port
@@ -22,7 +23,9 @@ class LearnerGroup:
     def __init__(self, cfg: PipelineConfig, model_path: str) -> None:
         lc = cfg.learner
         self.timeout_s, self.world_size = lc.timeout_s, lc.num_workers
-        remote = ray.remote(num_cpus=lc.cpus_per_worker, num_gpus=lc.gpus_per_worker, max_restarts=0)(LearnerWorker)
+        # "sync": a thread of its own for bringing up late rollout workers while a step runs
+        remote = ray.remote(num_cpus=lc.cpus_per_worker, num_gpus=lc.gpus_per_worker, max_restarts=0,
+                            concurrency_groups={"sync": 1})(LearnerWorker)
         port = free_port()  # ranks meet on this node (multi-node learners: the GPU issue)
         self.ranks = [
             remote.options(name=f"learner-{cfg.run.name}-{rank}-{port}").remote(
@@ -63,8 +66,15 @@ class LearnerGroup:
     def train_dpo(self, batches: Sequence[DpoBatch]) -> dict[str, float]:
         return _mean(self._call("dpo_step", [(b,) for b in batches]))
 
-    def weight_buckets(self, bucket_bytes: int) -> list[tuple[bytes, int]]:
-        return self._call("weight_buckets", [(bucket_bytes,)] * self.world_size)[0]
+    def send_weights(self, version: int, workers: Sequence[Worker]) -> SyncReport:
+        """The learners' weights into the rollout workers, straight from learner rank 0 (never through
+        the driver); rank 0's report."""
+        return self._call("send_weights", [(version, list(workers))] * self.world_size)[0]
+
+    def bring_up(self, worker: Worker) -> ray.ObjectRef:
+        """Starts handing the last version sent to a worker that came up since; the ref resolves to
+        what the worker said (its pid and version) or raises naming it."""
+        return self.ranks[0].bring_up_worker.options(concurrency_group="sync").remote(worker)
 
     def save_checkpoint(self, directory: str, tag: str) -> None:
         self._call("save_checkpoint", [(directory, tag)] * self.world_size)

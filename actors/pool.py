@@ -2,30 +2,26 @@
 
 - `generate` spreads prompt groups over the live workers (a whole group always on one worker) and
   returns every group exactly once, re-sending the groups of a worker that dies (WorkerPool).
-- `sync_weights` streams the new weights to every worker in buckets; a worker whose update fails or
-  times out is removed (never left serving stale weights) and the error names it.
-- A new worker — grown by `resize` or replacing a dead one — receives the current weights before it
-  is given any prompt.
+- `sync_weights` has the learner send the new weights to every worker that is up (the driver only
+  names the workers and the version); a worker whose update fails or times out is removed (never left
+  serving stale weights) and the error names it.
+- A new worker — grown by `resize` or replacing a dead one — first starts its engine, then receives
+  the last version sent from the learner (`bring_up_weights`) before it is given any prompt.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 
-import numpy as np
 import ray
-from ray.exceptions import RayActorError, RayTaskError
 
 from actors.rollout import RolloutRecord, RolloutWorker
-from actors.worker_pool import Member, PoolSettings, WorkerError, WorkerPool, first_line
+from actors.weight_sync import SyncReport, WeightSyncError, Worker, all_or_error, call_workers
+from actors.worker_pool import Member, PoolSettings, WorkerPool
 from wavalign.config import PipelineConfig
 
 Prompt = tuple[str, Sequence[int]]  # (prompt id, prompt token ids): one group of G responses
-
-
-class WeightSyncError(WorkerError):
-    pass
+Send = Callable[[int, Sequence[Worker]], SyncReport]  # (version, workers) -> the learner's report
 
 
 class RolloutPool(WorkerPool):
@@ -37,7 +33,10 @@ class RolloutPool(WorkerPool):
         log: Callable[[str], None] = print,
         on_dispatch: Callable[[Member, int], None] | None = None,
         wait: bool = True,
+        bring_up_weights: Callable[[Worker], ray.ObjectRef] | None = None,
     ) -> None:
+        """bring_up_weights(worker): a ref that resolves once a worker that came up after the first
+        sync holds the last version sent (LearnerGroup.bring_up)."""
         rc = cfg.rollout
         settings = PoolSettings(
             kind="rollout",
@@ -51,7 +50,7 @@ class RolloutPool(WorkerPool):
         super().__init__(settings, worker_cls, (model_path, cfg), log, on_dispatch)
         self.cfg = cfg
         self.version = 0
-        self._weights: list[tuple[ray.ObjectRef, int]] = []  # buckets of self.version; empty = the checkpoint
+        self.bring_up_weights = bring_up_weights
         self.start_resize(rc.num_workers)
         if wait:  # (wait=False: the caller starts other workers meanwhile, then calls wait_until_up)
             self.wait_until_up()
@@ -63,53 +62,45 @@ class RolloutPool(WorkerPool):
         return member.info.get("policy_version", 0) == self.version
 
     def bring_up(self, member: Member) -> ray.ObjectRef:
-        if not self._weights:  # version 0: the checkpoint the worker loads itself
+        if self.version == 0 or not member.info:  # its engine first (version 0: the checkpoint it loads)
             return member.handle.ready.remote()
-        return self._push_weights(member)
+        if self.bring_up_weights is None:
+            raise WeightSyncError(f"{member.name}: the pool has no way to bring a worker up to version {self.version}")
+        return self.bring_up_weights((member.name, member.handle))
 
-    def _push_weights(self, member: Member) -> ray.ObjectRef:
-        total = sum(count for _, count in self._weights)
-        # Bucket refs as top-level arguments: Ray resolves them into the worker's call.
-        return member.handle.update_weights.remote(self.version, total, *(ref for ref, _ in self._weights))
+    def up_workers(self) -> list[Worker]:
+        return [(m.name, m.handle) for m in self.members if m.state != "starting"]
 
-    @staticmethod
-    def put_buckets(buckets: Iterable[tuple[bytes, int]]) -> list[tuple[ray.ObjectRef, int]]:
-        """Buckets into Ray's object store as uint8 arrays, which workers read zero-copy. A learner
-        calls this where the weights are, so they cross to the rollout workers without the driver."""
-        return [(ray.put(np.frombuffer(blob, dtype=np.uint8)), count) for blob, count in buckets]
-
-    def sync_weights(self, buckets: Iterable[tuple[bytes | ray.ObjectRef, int]], version: int) -> float:
-        """Stream new weights to every worker; returns seconds. Buckets are (safetensors bytes, tensor
-        count) pairs (see wavalign.weights), or (object ref, count) pairs from `put_buckets`."""
+    def sync_weights(self, version: int, send: Send) -> SyncReport:
+        """The new weights into every worker that is up, sent by the learner; workers still starting
+        get this version when they are up. A worker that failed is removed and named in the error."""
         if version <= self.version:
             raise ValueError(f"policy version must increase: {version} <= {self.version}")
-        started = time.monotonic()
-        buckets = list(buckets)
-        put = [(blob, count) for blob, count in buckets if not isinstance(blob, ray.ObjectRef)]
-        refs = iter(self.put_buckets(put))
-        self._weights = [(blob, count) if isinstance(blob, ray.ObjectRef) else next(refs) for blob, count in buckets]
         self.version = version
-        # Workers still starting are not waited for: each gets these weights when it comes up.
-        finishing = {self._push_weights(m): m for m in self.members if m.state != "starting"}
-        timeout = self.cfg.rollout.update_timeout_s
-        deadline = time.monotonic() + timeout
-        failures = []
-        while finishing:
-            ready, _ = ray.wait(list(finishing), num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
-            if not ready:
-                for member in finishing.values():
-                    failures.append(f"{member.name}: no answer within rollout.update_timeout_s={timeout:g}s")
-                    self._remove(member)
-                break
-            member = finishing.pop(ready[0])
-            try:
-                member.info = {**member.info, **ray.get(ready[0])}
-            except (RayActorError, RayTaskError) as err:
-                failures.append(f"{member.name}: {first_line(err)}")
+        sent_to = self.up_workers()
+        report = send(version, sent_to)
+        failed = {name: report.failed.get(name, "did not finish the update") for name, _ in sent_to if name not in report.finished}
+        for member in list(self.members):
+            if member.name in report.finished:
+                member.info = {**member.info, **report.finished[member.name]}
+            elif member.name in failed:
                 self._remove(member)
-        if failures:
-            raise WeightSyncError(f"weight update to version {version} failed; removed " + "; ".join(failures))
-        return time.monotonic() - started
+        if failed:
+            failures = "; ".join(f"{name}: {why}" for name, why in failed.items())
+            raise WeightSyncError(f"weight update to version {version} failed; removed {failures}")
+        return report
+
+    def sleep(self) -> None:
+        """Colocated (rollout.colocate, GPUs): every worker's vLLM frees the GPU for the learner step."""
+        self._on_all("sleep", lambda name, h: h.sleep.remote())
+
+    def wake_up(self, tags: list[str]) -> None:
+        """Colocated: "weights" before a sync (the transfer writes into them), "kv_cache" after it."""
+        self._on_all(f"wake_up {tags}", lambda name, h: h.wake_up.remote(tags))
+
+    def _on_all(self, what: str, submit) -> None:
+        workers = self.up_workers()
+        all_or_error(*call_workers(workers, what, submit, self.cfg.rollout.update_timeout_s), workers)
 
     def generate(
         self,

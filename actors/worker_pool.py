@@ -154,7 +154,7 @@ class WorkerPool:
             return member
         member.state = "idle"
         self.failed_starts = 0
-        self.log(f"{self.settings.kind} pool: {member.name} up")
+        self.log(f"{self.settings.kind} pool: {member.name} up (pid {member.pid})")
         return None
 
     def _start_failed(self, member: Member, err: Exception) -> Member:

@@ -108,8 +108,11 @@ class DeepSpeedEngine:
         return float(self.engine.get_lr()[0])
 
     def full_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """(name, full tensor) per parameter, gathered one at a time under ZeRO-3 (never all at once)."""
-        for name, param in self.module.named_parameters():
+        """(name, full tensor) per parameter, gathered one at a time under ZeRO-3 (never all at once).
+        A tied parameter comes once under each of its names (the LM head of tied embeddings as
+        `lm_head.weight` too): vLLM's layerwise reload keeps the old tensors of any layer that
+        receives nothing, so a head left out would stay at the weights the engine started with."""
+        for name, param in self.module.named_parameters(remove_duplicate=False):
             if self.cfg.zero_stage == 3:
                 with self._deepspeed.zero.GatheredParameters([param]):
                     yield name, param.detach().clone()

@@ -9,10 +9,14 @@ at any time while a run goes (anything else there is an error naming the file). 
     raise    the call fails with FailpointError
     sigterm  the process sends itself SIGTERM (the driver then checkpoints and stops)
     corrupt  failpoint() returns True and the caller spoils its own output as its point says
+    pause    the process writes its pid into the `.fired` file and waits there until `<file>.<point>.resume`
+             exists (at most PAUSE_LIMIT_S): a test does what it needs at that moment (kill -9 that
+             process, or another one) and then lets the run go on
 
 Points: rollout.start, rollout.generate, rollout.update_weights (RolloutWorker), reward.score, reward.counters,
 reward.scores (RewardWorker; corrupt: every other score of every reward function is NaN, as a
-buggy function's would be), driver.step_done (after a step's outputs are written). connect_ray forwards the
+buggy function's would be), driver.learning (the learner step is under way: the rollout and reward
+workers are idle), driver.step_done (after a step's outputs are written). connect_ray forwards the
 variable to the job's Ray workers. Standard library only; unset, a hit costs one environment lookup.
 """
 
@@ -21,9 +25,11 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 
 ENV = "WAVALIGN_FAILPOINTS"
-ACTIONS = ("exit", "raise", "sigterm", "corrupt")
+ACTIONS = ("exit", "raise", "sigterm", "corrupt", "pause")
+PAUSE_LIMIT_S = 300  # a test that never resumes a paused run does not hang it for good
 
 
 class FailpointError(RuntimeError):
@@ -51,9 +57,15 @@ def failpoint(point: str) -> bool:
     if action not in ACTIONS:
         raise FailpointError(f"{ENV}: {point}: unknown action {action!r} (one of {', '.join(ACTIONS)})")
     try:
-        os.close(os.open(f"{path}.{point}.fired", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        claim = os.open(f"{path}.{point}.fired", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     except FileExistsError:
         return False  # fired already, here or in another process
+    if action == "pause":
+        os.write(claim, str(os.getpid()).encode())
+    os.close(claim)
+    if action == "pause":
+        _wait_for(f"{path}.{point}.resume")
+        return False
     if action == "exit":
         os._exit(17)
     if action == "sigterm":
@@ -62,6 +74,12 @@ def failpoint(point: str) -> bool:
     if action == "corrupt":
         return True
     raise FailpointError(f"failpoint {point}: injected failure")
+
+
+def _wait_for(path: str) -> None:
+    deadline = time.monotonic() + PAUSE_LIMIT_S
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def forwarded_env() -> dict[str, str]:

@@ -9,6 +9,7 @@ one node)."""
 from __future__ import annotations
 
 import statistics
+import time
 
 import pytest
 
@@ -79,7 +80,8 @@ def step_batch(cfg, prompt, continuation):
 @pytest.mark.parametrize("backend,zero_stage", CASES)
 def test_after_a_sync_vllm_scores_like_the_learner(backend, zero_stage, ray_gpu, policy_05b, other_checkpoint,
                                                    toy_assets, sequence, record_property):
-    from actors.gpu_weight_sync import GpuLearnerWorker, GpuRolloutWorker, GpuWeightSync
+    from actors.learner import LearnerWorker
+    from actors.pool import RolloutPool
     from wavalign.config_file import read_config
     from wavalign.ports import free_port
 
@@ -92,24 +94,34 @@ def test_after_a_sync_vllm_scores_like_the_learner(backend, zero_stage, ray_gpu,
            "rollout.gpu_memory_utilization": "0.3" if colocated else "0.8", "learner.zero_stage": str(zero_stage),
            "learner.warmup_steps": "0"},  # every learner step changes the weights
     ))
-    learner = ray.remote(num_gpus=share)(GpuLearnerWorker).remote(str(policy_05b), cfg, master_port=free_port())
-    worker = ray.remote(num_gpus=share)(GpuRolloutWorker).remote(str(other_checkpoint), cfg)
+    learner = ray.remote(num_gpus=share)(LearnerWorker).remote(str(policy_05b), cfg, master_port=free_port())
+    pool = RolloutPool(cfg, str(other_checkpoint), log=print, wait=False)  # the pipeline's pool and sync path
     try:
-        ray.get([learner.ready.remote(), worker.ready.remote()], timeout=900)
+        ray.get(learner.ready.remote(), timeout=900)
+        pool.wait_until_up()
+        worker = pool.members[0].handle
         prompt, continuation = sequence
         expected = ray.get(learner.continuation_logprobs.remote(prompt, continuation), timeout=300)
         before = ray.get(worker.continuation_logprobs.remote(prompt, continuation), timeout=300)
         assert mean_abs(before, expected) > 0.5  # the worker really starts elsewhere
 
-        sync = GpuWeightSync(cfg, [learner], [("rollout-0", worker)])
+        def send(version, workers):
+            return ray.get(learner.send_weights.remote(version, workers), timeout=900)
+
         seconds, learned = [], []
         for version in (1, 2, 3):
             if colocated:
-                sync.sleep_rollouts()  # where a learner step runs
+                pool.sleep()  # where a learner step runs (wavalign/pipeline/run.py: learn)
             ray.get(learner.train_step.remote(step_batch(cfg, prompt, continuation)), timeout=600)  # new weights each time
             expected = ray.get(learner.continuation_logprobs.remote(prompt, continuation), timeout=300)
             learned.append(expected)
-            seconds.append(sync.sync(version))
+            started = time.perf_counter()
+            if colocated:
+                pool.wake_up(["weights"])
+            pool.sync_weights(version, send)
+            if colocated:
+                pool.wake_up(["kv_cache"])
+            seconds.append(time.perf_counter() - started)
             after = ray.get(worker.continuation_logprobs.remote(prompt, continuation), timeout=300)
             assert ray.get(worker.ready.remote(), timeout=60)["policy_version"] == version
             # bfloat16 on both sides, different kernels (vLLM vs HF eager): equal up to rounding
@@ -117,7 +129,7 @@ def test_after_a_sync_vllm_scores_like_the_learner(backend, zero_stage, ray_gpu,
         assert mean_abs(learned[0], learned[-1]) > 0.05  # the three syncs really sent different weights
         record_property("sync_seconds", seconds)
         print(f"{backend} zero{zero_stage}: sync seconds {[round(s, 4) for s in seconds]} (warm: {min(seconds[1:]):.4f})")
-        sync.close()
+        ray.get(learner.close_weight_sync.remote(), timeout=300)
     finally:
-        ray.kill(worker)
+        pool.shutdown()
         ray.kill(learner)

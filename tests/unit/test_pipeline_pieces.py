@@ -57,8 +57,8 @@ def test_what_the_pipeline_does_not_run_is_refused_by_name():
 
     assert unsupported(load_config({})) is None
     assert unsupported(load_config({"algorithm": {"objective": "dpo"}})).startswith("algorithm.objective:")
-    nccl = load_config({"rollout": {"gpus_per_worker": 1, "weight_transfer": "nccl"}})
-    assert unsupported(nccl).startswith("rollout.weight_transfer: nccl")
+    # every weight transfer runs through the same sync path (on GPUs: checked where it runs)
+    assert unsupported(load_config({"rollout": {"gpus_per_worker": 1, "weight_transfer": "nccl"}})) is None
 
 
 def test_checkpoint_random_states_are_json_and_restore_exactly():

@@ -34,9 +34,6 @@ def unsupported(cfg: PipelineConfig) -> str | None:
     """What a valid config asks for that the pipeline does not run (yet), or None."""
     if cfg.algorithm.objective != "wavalign":
         return "algorithm.objective: the pipeline runs 'wavalign'; DPO training uses LearnerWorker.dpo_step (see README)"
-    if cfg.rollout.weight_transfer_backend != "object_store":
-        return (f"rollout.weight_transfer: {cfg.rollout.weight_transfer_backend} (vLLM's native transfer, "
-                "actors/gpu_weight_sync.py) is not wired into the pipeline's sync step yet; use object_store")
     return None
 
 

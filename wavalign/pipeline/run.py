@@ -7,6 +7,7 @@ run's outputs. Every method is one narrated step of the loop; none of them loops
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -16,7 +17,8 @@ import torch
 
 from actors.control import apply_requests, start_control
 from actors.learner_group import LearnerGroup
-from actors.pool import RolloutPool, WeightSyncError
+from actors.pool import RolloutPool
+from actors.weight_sync import WeightSyncError
 from actors.reward_pool import RewardPool
 from learner.mixing import LambdaController, LambdaSettings, LambdaStep
 from learner.step_stats import StepStats
@@ -34,6 +36,9 @@ from wavalign.pipeline.prompts import PromptStream
 from wavalign.pipeline.reward_stream import RewardStream
 from wavalign.pipeline.step_data import Group, advantages_of, assemble_groups, learner_batches, rollout_rows, step_lambdas
 from wavalign.pipeline.step_metrics import progress_line, step_metrics
+
+
+SYNC_PHASES = ("pack", "transfer", "load", "finish")  # actors/weight_sync.py: SyncReport
 
 
 def lambda_settings(cfg: PipelineConfig) -> LambdaSettings:
@@ -61,7 +66,8 @@ class Pipeline:
 
         connect_ray(address)
         # every worker starts at once (the learners are waited for first, then the pools)
-        self.rollouts = RolloutPool(cfg, str(model_path), wait=False)
+        # a rollout worker that comes up after the first sync gets the last version from the learner
+        self.rollouts = RolloutPool(cfg, str(model_path), wait=False, bring_up_weights=lambda w: self.learners.bring_up(w))
         self.rewards = RewardPool(cfg, str(model_path), wait=False)
         self.learners = LearnerGroup(cfg, str(model_path))
         self.rollouts.wait_until_up()
@@ -145,26 +151,37 @@ class Pipeline:
         train.max_staleness: 1 the next step's rollouts are sampled while the learner works."""
         staleness = self.version - min(r.policy_version for g in groups for r in g.records)
         lams = [s.lam for s in lambdas]
+        if self.cfg.rollout.colocate:  # the learner gets the GPUs that vLLM shares with it
+            self.rollouts.sleep()
         started = self.learners.train_start(learner_batches(groups, advantages, lams, self.cfg.learner.num_workers, staleness))
+        failpoint("driver.learning")
         if self.cfg.train.max_staleness and step < self.cfg.run.steps:
             self._prefetched = self._sample_and_score(step + 1, self.prompts.next_step())
         learned = self.learners.train_result(started)
         self.learned_step = step
         return {**learned, "staleness": float(staleness)}
 
-    def sync_weights(self, advance: bool = True) -> float:
-        """The learner's weights into every rollout worker, as the next policy version."""
-        buckets = self.learners.weight_buckets(int(self.cfg.rollout.weight_bucket_mb * 2**20))
+    def sync_weights(self, advance: bool = True) -> dict[str, float]:
+        """The learner's weights into every rollout worker, as the next policy version, sent by the
+        learner itself. Seconds from the end of the learner step to the last worker ready, and the
+        learner's split of them (NaN where the transfer backend does not report one)."""
         if advance:
             self.version += 1
         started = time.monotonic()
+        phases: dict[str, float] = {}
         try:
-            return self.rollouts.sync_weights(buckets, self.version)
+            if self.cfg.rollout.colocate:
+                self.rollouts.wake_up(["weights"])
+            phases = self.rollouts.sync_weights(self.version, self.learners.send_weights).phases
+            if self.cfg.rollout.colocate:
+                self.rollouts.wake_up(["kv_cache"])
         except WeightSyncError as err:
             # The failed workers are gone (never stale); the next step starts replacements, which
             # receive this version before they sample.
             print(f"warning: {err}", flush=True)
-            return time.monotonic() - started
+        timings = {"sync_seconds": time.monotonic() - started}
+        timings.update({f"sync_{phase}_seconds": phases.get(phase, math.nan) for phase in SYNC_PHASES})
+        return timings
 
     def record_step(self, step, groups, advantages, lambdas, aggregates, learned, timings) -> None:
         self.step = step
