@@ -52,19 +52,18 @@ class LearnerGroup:
                 raise WorkerError(f"learner rank {rank}: {method} failed: {first_line(err)}") from None
         return results
 
-    def train(self, batches: Sequence[TrainBatch]) -> dict[str, float]:
+    def train(self, batches: Sequence[TrainBatch | DpoBatch]) -> dict[str, float]:
         """One optimizer step; the ranks' statistics averaged (their shares of the batch are equal)."""
         return self.train_result(self.train_start(batches))
 
-    def train_start(self, batches: Sequence[TrainBatch]) -> list:
-        """Start the step and return at once (the driver samples the next step meanwhile)."""
-        return self._submit("train_step", [(b,) for b in batches])
+    def train_start(self, batches: Sequence[TrainBatch | DpoBatch]) -> tuple[str, list]:
+        """Start the step (WavAlign's, or DPO's for DpoBatches) and return at once (the driver samples
+        the next step meanwhile)."""
+        method = "dpo_step" if isinstance(batches[0], DpoBatch) else "train_step"
+        return method, self._submit(method, [(b,) for b in batches])
 
-    def train_result(self, started: list) -> dict[str, float]:
-        return _mean(self._gather("train_step", started))
-
-    def train_dpo(self, batches: Sequence[DpoBatch]) -> dict[str, float]:
-        return _mean(self._call("dpo_step", [(b,) for b in batches]))
+    def train_result(self, started: tuple[str, list]) -> dict[str, float]:
+        return _mean(self._gather(*started))
 
     def send_weights(self, version: int, workers: Sequence[Worker]) -> SyncReport:
         """The learners' weights into the rollout workers, straight from learner rank 0 (never through

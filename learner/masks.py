@@ -77,3 +77,15 @@ def modality_codes(ids: torch.Tensor, layout: SpeechLayout) -> torch.Tensor:
     codes[masks.speech & ~masks.boundary] = SPEECH
     codes[masks.boundary] = BOUNDARY
     return codes
+
+
+def modality_counts(ids, layout: SpeechLayout) -> dict[str, int]:
+    """Text and speech (codec) tokens in one response's completion.
+
+    >>> from wavalign.layout import SpeechLayout
+    >>> layout = SpeechLayout(speech_start=20, speech_end=30, boa_id=10, eoa_id=11, eos_id=12, pad_id=13, interleave_ratio=(1, 10, 4, 10))
+    >>> modality_counts([5, 6, 10, 21, 22, 11, 12], layout)
+    {'text': 3, 'speech': 2}
+    """
+    codes = modality_codes(torch.tensor([list(ids)], dtype=torch.long), layout)
+    return {"text": int((codes == TEXT).sum()), "speech": int((codes == SPEECH).sum())}

@@ -348,6 +348,14 @@ class AlgorithmConfig(Section):
     dpo_sft_weight: float = Field(
         0.0, ge=0, description="an SFT anchor on the chosen side (sft_token_type tokens) added to DPO; method §15.9: off"
     )
+    dpo_pairs: Literal["online", "offline"] = Field(
+        "online", description="DPO pairs: each step's own groups (best vs worst response), or the data's rows "
+        "(reference = chosen, rejected_token_ids = rejected; python -m learner.dpo_pairs --from-rollouts makes them)"
+    )
+    dpo_min_score_gap: float = Field(1.0, ge=0, description="online pairs: a group's best and worst reward differ by at least this")
+    dpo_chosen: Literal["best", "reference"] = Field(
+        "best", description="online pairs: the chosen side is the group's best response, or the prompt's reference"
+    )
     lambda_scope: Literal["global", "per_rank"] = Field(
         "global", description="λ from all of the step's groups, or each learner rank's own (the authors' code, §15.6)"
     )

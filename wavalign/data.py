@@ -4,7 +4,8 @@ Each row needs `messages`, `question_text`, `sft_target_text`, and token ids: `p
 full prompt, chat template and user speech included, ending with the generation prompt) and
 `reference_token_ids` (the reference assistant answer, interleaved text + speech, ending with eos).
 Optional: `id`, `task_type` (rows of other types are dropped; absent means s2s), `answer` (for a
-verifiable reward), and anything else, carried through untouched.
+verifiable reward), `rejected_token_ids` (offline DPO: the dispreferred response, token ids in the
+vocabulary; a sampled response may stop anywhere), and anything else, carried through untouched.
 
 A bad row is an error naming file, row (1-based) and field — or, with `skip_invalid_rows`, a counted
 skip listed in the report that keeps every good row (a JSONL line that is not UTF-8 or not JSON is
@@ -45,6 +46,8 @@ class PromptRow:
     sft_target_text: str
     answer: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # DPO pairs (algorithm.dpo_pairs: offline): the dispreferred response; the reference is the chosen
+    rejected_token_ids: tuple[int, ...] | None = None
 
 
 @dataclass
@@ -101,6 +104,19 @@ def write_rows(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
             pq.write_table(pa.Table.from_pylist(list(rows)), tmp)
         else:
             raise DataError(f"{path}: unsupported data file type (use .jsonl or .parquet)")
+
+
+def raw_records(path: str | Path) -> Iterator[tuple[str, Any]]:
+    """(row id, record as stored) of every row of a data file, unvalidated: the ids the reader gives
+    its rows (the row's `id`, else file:row), for tools that rewrite rows."""
+    path = Path(path)
+    for number, record in _records(path):
+        if isinstance(record, dict):
+            yield _row_id(record, f"{path.name}:{number}"), record
+
+
+def _row_id(record: dict[str, Any], default_id: str) -> str:
+    return str(record.get("id") or default_id)
 
 
 class _RowProblem(Exception):
@@ -165,15 +181,17 @@ def _validate(record: Any, default_id: str, vocab_size: int, max_prompt_tokens: 
     prompt = _token_ids(record, "prompt_token_ids", vocab_size)
     if len(prompt) > max_prompt_tokens:
         raise _RowProblem("prompt_token_ids", f"{len(prompt)} tokens exceed data.max_prompt_tokens ({max_prompt_tokens})")
-    known = {"id", "answer", *REQUIRED_FIELDS}
+    known = {"id", "answer", "rejected_token_ids", *REQUIRED_FIELDS}
+    rejected = _token_ids(record, "rejected_token_ids", vocab_size) if record.get("rejected_token_ids") is not None else None
     return PromptRow(
-        row_id=str(record.get("id") or default_id),
+        row_id=_row_id(record, default_id),
         prompt_token_ids=prompt,
         reference_token_ids=_token_ids(record, "reference_token_ids", vocab_size),
         question_text=record["question_text"],
         sft_target_text=record["sft_target_text"],
         answer=record.get("answer"),
         extra={k: v for k, v in record.items() if k not in known},
+        rejected_token_ids=rejected,
     )
 
 

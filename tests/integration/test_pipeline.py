@@ -283,3 +283,45 @@ def test_bounded_staleness_on_the_exported_policy_with_a_failing_judge_and_nan_r
     for row in rows:
         assert all(math.isfinite(row[key]) for key in ("lambda", "loss", "rl_loss", "sft_loss", "reward_mean")), row
     assert all(math.isfinite(r["advantage"]) for r in rollouts)
+
+
+def dpo_args(tmp_path, name, toy_assets, **extra):
+    sets = {"algorithm.objective": "dpo", "run.steps": "4", "train.eval_every": "0", "train.checkpoint_every": "0",
+            "learner.grad_norm_every": "0", "learner.warmup_steps": "0", **extra}
+    return launch_args(tmp_path, name, toy_assets, sets)
+
+
+def test_online_dpo_pairs_each_steps_best_and_worst_responses(tmp_path, address, toy_assets, cfg):
+    """algorithm.objective dpo from launch.py: each step's groups give their best vs worst response
+    (the pair builder's rule, gap >= 1); the learner takes a DPO step against the frozen initial
+    policy, so the first step's loss is ln 2 exactly; the pairs' sides are measured per modality."""
+    output = Job(tmp_path / "dpo.log", dpo_args(tmp_path, "dpo", toy_assets), address).finish()
+    rows = metrics_rows(run_dir_of(tmp_path, "dpo"))
+    rollouts = rollout_rows(run_dir_of(tmp_path, "dpo"))
+    assert [r["step"] for r in rows] == [1, 2, 3, 4] and "| dpo " in output
+    for row in rows:
+        groups = [[r["reward"] for r in rollouts if r["step"] == row["step"] and r["group_index"] == g] for g in range(8)]
+        assert row["dpo_pairs"] == sum(max(g) - min(g) >= 1 for g in groups), row["step"]  # one pair per group with a gap
+        sides = [row[f"dpo_{side}_{kind}_tokens"] for side in ("chosen", "rejected") for kind in ("text", "speech")]
+        assert all(math.isfinite(v) and v > 0 for v in sides) == (row["dpo_pairs"] > 0)
+    first = next(r for r in rows if r["dpo_pairs"] > 0)
+    assert first["dpo_loss"] == pytest.approx(math.log(2), abs=1e-5) if first["step"] == 1 else math.isfinite(first["dpo_loss"])
+
+
+def test_offline_dpo_from_a_pair_file_of_a_runs_rollouts_lowers_the_loss(main_job, tmp_path, address, toy_assets, cfg):
+    """The pair builder makes token-id pairs from the main job's scored rollouts (`--from-rollouts`,
+    the 8 widest gaps); a DPO run on that file (algorithm.dpo_pairs offline, 8 prompts a step: the
+    same 8 pairs every step) starts at ln 2 (policy = reference) and its loss falls step after step."""
+    from wavalign.model_files import load_tokenizer_and_layout
+
+    _, layout = load_tokenizer_and_layout(toy_assets.model_dir, cfg.model.layout)
+    pairs = tmp_path / "pairs.jsonl"
+    made = subprocess.run([sys.executable, "-m", "learner.dpo_pairs", "--from-rollouts", str(main_job[0] / "rollouts.parquet"),
+                           "--data", str(toy_assets.data_file("train", ".jsonl")), "--output", str(pairs), "--top-k", "8",
+                           "--eos-id", str(layout.eos_id)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert made.returncode == 0 and made.stdout.startswith("8 pairs from "), made.stdout + made.stderr
+    Job(tmp_path / "offline.log", dpo_args(tmp_path, "offline", toy_assets, **{
+        "algorithm.dpo_pairs": "offline", "data.train_files": f'["{pairs}"]'}), address).finish()
+    losses = [r["dpo_loss"] for r in metrics_rows(run_dir_of(tmp_path, "offline"))]
+    assert losses[0] == pytest.approx(math.log(2), abs=1e-5)
+    assert all(later < earlier for earlier, later in zip(losses, losses[1:])), losses

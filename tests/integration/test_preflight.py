@@ -34,7 +34,7 @@ def test_a_dry_run_on_built_assets_checks_policy_and_data_and_writes_nothing(dry
 
 
 CASES = ["missing train file", "empty train file", "only other task types", "no usable eval rows", "missing policy", "bad row",
-         "fewer rows than a step's prompts"]
+         "fewer rows than a step's prompts", "offline DPO without pairs"]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -56,6 +56,8 @@ def test_missing_or_empty_inputs_are_one_line(dry_run, tmp_path, toy_assets, cas
         "missing policy": (["model.path=/no/such/model", f"data.train_files=[{train}]"],
                            "model.path: /no/such/model is not an HF model directory (no config.json)"),
         "bad row": ([f"data.train_files=[{bad}]"], f"{bad}: row 2: field 'prompt_token_ids': position 0: token id 99999"),
+        "offline DPO without pairs": (["algorithm.objective=dpo", "algorithm.dpo_pairs=offline"],
+                                      "algorithm.dpo_pairs: offline needs rejected_token_ids in every train row; 124 of 124 have none"),
         "fewer rows than a step's prompts": ([f"data.train_files=[{bad}]", "data.skip_invalid_rows=true"],
                                              "train.rollout_batch_size: 32 responses are 8 prompts per step; the train data has 2 usable rows"),
     }[case]

@@ -160,19 +160,28 @@ def test_weight_update_matches_hf_forward_and_advances_version(setup, learner):
     assert set(pool.versions().values()) == {pool.version}
 
 
-def test_a_worker_that_comes_up_later_gets_the_last_version_without_the_learner_stepping(setup, learner):
-    """Grown (or a replacement): the pool starts its engine, then the learner's side replays the last
-    version's chunks from the object store to it; only then does it sample."""
+def test_a_worker_that_comes_up_later_gets_the_last_version_without_the_learner_stepping(setup, learner, toy_assets):
+    """A worker that comes up after a sync (grown, or a replacement: the pool starts its engine, then
+    asks the learner's side) gets the last version sent, replayed from the object store: the learner's
+    parameters have moved on since, and are not read. Driven on the shared engine after another
+    sender's weights made it serve something else (a second engine would cost the suite 25 s; the
+    pool's own bring-up of replacements runs in test_faults.py)."""
+    import ray
+
     pool, _, rows, _ = setup
     pool.sync_weights(pool.version + 1, send_with(learner))
-    pool.bring_up_weights = lambda worker: learner.bring_up.remote(worker)
+    sent = ray.get(learner.logprobs.remote(rows[0]), timeout=120)  # what the last version scores
+    ray.get(learner.step.remote(seed=5), timeout=120)  # the learner moves on; nothing is sent
+    other = ray.remote(num_cpus=0)(HFLearner).remote(str(toy_assets.model_dir), seed=6)
     try:
-        pool.resize(2)
-        assert set(pool.versions().values()) == {pool.version}
-        assert_serves(pool.members[1].handle, learner, rows[0])
+        member = pool.members[0]
+        pool.sync_weights(pool.version + 1, send_with(other))  # the engine now serves other weights
+        member.info = ray.get(learner.bring_up.remote((member.name, member.handle)), timeout=300)  # LearnerGroup.bring_up
+        got = ray.get(member.handle.continuation_logprobs.remote(rows[0].prompt_token_ids, rows[0].reference_token_ids))
+        assert max(abs(a - b) for a, b in zip(got, sent)) <= 1e-3
+        assert member.info["policy_version"] == pool.version - 1  # labelled with the version it holds
     finally:
-        pool.bring_up_weights = None
-        pool.resize(1)
+        ray.kill(other)
 
 
 def test_weight_update_through_the_staging_directory_matches_hf_forward(setup, learner):

@@ -5,7 +5,8 @@ import importlib
 
 import pytest
 
-MODULES = ["rewards.toy", "rewards.scores", "rewards.judge_reply", "rewards.speech", "wavalign.toy.codec", "wavalign.toy.task", "learner.schedule"]
+MODULES = ["rewards.toy", "rewards.scores", "rewards.judge_reply", "rewards.speech", "wavalign.toy.codec", "wavalign.toy.task", "learner.schedule",
+           "learner.dpo_pairs", "learner.masks"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -48,5 +48,34 @@ def test_command_line(tmp_path):
     done = subprocess.run([sys.executable, "-m", "learner.dpo_pairs", "--input", str(source), "--output", str(out)],
                           cwd=root, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    assert "2 pairs from 4 samples" in done.stdout
+    assert "2 pairs from 4 samples (0 skipped)" in done.stdout
     assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == ["a", "d"]
+
+
+def test_malformed_input_is_named_never_a_traceback(tmp_path):
+    """Samples or candidates of the wrong shape are skipped (named); an unreadable file is one line."""
+    root = Path(__file__).resolve().parents[2]
+    bad = [
+        ["not", "an object"],
+        {"id": "e", "output": ["x"]},  # candidates not an object
+        {"id": "f", "output": {"x": "just text", "y": cand("y", 1, 1), "z": {"gemini_score": 5}}},  # bad candidates dropped
+        SAMPLES[3],
+    ]
+    source = tmp_path / "scored.jsonl"
+    source.write_text("".join(json.dumps(s) + "\n" for s in bad))
+    out = tmp_path / "pairs.jsonl"
+
+    def run(path):
+        return subprocess.run([sys.executable, "-m", "learner.dpo_pairs", "--input", str(path), "--output", str(out)],
+                              cwd=root, capture_output=True, text=True, timeout=60)
+
+    done = run(source)
+    assert done.returncode == 0, done.stderr
+    assert "1 pairs from 4 samples (2 skipped)" in done.stdout
+    assert f"skipped {source}: line 1: expected an object, got list" in done.stderr
+    assert "line 2: field 'output': expected an object of candidates" in done.stderr and "Traceback" not in done.stderr
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text(json.dumps(SAMPLES[0]) + "\n{oops\n")
+    done = run(broken)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and f"{broken}: line 2: not valid JSON" in lines[0], done.stderr

@@ -51,16 +51,6 @@ def test_groups_are_checked_whole_and_split_evenly_over_learner_ranks():
         assemble_groups(prompts, records[:-1], rewards, group_size=2)
 
 
-def test_what_the_pipeline_does_not_run_is_refused_by_name():
-    from wavalign.config import load_config
-    from wavalign.pipeline.preflight import unsupported
-
-    assert unsupported(load_config({})) is None
-    assert unsupported(load_config({"algorithm": {"objective": "dpo"}})).startswith("algorithm.objective:")
-    # every weight transfer runs through the same sync path (on GPUs: checked where it runs)
-    assert unsupported(load_config({"rollout": {"gpus_per_worker": 1, "weight_transfer": "nccl"}})) is None
-
-
 def test_checkpoint_random_states_are_json_and_restore_exactly():
     import json
     import random

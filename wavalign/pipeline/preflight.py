@@ -30,13 +30,6 @@ class Inputs:
     eval_rows: list[PromptRow]  # empty when evaluation is off
 
 
-def unsupported(cfg: PipelineConfig) -> str | None:
-    """What a valid config asks for that the pipeline does not run (yet), or None."""
-    if cfg.algorithm.objective != "wavalign":
-        return "algorithm.objective: the pipeline runs 'wavalign'; DPO training uses LearnerWorker.dpo_step (see README)"
-    return None
-
-
 def check_reward_functions(cfg: PipelineConfig) -> None:
     """The configured reward functions can be built where the reward workers run: the judge has a
     URL, the reward model is an HF directory."""
@@ -55,8 +48,6 @@ def check_reward_functions(cfg: PipelineConfig) -> None:
 def preflight(cfg: PipelineConfig, build_toy: bool = True, log=print) -> Inputs | None:
     """Run every check; build the toy assets first when the config uses them and they are missing
     (with build_toy=False, as a dry run: say so and skip the policy and data checks, None)."""
-    if problem := unsupported(cfg):
-        raise PreflightError(problem)
     check_reward_functions(cfg)
     from wavalign.model_files import load_tokenizer_and_layout
     from wavalign.pipeline.inputs import read_prompt_rows, resolve_inputs
@@ -86,6 +77,11 @@ def preflight(cfg: PipelineConfig, build_toy: bool = True, log=print) -> Inputs 
         if not rows[split]:
             hint = "" if split == "train" else " (train.eval_every: 0 runs without evaluation)"
             raise PreflightError(f"data.{split}_files: no usable rows in {', '.join(files)}{hint}")
+    a = cfg.algorithm
+    if a.objective == "dpo" and a.dpo_pairs == "offline" and (missing := [r for r in rows["train"] if r.rejected_token_ids is None]):
+        raise PreflightError(f"algorithm.dpo_pairs: offline needs rejected_token_ids in every train row; {len(missing)} of "
+                             f"{len(rows['train'])} have none (first: {missing[0].row_id}); python -m learner.dpo_pairs "
+                             "--from-rollouts makes pair rows from a run's rollouts")
     per_step = cfg.train.rollout_batch_size // cfg.rollout.group_size
     if per_step > len(rows["train"]):
         raise PreflightError(f"train.rollout_batch_size: {cfg.train.rollout_batch_size} responses are {per_step} prompts per step; "

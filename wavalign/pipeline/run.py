@@ -18,8 +18,9 @@ import torch
 from actors.control import apply_requests, start_control
 from actors.learner_group import LearnerGroup
 from actors.pool import RolloutPool
-from actors.weight_sync import WeightSyncError
 from actors.reward_pool import RewardPool
+from actors.weight_sync import WeightSyncError
+from learner.masks import modality_counts
 from learner.mixing import LambdaController, LambdaSettings, LambdaStep
 from learner.step_stats import StepStats
 from wavalign.config import PipelineConfig
@@ -34,11 +35,15 @@ from wavalign.pipeline.outputs import RunOutputs
 from wavalign.pipeline.preflight import Inputs
 from wavalign.pipeline.prompts import PromptStream
 from wavalign.pipeline.reward_stream import RewardStream
-from wavalign.pipeline.step_data import Group, advantages_of, assemble_groups, learner_batches, rollout_rows, step_lambdas
+from wavalign.pipeline.step_data import (
+    Group, advantages_of, assemble_groups, dpo_batches, learner_batches, offline_dpo_pairs, online_dpo_pairs, rollout_rows,
+    step_lambdas)
 from wavalign.pipeline.step_metrics import progress_line, step_metrics
 
 
 SYNC_PHASES = ("pack", "transfer", "load", "finish")  # actors/weight_sync.py: SyncReport
+# A DPO run's own columns, in every one of its rows (NaN where a step had no pairs)
+DPO_NAN = {key: math.nan for key in ("dpo_loss", "dpo_accuracy", "dpo_margin", "sft_loss")}
 
 
 def lambda_settings(cfg: PipelineConfig) -> LambdaSettings:
@@ -146,20 +151,45 @@ class Pipeline:
         return groups, advantages, lambdas, aggregates
 
     def learn(self, step: int, groups: Sequence[Group], advantages: torch.Tensor, lambdas: Sequence[LambdaStep]) -> dict[str, float]:
-        """One learner step. Rollouts older than the learner's weights (bounded staleness) carry
-        their staleness, so the learner applies the clipped importance ratio. With
+        """One learner step: WavAlign's (RL rows + SFT rows mixed by λ), or with algorithm.objective
+        dpo, DPO's on the step's pairs. Rollouts older than the learner's weights (bounded staleness)
+        carry their staleness, so the learner applies the clipped importance ratio. With
         train.max_staleness: 1 the next step's rollouts are sampled while the learner works."""
         staleness = self.version - min(r.policy_version for g in groups for r in g.records)
-        lams = [s.lam for s in lambdas]
+        if self.cfg.algorithm.objective == "dpo":
+            batches, extra = self._dpo_batches(groups)
+        else:
+            lams = [s.lam for s in lambdas]
+            batches, extra = learner_batches(groups, advantages, lams, self.cfg.learner.num_workers, staleness), {}
         if self.cfg.rollout.colocate:  # the learner gets the GPUs that vLLM shares with it
             self.rollouts.sleep()
-        started = self.learners.train_start(learner_batches(groups, advantages, lams, self.cfg.learner.num_workers, staleness))
+        started = self.learners.train_start(batches) if batches else None
         failpoint("driver.learning")
         if self.cfg.train.max_staleness and step < self.cfg.run.steps:
             self._prefetched = self._sample_and_score(step + 1, self.prompts.next_step())
-        learned = self.learners.train_result(started)
+        learned = self.learners.train_result(started) if started else {"skipped": 1.0, "dpo_pairs": 0.0}
         self.learned_step = step
+        if self.cfg.algorithm.objective == "dpo":
+            learned = {**DPO_NAN, **learned, **extra}
         return {**learned, "staleness": float(staleness)}
+
+    def _dpo_batches(self, groups: Sequence[Group]):
+        """The step's DPO pairs split over the ranks, and the pairs' sides measured (mean text and speech
+        tokens of the chosen and the rejected responses). No pair (every group's rewards within
+        algorithm.dpo_min_score_gap): no learner step."""
+        a = self.cfg.algorithm
+        if a.dpo_pairs == "online":
+            pairs = online_dpo_pairs(groups, a.dpo_min_score_gap, a.dpo_chosen)
+        else:
+            pairs = offline_dpo_pairs([g.row for g in groups])
+        batches = dpo_batches(pairs, self.cfg.learner.num_workers)
+        used = pairs[: len(batches) * len(batches[0].prompts)] if batches else []
+        sides = {}
+        for side in ("chosen", "rejected"):
+            counts = [modality_counts(getattr(p, side), self.layout) for p in used]
+            for kind in ("text", "speech"):
+                sides[f"dpo_{side}_{kind}_tokens"] = sum(c[kind] for c in counts) / len(counts) if counts else math.nan
+        return batches, sides
 
     def sync_weights(self, advance: bool = True) -> dict[str, float]:
         """The learner's weights into every rollout worker, as the next policy version, sent by the

@@ -4,6 +4,9 @@
 - advantages per group (method §3.1) and the λ of each learner rank (global by default: every
   rank gets the λ of all the step's groups; `per_rank` is the authors' code, method §15.6);
 - the learner's TrainBatch of each data-parallel rank (contiguous, equal shares of the groups);
+- DPO (algorithm.objective: dpo): the step's pairs — each group's best vs worst response by reward
+  (online, the pair builder's rule) or the data rows' reference vs rejected (offline) — and each
+  rank's DpoBatch;
 - one rollouts.parquet row per response.
 """
 
@@ -14,10 +17,11 @@ from dataclasses import dataclass
 
 import torch
 
-from actors.learner import TrainBatch
+from actors.learner import DpoBatch, TrainBatch
 from actors.reward import RewardResult
 from actors.rollout import RolloutRecord
 from learner.advantages import group_advantages
+from learner.dpo_pairs import best_and_worst
 from learner.masks import SPEECH, TEXT
 from learner.mixing import LambdaController, LambdaStep
 from learner.step_stats import StepStats
@@ -91,6 +95,41 @@ def learner_batches(
             )
         )
     return batches
+
+
+@dataclass(frozen=True)
+class DpoPair:
+    prompt: tuple[int, ...]
+    chosen: tuple[int, ...]
+    rejected: tuple[int, ...]
+
+
+def online_dpo_pairs(groups: Sequence[Group], min_gap: float, chosen_source: str) -> list[DpoPair]:
+    """Each group's best vs worst response by total reward, if they differ by at least min_gap (ties:
+    the first sample); chosen_source "reference": the prompt's reference answer is the chosen side."""
+    pairs = []
+    for g in groups:
+        picked = best_and_worst([(r, result.total) for r, result in zip(g.records, g.rewards)], min_gap)
+        if picked is not None:
+            best, worst, _ = picked
+            chosen = g.row.reference_token_ids if chosen_source == "reference" else best.response_token_ids
+            pairs.append(DpoPair(g.row.prompt_token_ids, tuple(chosen), tuple(worst.response_token_ids)))
+    return pairs
+
+
+def offline_dpo_pairs(rows: Sequence[PromptRow]) -> list[DpoPair]:
+    """The data's own pairs: the reference is the chosen side, rejected_token_ids the rejected one."""
+    return [DpoPair(r.prompt_token_ids, r.reference_token_ids, r.rejected_token_ids) for r in rows if r.rejected_token_ids]
+
+
+def dpo_batches(pairs: Sequence[DpoPair], world_size: int) -> list[DpoBatch]:
+    """Each rank's equal, contiguous share of the pairs (a remainder smaller than the ranks is left
+    out: every rank's loss is a mean over the same number of pairs); [] when there are too few."""
+    share = len(pairs) // world_size
+    if share == 0:
+        return []
+    parts = [pairs[rank * share : (rank + 1) * share] for rank in range(world_size)]
+    return [DpoBatch([p.prompt for p in part], [p.chosen for p in part], [p.rejected for p in part]) for part in parts]
 
 
 def rollout_rows(

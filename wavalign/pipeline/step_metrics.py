@@ -31,6 +31,7 @@ def step_metrics(
         row[key] = sum(getattr(s, key) for s in lambdas) / len(lambdas)
     for key in LEARNER_KEYS:
         row[key] = float(learned.get(key, math.nan))
+    row.update({key: float(value) for key, value in learned.items() if key.startswith("dpo_")})  # DPO runs
     row["response_tokens"] = response_tokens
     row["rollout_tokens_per_s"] = response_tokens / max(timings["generation_seconds"], 1e-9)
     row.update(timings)
@@ -50,8 +51,11 @@ def finite_numbers(row: dict) -> dict[str, float]:
 def progress_line(row: dict, total_steps: int, seconds_per_step: float) -> str:
     remaining = (total_steps - row["step"]) * seconds_per_step
     eta = f"{int(remaining // 60)}m{int(remaining % 60):02d}s"
+    if "dpo_loss" in row:
+        objective = f"dpo {row['dpo_loss']:.3f} (accuracy {row['dpo_accuracy']:.2f}, {row['dpo_pairs']:.0f} pairs)"
+    else:
+        objective = f"λ {row['lambda']:.3f} | loss {row['loss']:.3f} (rl {row['rl_loss']:.3f}, sft {row['sft_loss']:.3f})"
     return (
-        f"step {row['step']}/{total_steps} | reward {row['reward_mean']:.2f} ± {row['reward_std']:.2f} "
-        f"| λ {row['lambda']:.3f} | loss {row['loss']:.3f} (rl {row['rl_loss']:.3f}, sft {row['sft_loss']:.3f}) "
+        f"step {row['step']}/{total_steps} | reward {row['reward_mean']:.2f} ± {row['reward_std']:.2f} | {objective} "
         f"| {row['rollout_tokens_per_s']:.0f} tok/s | sync {row['sync_seconds']:.2f}s | step {row['step_seconds']:.1f}s | ETA {eta}"
     )
