@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 import ray
 
 from actors.rollout import RolloutRecord, RolloutWorker
-from actors.weight_sync import SyncReport, WeightSyncError, Worker, all_or_error, call_workers
+from actors.weight_sync import SyncReport, WeightSyncError, Worker, call_workers, named_failures
 from actors.worker_pool import Member, PoolSettings, WorkerPool
 from wavalign.config import PipelineConfig
 
@@ -86,8 +86,7 @@ class RolloutPool(WorkerPool):
             elif member.name in failed:
                 self._remove(member)
         if failed:
-            failures = "; ".join(f"{name}: {why}" for name, why in failed.items())
-            raise WeightSyncError(f"weight update to version {version} failed; removed {failures}")
+            raise WeightSyncError(f"weight update to version {version} failed; removed {named_failures(failed)}")
         return report
 
     def sleep(self) -> None:
@@ -99,8 +98,9 @@ class RolloutPool(WorkerPool):
         self._on_all(f"wake_up {tags}", lambda name, h: h.wake_up.remote(tags))
 
     def _on_all(self, what: str, submit) -> None:
-        workers = self.up_workers()
-        all_or_error(*call_workers(workers, what, submit, self.cfg.rollout.update_timeout_s), workers)
+        _, failures = call_workers(self.up_workers(), what, submit, self.cfg.rollout.update_timeout_s)
+        if failures:
+            raise WeightSyncError(named_failures(failures))
 
     def generate(
         self,

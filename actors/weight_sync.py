@@ -37,6 +37,7 @@ from wavalign.ports import free_port
 
 Worker = tuple[str, Any]  # (name, Ray handle)
 GPU_BACKENDS = ("nccl", "ipc")
+SYNC_PHASES = ("pack", "transfer", "load", "finish")  # the object_store backend's split of a sync (SendTimings)
 
 
 class WeightSyncError(WorkerError):
@@ -65,11 +66,9 @@ def call_workers(
     return results, failures
 
 
-def all_or_error(results: dict[str, Any], failures: dict[str, str], workers: Sequence[Worker]) -> list:
-    """Every worker's result in worker order, or one WeightSyncError naming every failure."""
-    if failures:
-        raise WeightSyncError("; ".join(f"{name}: {why}" for name, why in failures.items()))
-    return [results[name] for name, _ in workers]
+def named_failures(failures: dict[str, str]) -> str:
+    """One line naming every worker that failed and why."""
+    return "; ".join(f"{name}: {why}" for name, why in failures.items())
 
 
 def run_bounded(fn: Callable[[], Any], timeout_s: float, timeout_error: Callable[[], Exception]) -> Any:
@@ -174,11 +173,10 @@ class RolloutClient:
 
 @dataclass
 class SyncReport:
-    """One sync as the learner's rank 0 saw it: seconds in total and per phase (the object_store
-    backend: pack = gather and serialise into the object store, transfer = workers fetching the
-    chunks, load = vLLM taking them in, finish), and the workers that finished or failed."""
+    """One sync as the learner's rank 0 saw it: seconds per phase (the object_store backend: pack =
+    gather and serialise into the object store, transfer = workers fetching the chunks, load = vLLM
+    taking them in, finish), bytes sent, and the workers that finished or failed."""
 
-    seconds: float = 0.0
     phases: dict[str, float] = field(default_factory=dict)
     bytes: int = 0
     finished: dict[str, dict] = field(default_factory=dict)
@@ -210,10 +208,9 @@ class LearnerSync:
             else:
                 self.client.new_round()
             self.client.version = version
-            started = time.perf_counter()
-            self._bounded(f"sync to policy version {version}", self.engine.send_weights, whole=self.backend in GPU_BACKENDS)
+            self._bounded(f"sync to policy version {version}", self.engine.send_weights)
             self.sent_version = version
-            return self._report(time.perf_counter() - started)
+            return self._report()
 
     def bring_up(self, worker: Worker) -> dict:
         """The last version sent, to one new worker (rank 0, object_store: the chunks are still in the
@@ -241,7 +238,7 @@ class LearnerSync:
         engine, self.engine = self.engine, None
         if self.is_sender:
             self.client.shutdown_weight_transfer_engine()
-        self._bounded("shutdown", engine.shutdown, whole=self.backend in GPU_BACKENDS)
+        self._bounded("shutdown", engine.shutdown)
 
     def _connect(self, workers: Sequence[Worker]) -> None:
         from actors.weight_transfer import trainer_init, trainer_init_info
@@ -257,23 +254,23 @@ class LearnerSync:
                                  address=address, port=port, world_size=world_size)
         self.client = RolloutClient(workers, self.timeout_s, offsets)
         self.connected = [name for name, _ in workers]
-        self.engine = self._bounded(f"connect ({self.backend})", lambda: trainer_init(info, self.client, self.weights),
-                                    whole=self.backend in GPU_BACKENDS)
+        self.engine = self._bounded(f"connect ({self.backend})", lambda: trainer_init(info, self.client, self.weights))
 
-    def _report(self, seconds: float) -> SyncReport:
-        timings = getattr(self.engine, "timings", None)
-        phases = {k: getattr(timings, k) for k in ("pack", "transfer", "load", "finish")} if timings else {}
-        return SyncReport(seconds, phases, getattr(timings, "bytes", 0), dict(self.client.finished), dict(self.client.failed))
+    def _report(self) -> SyncReport:
+        timings = getattr(self.engine, "timings", None)  # vLLM's own engines (nccl, ipc) report no split
+        phases = {k: getattr(timings, k) for k in SYNC_PHASES} if timings else {}
+        return SyncReport(phases, getattr(timings, "bytes", 0), dict(self.client.finished), dict(self.client.failed))
 
-    def _bounded(self, what: str, fn: Callable[[], Any], whole: bool = True) -> Any:
-        """fn() within rollout.update_timeout_s as a whole (whole=False: each call to a worker has that
-        deadline already, as with object_store, whose other work is local)."""
+    def _bounded(self, what: str, fn: Callable[[], Any]) -> Any:
+        """fn(), on the GPU backends within rollout.update_timeout_s as a whole (their collectives
+        cannot be interrupted); with object_store each call to a worker has that deadline already, and
+        the rest is local work."""
         def stalled() -> Exception:
             where = self.client.waiting_on() if self.is_sender and self.client else "the other learner ranks"
             return WeightSyncError(f"weight sync: {what}: no progress within rollout.update_timeout_s={self.timeout_s:g}s; {where}")
 
         try:
-            return run_bounded(fn, self.timeout_s, stalled) if whole else fn()
+            return run_bounded(fn, self.timeout_s, stalled) if self.backend in GPU_BACKENDS else fn()
         except BaseException:
             self.engine, self.connected = None, None  # unusable after a failure: connect again next time
             raise

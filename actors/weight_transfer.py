@@ -134,7 +134,6 @@ class SendTimings:
     transfer: float = 0.0
     load: float = 0.0
     finish: float = 0.0
-    chunks: int = 0
     bytes: int = 0
 
 
@@ -188,7 +187,6 @@ class ObjectStoreTrainerEngine(TrainerWeightTransferEngine[ObjectStoreTrainerIni
             said = self.client.update_weights(update) or {}
             timings.transfer += max((s.get("transfer", 0.0) for s in said.values()), default=0.0)
             timings.load += max((s.get("load", 0.0) for s in said.values()), default=0.0)
-            timings.chunks += 1
             timings.bytes += sum(update["sizes"])
             chunks.append(update)
         finishing = time.perf_counter()

@@ -89,12 +89,11 @@ def build_pair(sample: dict[str, Any], rule: ScoreRule, min_gap: float, chosen_s
     """The pair for one sample, or None when it has < 2 scored candidates or too small a gap."""
     if sample_problem(sample):
         return None
-    scored = [((key, c), rule.score(c)) for key, c in sample["output"].items()]
-    chosen = best_and_worst([(kc, s) for kc, s in scored if s is not None], min_gap)
+    scored = [((key, c, score), score) for key, c in sample["output"].items() if (score := rule.score(c)) is not None]
+    chosen = best_and_worst(scored, min_gap)
     if chosen is None:
         return None
-    (best_key, best_c), (worst_key, worst_c), gap = chosen
-    best, worst = (best_key, best_c, rule.score(best_c)), (worst_key, worst_c, rule.score(worst_c))
+    best, worst, gap = chosen  # (key, candidate, score) each
     pair = {k: v for k, v in sample.items() if k != "output"}
     pair["orig_sft_target_text"] = sample.get("sft_target_text")
     pair["orig_sft_target_audio"] = sample.get("sft_target_audio")

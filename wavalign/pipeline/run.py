@@ -19,7 +19,7 @@ from actors.control import apply_requests, start_control
 from actors.learner_group import LearnerGroup
 from actors.pool import RolloutPool
 from actors.reward_pool import RewardPool
-from actors.weight_sync import WeightSyncError
+from actors.weight_sync import SYNC_PHASES, WeightSyncError
 from learner.masks import modality_counts
 from learner.mixing import LambdaController, LambdaSettings, LambdaStep
 from learner.step_stats import StepStats
@@ -41,7 +41,6 @@ from wavalign.pipeline.step_data import (
 from wavalign.pipeline.step_metrics import progress_line, step_metrics
 
 
-SYNC_PHASES = ("pack", "transfer", "load", "finish")  # actors/weight_sync.py: SyncReport
 # A DPO run's own columns, in every one of its rows (NaN where a step had no pairs)
 DPO_NAN = {key: math.nan for key in ("dpo_loss", "dpo_accuracy", "dpo_margin", "sft_loss")}
 
@@ -183,10 +182,9 @@ class Pipeline:
         else:
             pairs = offline_dpo_pairs([g.row for g in groups])
         batches = dpo_batches(pairs, self.cfg.learner.num_workers)
-        used = pairs[: len(batches) * len(batches[0].prompts)] if batches else []
         sides = {}
         for side in ("chosen", "rejected"):
-            counts = [modality_counts(getattr(p, side), self.layout) for p in used]
+            counts = [modality_counts(ids, self.layout) for batch in batches for ids in getattr(batch, side)]
             for kind in ("text", "speech"):
                 sides[f"dpo_{side}_{kind}_tokens"] = sum(c[kind] for c in counts) / len(counts) if counts else math.nan
         return batches, sides
