@@ -101,7 +101,9 @@ def write_rows(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
             import pyarrow as pa
             import pyarrow.parquet as pq
 
-            pq.write_table(pa.Table.from_pylist(list(rows)), tmp)
+            # every field of every row (pyarrow would take the columns from the first row alone)
+            fields = dict.fromkeys(key for row in rows for key in row)
+            pq.write_table(pa.Table.from_pylist([{key: row.get(key) for key in fields} for row in rows]), tmp)
         else:
             raise DataError(f"{path}: unsupported data file type (use .jsonl or .parquet)")
 

@@ -33,7 +33,7 @@ def test_round_trip(tmp_path, suffix):
     report = read(path)
     assert [r.row_id for r in report.rows] == ["r0", "r1"]
     assert report.rows[0].prompt_token_ids == (1, 2, 3) and report.rows[0].answer == 2
-    assert report.rows[0].extra["source_dataset"] == "toy"
+    assert report.rows[0].extra["source_dataset"] == "toy" and report.rows[0].rejected_token_ids is None
     assert not list(tmp_path.glob(".*tmp"))  # atomic write left no temporary file
 
 
@@ -50,6 +50,8 @@ BAD_ROWS = [
     ({"prompt_token_ids": []}, "prompt_token_ids", "expected a non-empty list"),
     ({"messages": [{"role": "system", "content": "x"}]}, "messages", "has no user turn"),
     ({"messages": [{"role": "user"}]}, "messages", "turn 0 is not a {role, content} object"),
+    ({"rejected_token_ids": [4, 12]}, "rejected_token_ids", "position 1: token id 12 is outside the vocabulary [0, 10)"),
+    ({"rejected_token_ids": []}, "rejected_token_ids", "expected a non-empty list"),
 ]
 
 

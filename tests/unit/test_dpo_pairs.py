@@ -79,3 +79,29 @@ def test_malformed_input_is_named_never_a_traceback(tmp_path):
     done = run(broken)
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2 and len(lines) == 1 and f"{broken}: line 2: not valid JSON" in lines[0], done.stderr
+
+
+def test_pairs_from_a_runs_rollouts_and_their_bad_input(tmp_path, capsys):
+    """--from-rollouts: each group's best vs worst by reward, the chosen response ending with eos; a
+    file that is not a run's rollouts.parquet is one line (exit 2)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from learner.dpo_pairs import main
+
+    rollouts = tmp_path / "rollouts.parquet"
+    rows = [(1, "a", 0, 5.0, [7, 2]), (1, "a", 1, 1.0, [8, 8]), (1, "b", 0, 3.0, [9, 2]), (1, "b", 1, 2.9, [9]),
+            (2, "a", 0, 4.0, [7]), (2, "a", 1, 1.0, [8, 2])]  # b: gap 0.1; step 2 a: the best lacks eos (2)
+    pq.write_table(pa.Table.from_pylist([dict(step=s, prompt_id=p, sample_index=i, reward=r, response_token_ids=ids, text=f"t{i}")
+                                         for s, p, i, r, ids in rows]), rollouts)
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps({"id": key, "reference_token_ids": [1, 2], "sft_target_text": "ref"}) + "\n" for key in "ab"))
+    out = tmp_path / "pairs.jsonl"
+    assert main(["--from-rollouts", str(rollouts), "--data", str(data), "--output", str(out), "--eos-id", "2"]) == 0
+    (pair,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert (pair["id"], pair["reference_token_ids"], pair["rejected_token_ids"], pair["score_gap"]) == ("a@1", [7, 2], [8, 8], 4.0)
+    assert pair["sft_target_text"] == "t0" and pair["orig_sft_target_text"] == "ref"
+    assert "1 pairs from 3 groups (2 without a pair)" in capsys.readouterr().out
+    assert main(["--from-rollouts", str(data), "--data", str(data), "--output", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {data}: not a run's rollouts.parquet"), err
