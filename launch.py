@@ -22,9 +22,13 @@ from pathlib import Path
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="pipeline YAML (see pipeline.yaml); with --resume: the run's own")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. rollout.group_size=8")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. rollout.group_size=8"
+    )
     parser.add_argument("--dry-run", action="store_true", help="validate, print the resolved config, start nothing")
-    parser.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a local cluster)")
+    parser.add_argument(
+        "--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a local cluster)"
+    )
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its latest checkpoint")
     parser.add_argument("--stop-after-step", type=int, default=None, help="checkpoint and stop after this step")
     args = parser.parse_args(argv)
@@ -47,7 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     # 1. Resolve the config (file, or a resumed run's own snapshot, + overrides) as one tree, then
     #    run every check short of starting Ray: the pipeline runs it, its reward functions build,
     #    the policy loads, the data is there and valid. Nothing is written before they pass.
-    note = functools.partial(print, file=sys.stderr if args.dry_run else sys.stdout, flush=True)  # a dry run prints the config
+    note = functools.partial(
+        print, file=sys.stderr if args.dry_run else sys.stdout, flush=True
+    )  # a dry run prints the config
     try:
         cfg = read_config(args.config or Path(args.resume) / "config.yaml", args.set)
         inputs = preflight(cfg, build_toy=not args.dry_run, log=note)
@@ -61,7 +67,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     # 2. The run directory (new, or the resumed run's) with the resolved config in it.
-    run_dir = Path(args.resume) if args.resume else Path(cfg.run.output_dir) / f"{cfg.run.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = (
+        Path(args.resume)
+        if args.resume
+        else Path(cfg.run.output_dir) / f"{cfg.run.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    )
     run_dir.mkdir(parents=True, exist_ok=bool(args.resume))
     save_config(cfg, run_dir / "config.yaml")
     print(f"run dir: {run_dir}", flush=True)
@@ -104,15 +114,22 @@ def main(argv: list[str] | None = None) -> int:
             #     The learner sends them itself; the driver names the workers and the version.
             sync = pipe.sync_weights()
             # 5e. Metrics, rollouts, evaluation, progress, checkpoint.
-            timings = {"generation_seconds": generation_s, "reward_wait_seconds": reward_wait_s, "learn_seconds": learn_s,
-                       **sync, "step_seconds": time.monotonic() - started}
+            timings = {
+                "generation_seconds": generation_s,
+                "reward_wait_seconds": reward_wait_s,
+                "learn_seconds": learn_s,
+                **sync,
+                "step_seconds": time.monotonic() - started,
+            }
             pipe.record_step(step, groups, advantages, lambdas, aggregates, learned, timings)
             last = step == cfg.run.steps or step == args.stop_after_step or stop["requested"]
             if last or (cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0):
                 pipe.checkpoint()
             if last and step < cfg.run.steps:
                 why = "SIGTERM" if stop["requested"] else f"--stop-after-step {step}"
-                print(f"stopped after step {step} ({why}); continue with: python launch.py --resume {run_dir}", flush=True)
+                print(
+                    f"stopped after step {step} ({why}); continue with: python launch.py --resume {run_dir}", flush=True
+                )
                 break
     except WorkerError as err:
         pipe.stop_after_failure(err)

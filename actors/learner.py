@@ -57,7 +57,9 @@ class _Rows:
 
 
 class LearnerWorker:
-    def __init__(self, model_path: str, cfg: PipelineConfig, rank: int = 0, world_size: int = 1, master_port: int = 29500) -> None:
+    def __init__(
+        self, model_path: str, cfg: PipelineConfig, rank: int = 0, world_size: int = 1, master_port: int = 29500
+    ) -> None:
         _, self.layout = load_tokenizer_and_layout(model_path, cfg.model.layout)
         self.cfg, self.model_path = cfg, model_path
         if cfg.learner.torch_threads:
@@ -70,7 +72,10 @@ class LearnerWorker:
         self.steps_done = 0
         rc = cfg.rollout
         self.weight_sync = LearnerSync(
-            rc.weight_transfer_backend, rank, self.engine.full_weights, chunk_bytes=int(rc.weight_bucket_mb * 2**20),
+            rc.weight_transfer_backend,
+            rank,
+            self.engine.full_weights,
+            chunk_bytes=int(rc.weight_bucket_mb * 2**20),
             timeout_s=rc.update_timeout_s,
             # ipc, unpacked: handles to the parameters themselves, no copy. Under ZeRO-3 the gathered
             # copies would all stay alive until the workers finish, so they go in packed buffers.
@@ -139,9 +144,15 @@ class LearnerWorker:
 
         def rl_terms(logits: torch.Tensor, part: slice, weights: torch.Tensor):
             return rl_loss(
-                token_logprobs(logits, rl_rows.responses[part]), advantages[part], weights, _slice(rl_masks, part),
-                old_logp=old_logp[part] if old_logp is not None else None, clip_eps=algo.ratio_clip,
-                ref_logp=self._reference_logprobs(rl_rows, part), beta_text=algo.kl_beta_text, beta_speech=algo.kl_beta_speech,
+                token_logprobs(logits, rl_rows.responses[part]),
+                advantages[part],
+                weights,
+                _slice(rl_masks, part),
+                old_logp=old_logp[part] if old_logp is not None else None,
+                clip_eps=algo.ratio_clip,
+                ref_logp=self._reference_logprobs(rl_rows, part),
+                beta_text=algo.kl_beta_text,
+                beta_speech=algo.kl_beta_speech,
             )
 
         def rl_part(part: slice):
@@ -149,7 +160,12 @@ class LearnerWorker:
                 logits = self._response_logits(rl_rows, part)
                 terms = rl_terms(logits, part, rl_w[part])
                 share = (part.stop - part.start) / n
-                for key, value in (("rl_loss", terms.loss), ("kl_text", terms.kl_text), ("kl_speech", terms.kl_speech), ("clip_frac", terms.clip_frac)):
+                for key, value in (
+                    ("rl_loss", terms.loss),
+                    ("kl_text", terms.kl_text),
+                    ("kl_speech", terms.kl_speech),
+                    ("clip_frac", terms.clip_frac),
+                ):
                     stats[key] += float(value.detach()) * share
                 for key, value in modality_entropy(logits, _slice(rl_masks, part)).items():
                     stats[key] = stats.get(key, 0.0) + value * share
@@ -208,7 +224,13 @@ class LearnerWorker:
         w_sft = token_weights(chosen_masks, algo.sft_token_type)
         usable = (w_chosen.sum(dim=1) > 0) & (w_rejected.sum(dim=1) > 0)
         n, n_usable = len(batch.prompts), max(int(usable.sum()), 1)
-        stats = {"dpo_loss": 0.0, "dpo_accuracy": 0.0, "dpo_margin": 0.0, "dpo_pairs": float(usable.sum()), "sft_loss": 0.0}
+        stats = {
+            "dpo_loss": 0.0,
+            "dpo_accuracy": 0.0,
+            "dpo_margin": 0.0,
+            "dpo_pairs": float(usable.sum()),
+            "sft_loss": 0.0,
+        }
 
         def part_loss(part: slice):
             def loss() -> torch.Tensor:
@@ -219,7 +241,10 @@ class LearnerWorker:
                     ref_w = sequence_logps(logps(chosen, self.reference), w_chosen[part])
                     ref_l = sequence_logps(logps(rejected, self.reference), w_rejected[part])
                 chosen_logp = logps(chosen)
-                pol_w, pol_l = sequence_logps(chosen_logp, w_chosen[part]), sequence_logps(logps(rejected), w_rejected[part])
+                pol_w, pol_l = (
+                    sequence_logps(chosen_logp, w_chosen[part]),
+                    sequence_logps(logps(rejected), w_rejected[part]),
+                )
                 value, accuracy = dpo_loss(pol_w, pol_l, ref_w, ref_l, usable[part], beta=algo.dpo_beta)
                 share = int(usable[part].sum()) / n_usable
                 margin = algo.dpo_beta * ((pol_w - pol_l) - (ref_w - ref_l)).detach()[usable[part]]

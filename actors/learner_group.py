@@ -24,8 +24,9 @@ class LearnerGroup:
         lc = cfg.learner
         self.timeout_s, self.world_size = lc.timeout_s, lc.num_workers
         # "sync": a thread of its own for bringing up late rollout workers while a step runs
-        remote = ray.remote(num_cpus=lc.cpus_per_worker, num_gpus=lc.gpus_per_worker, max_restarts=0,
-                            concurrency_groups={"sync": 1})(LearnerWorker)
+        remote = ray.remote(
+            num_cpus=lc.cpus_per_worker, num_gpus=lc.gpus_per_worker, max_restarts=0, concurrency_groups={"sync": 1}
+        )(LearnerWorker)
         port = free_port()  # ranks meet on this node (multi-node learners: the GPU issue)
         self.ranks = [
             remote.options(name=f"learner-{cfg.run.name}-{rank}-{port}").remote(
@@ -47,7 +48,9 @@ class LearnerGroup:
             try:
                 results.append(ray.get(ref, timeout=self.timeout_s))
             except GetTimeoutError:
-                raise WorkerError(f"learner rank {rank}: no answer to {method} within learner.timeout_s={self.timeout_s:g}s") from None
+                raise WorkerError(
+                    f"learner rank {rank}: no answer to {method} within learner.timeout_s={self.timeout_s:g}s"
+                ) from None
             except (RayActorError, RayTaskError) as err:
                 raise WorkerError(f"learner rank {rank}: {method} failed: {first_line(err)}") from None
         return results

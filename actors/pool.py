@@ -79,7 +79,11 @@ class RolloutPool(WorkerPool):
         self.version = version
         sent_to = self.up_workers()
         report = send(version, sent_to)
-        failed = {name: report.failed.get(name, "did not finish the update") for name, _ in sent_to if name not in report.finished}
+        failed = {
+            name: report.failed.get(name, "did not finish the update")
+            for name, _ in sent_to
+            if name not in report.finished
+        }
         for member in list(self.members):
             if member.name in report.finished:
                 member.info = {**member.info, **report.finished[member.name]}

@@ -55,7 +55,9 @@ class RewardPool(WorkerPool):
             try:
                 counts = ray.get(ref, timeout=self.settings.call_timeout_s)
             except GetTimeoutError:
-                raise WorkerError(f"{member.name}: no answer to counters after {self.settings.call_timeout_s:g}s") from None
+                raise WorkerError(
+                    f"{member.name}: no answer to counters after {self.settings.call_timeout_s:g}s"
+                ) from None
             except RayActorError as err:
                 self.log(f"reward pool: {member.name} died ({first_line(err)}); it is replaced by the next batch")
                 total.update(self._last_counts.get(member.name, {}))  # its last report (retired by _remove)

@@ -31,7 +31,9 @@ class Sample:
 class VLLMEngine:
     """Samples `n` responses per token-id prompt with the configured sampler; reloads weights live."""
 
-    def __init__(self, model_path: str, rollout: RolloutConfig, *, dtype: str, max_model_len: int, seed: int, eos_id: int) -> None:
+    def __init__(
+        self, model_path: str, rollout: RolloutConfig, *, dtype: str, max_model_len: int, seed: int, eos_id: int
+    ) -> None:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(rollout.kv_cache_gib))))
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # per-call INFO lines would drown the progress
         if rollout.reproducible:

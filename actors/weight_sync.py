@@ -45,7 +45,10 @@ class WeightSyncError(WorkerError):
 
 
 def call_workers(
-    workers: Sequence[Worker], what: str, submit: Callable[[str, Any], ray.ObjectRef], timeout_s: float,
+    workers: Sequence[Worker],
+    what: str,
+    submit: Callable[[str, Any], ray.ObjectRef],
+    timeout_s: float,
     timeout_key: str = "rollout.update_timeout_s",
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """submit(name, handle) on every worker at once, then wait for all of them until the deadline.
@@ -56,7 +59,9 @@ def call_workers(
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
         if not ready:
-            failures.update({name: f"no answer to {what} within {timeout_key}={timeout_s:g}s" for name in pending.values()})
+            failures.update(
+                {name: f"no answer to {what} within {timeout_key}={timeout_s:g}s" for name in pending.values()}
+            )
             break
         name = pending.pop(ready[0])
         try:
@@ -187,8 +192,9 @@ class LearnerSync:
     """One learner rank's side of the sync: vLLM's trainer engine for the configured backend, over the
     policy's weights, connected to a set of rollout workers (again whenever that set changes)."""
 
-    def __init__(self, backend: str, rank: int, weights: Callable, *, chunk_bytes: int, timeout_s: float,
-                 packed: bool = True) -> None:
+    def __init__(
+        self, backend: str, rank: int, weights: Callable, *, chunk_bytes: int, timeout_s: float, packed: bool = True
+    ) -> None:
         self.backend, self.rank, self.weights = backend, rank, weights
         self.chunk_bytes, self.timeout_s, self.packed = chunk_bytes, timeout_s, packed
         self.engine, self.client, self.connected = None, None, None
@@ -218,8 +224,10 @@ class LearnerSync:
         the worker said when it finished, or raises naming it."""
         with self.lock:
             if self.backend in GPU_BACKENDS:
-                raise WeightSyncError(f"{worker[0]}: {self.backend} transfer groups are fixed at connect; a worker "
-                                      "that starts after the first sync joins at the next one")
+                raise WeightSyncError(
+                    f"{worker[0]}: {self.backend} transfer groups are fixed at connect; a worker "
+                    "that starts after the first sync joins at the next one"
+                )
             if self.engine is None or not self.engine.last_chunks:
                 raise WeightSyncError(f"{worker[0]}: no complete version to bring it up with yet")
             client = RolloutClient([worker], self.timeout_s)
@@ -250,8 +258,15 @@ class LearnerSync:
                 pass  # a worker of the old set is gone; the new group does not need it
         offsets, world_size = nccl_rank_offsets(len(workers)) if self.backend == "nccl" else (None, 0)
         address, port = (ray.util.get_node_ip_address(), free_port()) if self.backend == "nccl" else ("", 0)
-        info = trainer_init_info(self.backend, self.rank, self.chunk_bytes, packed=self.packed,
-                                 address=address, port=port, world_size=world_size)
+        info = trainer_init_info(
+            self.backend,
+            self.rank,
+            self.chunk_bytes,
+            packed=self.packed,
+            address=address,
+            port=port,
+            world_size=world_size,
+        )
         self.client = RolloutClient(workers, self.timeout_s, offsets)
         self.connected = [name for name, _ in workers]
         self.engine = self._bounded(f"connect ({self.backend})", lambda: trainer_init(info, self.client, self.weights))
@@ -265,9 +280,12 @@ class LearnerSync:
         """fn(), on the GPU backends within rollout.update_timeout_s as a whole (their collectives
         cannot be interrupted); with object_store each call to a worker has that deadline already, and
         the rest is local work."""
+
         def stalled() -> Exception:
             where = self.client.waiting_on() if self.is_sender and self.client else "the other learner ranks"
-            return WeightSyncError(f"weight sync: {what}: no progress within rollout.update_timeout_s={self.timeout_s:g}s; {where}")
+            return WeightSyncError(
+                f"weight sync: {what}: no progress within rollout.update_timeout_s={self.timeout_s:g}s; {where}"
+            )
 
         try:
             return run_bounded(fn, self.timeout_s, stalled) if self.backend in GPU_BACKENDS else fn()

@@ -178,8 +178,11 @@ class ObjectStoreTrainerEngine(TrainerWeightTransferEngine[ObjectStoreTrainerIni
             names, tensors = chunk
             parts = [t.detach().to("cpu").contiguous().view(-1).view(torch.uint8).numpy() for t in tensors]
             update = {
-                "names": names, "dtype_names": [str(t.dtype).removeprefix("torch.") for t in tensors],
-                "shapes": [list(t.shape) for t in tensors], "sizes": [p.nbytes for p in parts], "total": total,
+                "names": names,
+                "dtype_names": [str(t.dtype).removeprefix("torch.") for t in tensors],
+                "shapes": [list(t.shape) for t in tensors],
+                "sizes": [p.nbytes for p in parts],
+                "total": total,
                 "chunk": ray.put(parts),
             }
             timings.pack += time.perf_counter() - started
@@ -204,7 +207,9 @@ class ObjectStoreTrainerEngine(TrainerWeightTransferEngine[ObjectStoreTrainerIni
         client.finish_weight_update()
 
 
-def _chunks(pairs: Iterator[tuple[str, torch.Tensor]], chunk_bytes: int) -> Iterator[tuple[list[str], list[torch.Tensor]]]:
+def _chunks(
+    pairs: Iterator[tuple[str, torch.Tensor]], chunk_bytes: int
+) -> Iterator[tuple[list[str], list[torch.Tensor]]]:
     """(names, tensors) of at most ~chunk_bytes each (a larger tensor alone), in the source's order."""
     names: list[str] = []
     tensors: list[torch.Tensor] = []
@@ -238,8 +243,16 @@ def weight_source(weights: NamedTensors) -> WeightSource:
     return StreamedWeights()
 
 
-def trainer_init_info(backend: str, rank: int, chunk_bytes: int, *, packed: bool = True, address: str = "",
-                      port: int = 0, world_size: int = 0) -> TrainerInitInfo:
+def trainer_init_info(
+    backend: str,
+    rank: int,
+    chunk_bytes: int,
+    *,
+    packed: bool = True,
+    address: str = "",
+    port: int = 0,
+    world_size: int = 0,
+) -> TrainerInitInfo:
     """The trainer side's init info of `backend` for learner rank `rank` (rank 0 sends)."""
     if backend == OBJECT_STORE:
         return ObjectStoreTrainerInitInfo(rank=rank, chunk_bytes=chunk_bytes)
@@ -247,8 +260,14 @@ def trainer_init_info(backend: str, rank: int, chunk_bytes: int, *, packed: bool
         from vllm.distributed.weight_transfer.nccl_engine import NCCLTrainerInitInfo
 
         # packed: one broadcast per buffer of chunk_bytes (double-buffered) instead of one per tensor
-        return NCCLTrainerInitInfo(master_address=address, master_port=port, world_size=world_size, rank=rank,
-                                   packed=True, packed_buffer_size_bytes=chunk_bytes)
+        return NCCLTrainerInitInfo(
+            master_address=address,
+            master_port=port,
+            world_size=world_size,
+            rank=rank,
+            packed=True,
+            packed_buffer_size_bytes=chunk_bytes,
+        )
     from vllm.distributed.weight_transfer.ipc_engine import IPCTrainerInitInfo
 
     return IPCTrainerInitInfo(rank=rank, packed=packed, packed_buffer_size_bytes=chunk_bytes)

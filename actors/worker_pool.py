@@ -77,7 +77,9 @@ class WorkerPool:
     ) -> None:
         self.settings, self.worker_args, self.log = settings, worker_args, log
         self.on_dispatch = on_dispatch  # called with (member, chunk index) as a chunk is sent (tests, metrics)
-        self._remote_cls = ray.remote(num_cpus=settings.num_cpus, num_gpus=settings.num_gpus, max_restarts=0)(worker_cls)
+        self._remote_cls = ray.remote(num_cpus=settings.num_cpus, num_gpus=settings.num_gpus, max_restarts=0)(
+            worker_cls
+        )
         self._pool_id = uuid.uuid4().hex[:6]
         self._serial = 0
         self.members: list[Member] = []
@@ -165,11 +167,15 @@ class WorkerPool:
         self.failed_starts += 1
         cause, limit = first_line(err), self.settings.max_redispatch
         if self.failed_starts > limit:
-            raise WorkerError(f"{member.name}: failed to start ({cause}); {self.failed_starts} starts in a row failed "
-                              f"(max_redispatch {limit})")
+            raise WorkerError(
+                f"{member.name}: failed to start ({cause}); {self.failed_starts} starts in a row failed "
+                f"(max_redispatch {limit})"
+            )
         replacement = self._start_member()
-        self.log(f"{self.settings.kind} pool: {member.name} failed to start ({cause}); starting {replacement.name} "
-                 f"in its place ({self.failed_starts} of at most {limit} in a row)")
+        self.log(
+            f"{self.settings.kind} pool: {member.name} failed to start ({cause}); starting {replacement.name} "
+            f"in its place ({self.failed_starts} of at most {limit} in a row)"
+        )
         return replacement
 
     def _remove(self, member: Member) -> None:
@@ -219,7 +225,9 @@ class WorkerPool:
             if not ready:
                 late = min(calls.values(), key=lambda c: c.deadline)
                 what = "its work" if late.kind == "work" else "start-up"
-                raise WorkerError(f"{late.member.name}: no answer to {what} after {time.monotonic() - late.started:.0f}s")
+                raise WorkerError(
+                    f"{late.member.name}: no answer to {what} after {time.monotonic() - late.started:.0f}s"
+                )
             call = calls.pop(ready[0])
             if call.kind == "start":
                 if (again := self._take_in(call.member, ready[0])) is not None:
@@ -253,7 +261,9 @@ class WorkerPool:
         self._remove(call.member)
         self.replacements += 1
         chunk = call.chunk
-        self.log(f"{self.settings.kind} pool: {call.member.name} died ({first_line(err)}); re-sending chunk {chunk.index}")
+        self.log(
+            f"{self.settings.kind} pool: {call.member.name} died ({first_line(err)}); re-sending chunk {chunk.index}"
+        )
         if chunk.attempts > self.settings.max_redispatch:
             raise WorkerError(f"{call.member.name}: chunk {chunk.index} lost {chunk.attempts} times (max_redispatch)")
         return chunk

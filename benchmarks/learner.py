@@ -8,7 +8,8 @@
 Both see the same rows (P prompts x G rollouts + P reference rows) and alternate, so machine noise
 hits both alike. Prints learner tokens/s over bare tokens/s (target >= 0.9). `--hidden/--layers`
 swap the tiny model for a larger random Qwen2 with the toy vocabulary. Usage:
-    .venv/bin/python benchmarks/learner.py [--config pipeline.yaml] [--prompts 8] [--repeats 5] [--hidden 512 --layers 8]
+    .venv/bin/python benchmarks/learner.py [--config pipeline.yaml] [--prompts 8] [--repeats 5]
+        [--hidden 512 --layers 8]
 """
 
 from __future__ import annotations
@@ -46,8 +47,13 @@ class BareTorchStep:
 
         lc = cfg.learner
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lc.learning_rate, betas=tuple(lc.adam_betas),
-                                           eps=lc.adam_eps, weight_decay=lc.weight_decay)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(),
+            lr=lc.learning_rate,
+            betas=tuple(lc.adam_betas),
+            eps=lc.adam_eps,
+            weight_decay=lc.weight_decay,
+        )
         self.clip, self.micro = lc.grad_clip, lc.micro_batch_rows
 
     def step(self, row_sets) -> None:
@@ -77,7 +83,9 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[])
     parser.add_argument("--prompts", type=int, default=8, help="prompts per step (each with G rollouts + 1 SFT row)")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--hidden", type=int, default=0, help="use a random Qwen2 of this hidden size (0 = the tiny model)")
+    parser.add_argument(
+        "--hidden", type=int, default=0, help="use a random Qwen2 of this hidden size (0 = the tiny model)"
+    )
     parser.add_argument("--layers", type=int, default=8)
     args = parser.parse_args()
 
@@ -95,22 +103,37 @@ def main() -> None:
     cfg = read_config(args.config, [*args.set, "learner.grad_norm_every=0", "learner.precision=float32"])
     assets = ensure_toy_assets(cfg.toy, cfg.model.layout)
     tokenizer, layout = load_tokenizer_and_layout(assets.model_dir, cfg.model.layout)
-    rows = read_rows(assets.data_file("train"), vocab_size=len(tokenizer), max_prompt_tokens=cfg.data.max_prompt_tokens).rows
+    rows = read_rows(
+        assets.data_file("train"), vocab_size=len(tokenizer), max_prompt_tokens=cfg.data.max_prompt_tokens
+    ).rows
     rng, G = random.Random(cfg.run.seed), cfg.rollout.group_size
     chosen = rng.sample(rows, args.prompts)
     # G "rollouts" per prompt: the reference cut at random lengths (the learner's work depends only on lengths)
-    responses = [r.reference_token_ids[: rng.randint(len(r.reference_token_ids) // 2, len(r.reference_token_ids))]
-                 for r in chosen for _ in range(G)]
+    responses = [
+        r.reference_token_ids[: rng.randint(len(r.reference_token_ids) // 2, len(r.reference_token_ids))]
+        for r in chosen
+        for _ in range(G)
+    ]
     prompts = [r.prompt_token_ids for r in chosen for _ in range(G)]
     rewards = torch.tensor([rng.uniform(1, 5) for _ in responses]).view(-1, G)
-    batch = TrainBatch(prompts, responses, group_advantages(rewards).flatten().tolist(),
-                       [r.prompt_token_ids for r in chosen], [r.reference_token_ids for r in chosen], lam=0.5)
-    row_sets = [padded(batch.rollout_prompts, batch.rollout_responses, layout.pad_id),
-                padded(batch.sft_prompts, batch.sft_targets, layout.pad_id)]
+    batch = TrainBatch(
+        prompts,
+        responses,
+        group_advantages(rewards).flatten().tolist(),
+        [r.prompt_token_ids for r in chosen],
+        [r.reference_token_ids for r in chosen],
+        lam=0.5,
+    )
+    row_sets = [
+        padded(batch.rollout_prompts, batch.rollout_responses, layout.pad_id),
+        padded(batch.sft_prompts, batch.sft_targets, layout.pad_id),
+    ]
     tokens = sum(int(attention.sum()) for _, attention, _ in row_sets)
 
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = resized_model(assets.model_dir, args.hidden, args.layers, tmp) if args.hidden else str(assets.model_dir)
+        model_dir = (
+            resized_model(assets.model_dir, args.hidden, args.layers, tmp) if args.hidden else str(assets.model_dir)
+        )
         learner = LearnerWorker(model_dir, cfg)
         bare = BareTorchStep(model_dir, cfg, learner.device)  # the baseline on the learner's device (a GPU there)
         row_sets = [tuple(t.to(learner.device) for t in rows) for rows in row_sets]

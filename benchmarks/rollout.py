@@ -44,10 +44,23 @@ class BareVLLM:
         rc = cfg.rollout
         # on GPUs, the pool's share of the GPU memory (vLLM's default 90% would leave the pool's own engine none)
         gpu = {"gpu_memory_utilization": rc.gpu_memory_utilization} if rc.gpus_per_worker else {}
-        self.llm = LLM(model=str(model_dir), dtype=cfg.model.dtype, max_model_len=cfg.model.max_model_len,
-                       seed=cfg.run.seed, enforce_eager=True, **gpu)
-        self.params = SamplingParams(n=rc.group_size, temperature=rc.temperature, top_p=rc.top_p, top_k=rc.top_k,
-                                     max_tokens=rc.max_new_tokens, stop_token_ids=[eos_id], logprobs=0)
+        self.llm = LLM(
+            model=str(model_dir),
+            dtype=cfg.model.dtype,
+            max_model_len=cfg.model.max_model_len,
+            seed=cfg.run.seed,
+            enforce_eager=True,
+            **gpu,
+        )
+        self.params = SamplingParams(
+            n=rc.group_size,
+            temperature=rc.temperature,
+            top_p=rc.top_p,
+            top_k=rc.top_k,
+            max_tokens=rc.max_new_tokens,
+            stop_token_ids=[eos_id],
+            logprobs=0,
+        )
 
     def tokens_per_s(self, prompts) -> float:
         batch = [{"prompt_token_ids": list(ids)} for _, ids in prompts]
@@ -81,8 +94,13 @@ class Sender:
             torch.set_num_threads(cfg.learner.torch_threads)
         self.model = AutoModelForCausalLM.from_pretrained(model_dir)
         rc = cfg.rollout
-        self.side = LearnerSync(rc.weight_transfer_backend, 0, self.named_weights,
-                                chunk_bytes=int(rc.weight_bucket_mb * 2**20), timeout_s=rc.update_timeout_s)
+        self.side = LearnerSync(
+            rc.weight_transfer_backend,
+            0,
+            self.named_weights,
+            chunk_bytes=int(rc.weight_bucket_mb * 2**20),
+            timeout_s=rc.update_timeout_s,
+        )
 
     def named_weights(self):
         """Tied parameters under each of their names, as DeepSpeedEngine.full_weights gives them."""
@@ -111,7 +129,7 @@ class PeakMemory:
     """The growth of this process's resident memory, sampled every 2 ms while the block runs: what
     the driver holds of the weights during a sync (nothing, when the learner ships them itself)."""
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         import threading
 
         import psutil
@@ -181,7 +199,9 @@ def main() -> None:
     cfg = read_config(args.config, args.set)
     assets = ensure_toy_assets(cfg.toy, cfg.model.layout)
     tokenizer, layout = load_tokenizer_and_layout(assets.model_dir, cfg.model.layout)
-    rows = read_rows(assets.data_file("train"), vocab_size=len(tokenizer), max_prompt_tokens=cfg.data.max_prompt_tokens).rows
+    rows = read_rows(
+        assets.data_file("train"), vocab_size=len(tokenizer), max_prompt_tokens=cfg.data.max_prompt_tokens
+    ).rows
     prompts = [(r.row_id, r.prompt_token_ids) for r in (rows * (1 + args.prompts // len(rows)))[: args.prompts]]
     prompts = [(f"{pid}#{i}", ids) for i, (pid, ids) in enumerate(prompts)]
 
@@ -203,7 +223,9 @@ def main() -> None:
         pool_rates.append(pool_tokens_per_s(pool, prompts))
     bare_engine.close()
     bare, pooled = statistics.median(bare_rates), statistics.median(pool_rates)
-    print(f"bare vllm.LLM.generate: {bare:.0f} tokens/s; rollout pool ({len(pool.members)} worker): {pooled:.0f} tokens/s")
+    print(
+        f"bare vllm.LLM.generate: {bare:.0f} tokens/s; rollout pool ({len(pool.members)} worker): {pooled:.0f} tokens/s"
+    )
     tiny = sync_vs_copy(pool, assets.model_dir, cfg, args.repeats)
     pool.shutdown()
     larger = {}
@@ -230,15 +252,22 @@ def main() -> None:
     }
     print(json.dumps(result, indent=2))
     print(f"pool / bare tokens/s = {result['pool_over_bare']:.3f} (target >= 0.95)")
-    print(f"tiny model ({tiny['weight_bytes'] / 2**20:.1f} MiB): sync {tiny['sync_s']:.3f}s, nearly all of it the fixed "
-          f"cost of a sync (its bytes copy in {tiny['warm_copy_s'] * 1e3:.2f} ms)")
+    print(
+        f"tiny model ({tiny['weight_bytes'] / 2**20:.1f} MiB): sync {tiny['sync_s']:.3f}s, nearly all of it the fixed "
+        f"cost of a sync (its bytes copy in {tiny['warm_copy_s'] * 1e3:.2f} ms)"
+    )
     if larger:
-        print(f"larger model ({larger['weight_bytes'] / 2**20:.1f} MiB): sync / warm copy = {larger['sync_over_copy']:.2f}x "
-              f"(target <= 5x; beyond the fixed cost {larger['beyond_fixed_over_copy']:.2f}x)")
+        print(
+            f"larger model ({larger['weight_bytes'] / 2**20:.1f} MiB): "
+            f"sync / warm copy = {larger['sync_over_copy']:.2f}x "
+            f"(target <= 5x; beyond the fixed cost {larger['beyond_fixed_over_copy']:.2f}x)"
+        )
     for label, w in (("tiny", tiny), ("larger", larger)):
         if w:
-            print(f"driver memory growth during the {label} model's syncs: {w['driver_memory_growth_mib']:.1f} MiB "
-                  f"(its weights: {w['weight_bytes'] / 2**20:.1f} MiB)")
+            print(
+                f"driver memory growth during the {label} model's syncs: {w['driver_memory_growth_mib']:.1f} MiB "
+                f"(its weights: {w['weight_bytes'] / 2**20:.1f} MiB)"
+            )
 
 
 if __name__ == "__main__":

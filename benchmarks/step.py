@@ -41,8 +41,14 @@ sys.path[0] = str(ROOT)
 
 
 def pipeline_steps(config: str, sets: list[str], steps: int, out_dir: Path) -> list[dict]:
-    overrides = [*sets, f"run.steps={steps}", "train.eval_every=0", "train.checkpoint_every=0", "run.name=bench",
-                 f"run.output_dir={out_dir}"]
+    overrides = [
+        *sets,
+        f"run.steps={steps}",
+        "train.eval_every=0",
+        "train.checkpoint_every=0",
+        "run.name=bench",
+        f"run.output_dir={out_dir}",
+    ]
     command = [sys.executable, "launch.py", "--config", config, *(arg for s in overrides for arg in ("--set", s))]
     out = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     if out.returncode != 0:
@@ -58,7 +64,9 @@ def finished_steps(run_dir: Path, cfg, steps: int) -> list[dict]:
     import pyarrow.parquet as pq
 
     if cfg.train.max_staleness:
-        raise SystemExit(f"{run_dir}: ran with train.max_staleness {cfg.train.max_staleness}; the reference loop has no overlap")
+        raise SystemExit(
+            f"{run_dir}: ran with train.max_staleness {cfg.train.max_staleness}; the reference loop has no overlap"
+        )
     if not (run_dir / "metrics.parquet").is_file():
         raise SystemExit(f"{run_dir}: no metrics.parquet (not a run directory)")
     rows = pq.read_table(run_dir / "metrics.parquet").to_pylist()[:steps]
@@ -86,7 +94,7 @@ class ReferenceLoop:
     def generate(self, rows) -> list[list[tuple[int, ...]]]:
         """The G responses of each row: one `generate` call per `self.prompts_per_call` rows."""
         per_call = self.prompts_per_call or len(rows)
-        return [group for i in range(0, len(rows), per_call) for group in self._generate(rows[i:i + per_call])]
+        return [group for i in range(0, len(rows), per_call) for group in self._generate(rows[i : i + per_call])]
 
     def _generate(self, rows) -> list[list[tuple[int, ...]]]:
         import torch
@@ -96,14 +104,23 @@ class ReferenceLoop:
         ids = torch.full((len(rows), width), layout.pad_id, dtype=torch.long)
         attention = torch.zeros_like(ids)
         for i, r in enumerate(rows):  # left-padded, as HF generate wants
-            ids[i, width - len(r.prompt_token_ids):] = torch.tensor(r.prompt_token_ids)
-            attention[i, width - len(r.prompt_token_ids):] = 1
+            ids[i, width - len(r.prompt_token_ids) :] = torch.tensor(r.prompt_token_ids)
+            attention[i, width - len(r.prompt_token_ids) :] = 1
         model = self.learner.engine.module
         ids, attention = ids.to(model.device), attention.to(model.device)  # the learner's device (a GPU there)
         with torch.no_grad():
-            out = model.generate(input_ids=ids, attention_mask=attention, do_sample=True, temperature=rc.temperature,
-                                 top_p=rc.top_p, top_k=rc.top_k or None, max_new_tokens=rc.max_new_tokens,
-                                 num_return_sequences=rc.group_size, eos_token_id=layout.eos_id, pad_token_id=layout.pad_id)
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=attention,
+                do_sample=True,
+                temperature=rc.temperature,
+                top_p=rc.top_p,
+                top_k=rc.top_k or None,
+                max_new_tokens=rc.max_new_tokens,
+                num_return_sequences=rc.group_size,
+                eos_token_id=layout.eos_id,
+                pad_token_id=layout.pad_id,
+            )
         groups = []
         for g in range(len(rows)):
             samples = []
@@ -125,7 +142,9 @@ class ReferenceLoop:
         started = time.perf_counter()
         groups = self.generate(rows)
         generated = time.perf_counter()
-        requests = [reward_request(row, _Sample(i, ids)) for row, group in zip(rows, groups) for i, ids in enumerate(group)]
+        requests = [
+            reward_request(row, _Sample(i, ids)) for row, group in zip(rows, groups) for i, ids in enumerate(group)
+        ]
         totals = [r.total for r in self.scorer.score(requests)]
         rewards = torch.tensor(totals, dtype=torch.float64).view(len(rows), -1)
         scored = time.perf_counter()
@@ -140,8 +159,12 @@ class ReferenceLoop:
         )
         self.learner.train_step(batch)
         done = time.perf_counter()
-        return {"step_seconds": done - started, "generation_seconds": generated - started,
-                "reward_seconds": scored - generated, "learn_seconds": done - scored}
+        return {
+            "step_seconds": done - started,
+            "generation_seconds": generated - started,
+            "reward_seconds": scored - generated,
+            "learn_seconds": done - scored,
+        }
 
 
 class _Sample:  # what reward_request reads from a rollout record
@@ -156,7 +179,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--hidden", type=int, default=0, help="random Qwen2 of this hidden size (0 = the tiny policy)")
     parser.add_argument("--layers", type=int, default=8)
-    parser.add_argument("--pipeline-run", default=None, help="a finished run's directory: its steps instead of a new run")
+    parser.add_argument(
+        "--pipeline-run", default=None, help="a finished run's directory: its steps instead of a new run"
+    )
     args = parser.parse_args()
     if args.pipeline_run and (args.set or args.hidden):
         parser.error("--pipeline-run takes the run's own config: no --set or --hidden with it")
@@ -194,8 +219,11 @@ def measure(args, tmp: Path) -> None:
         rows_of_pipeline = pipeline_steps(args.config, args.set, args.steps, tmp / "runs")
     model_dir, train_files, _ = resolve_inputs(cfg)
     tokenizer, layout = load_tokenizer_and_layout(model_dir, cfg.model.layout)
-    stream = PromptStream(read_prompt_rows(cfg, len(tokenizer), train_files, layout), cfg.run.seed,
-                          cfg.train.rollout_batch_size // cfg.rollout.group_size)  # the pipeline's prompts, in order
+    stream = PromptStream(
+        read_prompt_rows(cfg, len(tokenizer), train_files, layout),
+        cfg.run.seed,
+        cfg.train.rollout_batch_size // cfg.rollout.group_size,
+    )  # the pipeline's prompts, in order
     step_prompts = [stream.next_step() for _ in range(args.steps)]
     references = {}
     for name, per_call in (("authors_style", 1), ("batched", 0)):  # each from the same initial weights
@@ -211,25 +239,38 @@ def measure(args, tmp: Path) -> None:
     rows_of_reference = references["authors_style"]
     result = {
         "steps_measured": args.steps - 1,
-        "model_parameters_hidden_layers": [args.hidden or cfg.toy.hidden_size, args.layers if args.hidden else cfg.toy.num_layers],
+        "model_parameters_hidden_layers": [
+            args.hidden or cfg.toy.hidden_size,
+            args.layers if args.hidden else cfg.toy.num_layers,
+        ],
         "responses_per_step": cfg.train.rollout_batch_size,
-        "mean_response_tokens": round(statistics.mean(r["response_tokens"] for r in rows_of_pipeline) / cfg.train.rollout_batch_size, 1),
+        "mean_response_tokens": round(
+            statistics.mean(r["response_tokens"] for r in rows_of_pipeline) / cfg.train.rollout_batch_size, 1
+        ),
         "pipeline_step_s": round(pipe, 3),
-        "pipeline_split_s": {k: round(median(rows_of_pipeline, k), 3)
-                             for k in ("generation_seconds", "reward_wait_seconds", "learn_seconds", "sync_seconds")},
+        "pipeline_split_s": {
+            k: round(median(rows_of_pipeline, k), 3)
+            for k in ("generation_seconds", "reward_wait_seconds", "learn_seconds", "sync_seconds")
+        },
         "reference_step_s": round(ref, 3),
-        "reference_split_s": {k: round(median(rows_of_reference, k), 3)
-                              for k in ("generation_seconds", "reward_seconds", "learn_seconds")},
+        "reference_split_s": {
+            k: round(median(rows_of_reference, k), 3) for k in ("generation_seconds", "reward_seconds", "learn_seconds")
+        },
         "speed_up": round(ref / pipe, 2),
         "batched_reference_step_s": round(batched, 3),
-        "batched_reference_split_s": {k: round(median(references["batched"], k), 3)
-                                      for k in ("generation_seconds", "reward_seconds", "learn_seconds")},
+        "batched_reference_split_s": {
+            k: round(median(references["batched"], k), 3)
+            for k in ("generation_seconds", "reward_seconds", "learn_seconds")
+        },
         "speed_up_vs_batched": round(batched / pipe, 2),
     }
     print(json.dumps(result, indent=2))
-    print(f"pipeline step {pipe:.2f}s vs single-process HF-generate loop {ref:.2f}s (one prompt per generate call, as the "
-          f"authors' trainer): speed-up {ref / pipe:.2f}x (target >= 5x); vs all prompts in one call {batched:.2f}s: "
-          f"{batched / pipe:.2f}x")
+    print(
+        f"pipeline step {pipe:.2f}s vs single-process HF-generate loop {ref:.2f}s "
+        "(one prompt per generate call, as the "
+        f"authors' trainer): speed-up {ref / pipe:.2f}x (target >= 5x); vs all prompts in one call {batched:.2f}s: "
+        f"{batched / pipe:.2f}x"
+    )
 
 
 if __name__ == "__main__":

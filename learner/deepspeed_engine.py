@@ -31,7 +31,11 @@ class DeepSpeedEngine:
         master_port: int = 29500,
     ) -> None:
         os.environ.update(
-            MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK="0"
+            MASTER_ADDR=master_addr,
+            MASTER_PORT=str(master_port),
+            RANK=str(rank),
+            WORLD_SIZE=str(world_size),
+            LOCAL_RANK="0",
         )
         import deepspeed
         from transformers import AutoModelForCausalLM
@@ -42,7 +46,11 @@ class DeepSpeedEngine:
             deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=_dtype(cfg))
         optimizer = torch.optim.AdamW(
-            model.parameters(), lr=cfg.learning_rate, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps, weight_decay=cfg.weight_decay
+            model.parameters(),
+            lr=cfg.learning_rate,
+            betas=tuple(cfg.adam_betas),
+            eps=cfg.adam_eps,
+            weight_decay=cfg.weight_decay,
         )
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: lr_factor(step, cfg.warmup_steps, total_steps, cfg.schedule)
@@ -56,7 +64,9 @@ class DeepSpeedEngine:
             "zero_allow_untested_optimizer": True,
             "steps_per_print": 2**31 - 1,
         }
-        self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config)
+        self.engine, _, _, _ = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config
+        )
         self.skipped_steps = 0
 
     @property
@@ -94,14 +104,22 @@ class DeepSpeedEngine:
             applied = self.engine.was_step_applied()
         if not applied:
             self.skipped_steps += 1
-            return {"loss": total, "grad_norm": float("nan"), "lr": lr, "skipped": 1.0, "nonfinite_loss": float(not finite_loss)}
+            return {
+                "loss": total,
+                "grad_norm": float("nan"),
+                "lr": lr,
+                "skipped": 1.0,
+                "nonfinite_loss": float(not finite_loss),
+            }
         grad_norm = own_norm if own_norm is not None else float(self.engine.get_global_grad_norm())
         return {"loss": total, "grad_norm": grad_norm, "lr": lr, "skipped": 0.0, "nonfinite_loss": 0.0}
 
     def _gradient_norm(self) -> float:
         """The L2 norm of the (ZeRO-0: already all-reduced, so every rank agrees) gradients."""
         grads = [p.grad.float() for p in self.module.parameters() if p.grad is not None]
-        return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))) if grads else 0.0
+        return (
+            float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))) if grads else 0.0
+        )
 
     @property
     def lr(self) -> float:

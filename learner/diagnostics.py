@@ -25,7 +25,11 @@ def token_entropy(logits: torch.Tensor) -> torch.Tensor:
 def modality_entropy(logits: torch.Tensor, masks: ModalityMasks) -> dict[str, float]:
     entropy = token_entropy(logits.detach())
     out = {}
-    for name, mask in (("text_entropy", masks.text), ("speech_entropy", masks.speech), ("total_entropy", masks.completion)):
+    for name, mask in (
+        ("text_entropy", masks.text),
+        ("speech_entropy", masks.speech),
+        ("total_entropy", masks.completion),
+    ):
         count = mask.sum()
         out[name] = float((entropy * mask).sum() / count) if count else 0.0
     return out

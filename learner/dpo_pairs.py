@@ -52,7 +52,12 @@ class ScoreRule:
         sem, para = scores.get("semantic_score"), scores.get("paralinguistic_score")
         if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (sem, para)):
             return None
-        return {"sum": sem + para, "semantic": sem, "paralinguistic": para, "weighted": self.w_sem * sem + self.w_para * para}[self.mode]
+        return {
+            "sum": sem + para,
+            "semantic": sem,
+            "paralinguistic": para,
+            "weighted": self.w_sem * sem + self.w_para * para,
+        }[self.mode]
 
 
 def best_and_worst(scored: Sequence[tuple[Any, float]], min_gap: float) -> tuple[Any, Any, float] | None:
@@ -85,7 +90,9 @@ def sample_problem(sample: Any) -> str | None:
     return None
 
 
-def build_pair(sample: dict[str, Any], rule: ScoreRule, min_gap: float, chosen_source: str = "best_output") -> dict | None:
+def build_pair(
+    sample: dict[str, Any], rule: ScoreRule, min_gap: float, chosen_source: str = "best_output"
+) -> dict | None:
     """The pair for one sample, or None when it has < 2 scored candidates or too small a gap."""
     if sample_problem(sample):
         return None
@@ -104,31 +111,52 @@ def build_pair(sample: dict[str, Any], rule: ScoreRule, min_gap: float, chosen_s
     return pair
 
 
-def build_pairs(samples: list[dict[str, Any]], rule: ScoreRule, min_gap: float = 1.0, top_k: int | None = None,
-                chosen_source: str = "best_output") -> list[dict[str, Any]]:
+def build_pairs(
+    samples: list[dict[str, Any]],
+    rule: ScoreRule,
+    min_gap: float = 1.0,
+    top_k: int | None = None,
+    chosen_source: str = "best_output",
+) -> list[dict[str, Any]]:
     pairs = [p for s in samples if (p := build_pair(s, rule, min_gap, chosen_source)) is not None]
     if top_k is not None:
         pairs = sorted(pairs, key=lambda p: -p["score_gap"])[:top_k]
     return pairs
 
 
-def pairs_from_rollouts(groups: dict[tuple[int, str], list[dict]], rows: dict[str, dict], min_gap: float,
-                        chosen_source: str, eos_id: int | None) -> tuple[list[dict], int]:
+def pairs_from_rollouts(
+    groups: dict[tuple[int, str], list[dict]],
+    rows: dict[str, dict],
+    min_gap: float,
+    chosen_source: str,
+    eos_id: int | None,
+) -> tuple[list[dict], int]:
     """Pair rows from scored groups ((step, prompt id) -> their rollouts rows: response_token_ids,
     reward, text); returns (pairs, groups without a pair). A chosen response must end with eos_id."""
     pairs, without = [], 0
     for (step, prompt_id), samples in sorted(groups.items()):
         row = rows.get(prompt_id)
         picked = best_and_worst([(s, s["reward"]) for s in samples], min_gap) if row is not None else None
-        if picked is None or (chosen_source == "best_output" and eos_id is not None and picked[0]["response_token_ids"][-1:] != [eos_id]):
+        if picked is None or (
+            chosen_source == "best_output" and eos_id is not None and picked[0]["response_token_ids"][-1:] != [eos_id]
+        ):
             without += 1
             continue
         best, worst, gap = picked
-        pair = {**row, "id": f"{prompt_id}@{step}", "rejected_token_ids": list(worst["response_token_ids"]),
-                "chosen_score": best["reward"], "rejected_score": worst["reward"], "score_gap": gap}
+        pair = {
+            **row,
+            "id": f"{prompt_id}@{step}",
+            "rejected_token_ids": list(worst["response_token_ids"]),
+            "chosen_score": best["reward"],
+            "rejected_score": worst["reward"],
+            "score_gap": gap,
+        }
         if chosen_source == "best_output":
-            pair.update(reference_token_ids=list(best["response_token_ids"]), sft_target_text=best["text"],
-                        orig_sft_target_text=row.get("sft_target_text"))
+            pair.update(
+                reference_token_ids=list(best["response_token_ids"]),
+                sft_target_text=best["text"],
+                orig_sft_target_text=row.get("sft_target_text"),
+            )
         pairs.append(pair)
     return pairs, without
 
@@ -138,7 +166,9 @@ def read_rollout_groups(path: Path) -> dict[tuple[int, str], list[dict]]:
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(path, columns=["step", "prompt_id", "sample_index", "reward", "response_token_ids", "text"])
+        table = pq.read_table(
+            path, columns=["step", "prompt_id", "sample_index", "reward", "response_token_ids", "text"]
+        )
     except (pa.ArrowException, OSError) as err:
         raise PairInputError(f"{path}: not a run's rollouts.parquet ({' '.join(str(err).split())[:200]})") from None
     groups: dict[tuple[int, str], list[dict]] = {}
@@ -176,7 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--input", type=Path, help="scored samples (JSON list or JSONL)")
     parser.add_argument("--from-rollouts", type=Path, help="a run's rollouts.parquet instead of --input")
     parser.add_argument("--data", type=Path, help="with --from-rollouts: the train file those rollouts came from")
-    parser.add_argument("--eos-id", type=int, default=None, help="with --from-rollouts: a chosen response must end with it")
+    parser.add_argument(
+        "--eos-id", type=int, default=None, help="with --from-rollouts: a chosen response must end with it"
+    )
     parser.add_argument("--output", required=True, type=Path)
     parser.add_argument("--score", default="sum", choices=["sum", "semantic", "paralinguistic", "weighted"])
     parser.add_argument("--w-sem", type=float, default=1.0)
@@ -198,7 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     for number, why in skipped:
         print(f"skipped {args.input}: line {number}: {why}", file=sys.stderr)
     samples = [sample for _, sample in numbered]
-    pairs = build_pairs(samples, ScoreRule(args.score, args.w_sem, args.w_para), args.min_score_gap, args.top_k, args.chosen_source)
+    pairs = build_pairs(
+        samples, ScoreRule(args.score, args.w_sem, args.w_para), args.min_score_gap, args.top_k, args.chosen_source
+    )
     write_text_atomic(args.output, "".join(json.dumps(p) + "\n" for p in pairs))
     print(f"{len(pairs)} pairs from {len(samples)} samples ({len(skipped)} skipped) -> {args.output}")
     return 0

@@ -37,7 +37,9 @@ def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
 
-def token_weights(masks: ModalityMasks, token_type: str, text_weight: float = 1.0, speech_weight: float = 1.0) -> torch.Tensor:
+def token_weights(
+    masks: ModalityMasks, token_type: str, text_weight: float = 1.0, speech_weight: float = 1.0
+) -> torch.Tensor:
     """(B, T) float weights of the tokens a term trains on (method §3.3 / §5.3)."""
     text, speech, completion = masks.text.float(), masks.speech.float(), masks.completion.float()
     if token_type == "text":

@@ -83,7 +83,8 @@ def modality_counts(ids, layout: SpeechLayout) -> dict[str, int]:
     """Text and speech (codec) tokens in one response's completion.
 
     >>> from wavalign.layout import SpeechLayout
-    >>> layout = SpeechLayout(speech_start=20, speech_end=30, boa_id=10, eoa_id=11, eos_id=12, pad_id=13, interleave_ratio=(1, 10, 4, 10))
+    >>> layout = SpeechLayout(speech_start=20, speech_end=30, boa_id=10, eoa_id=11, eos_id=12, pad_id=13,
+    ...                       interleave_ratio=(1, 10, 4, 10))
     >>> modality_counts([5, 6, 10, 21, 22, 11, 12], layout)
     {'text': 3, 'speech': 2}
     """

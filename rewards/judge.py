@@ -46,13 +46,11 @@ CALL_GRACE_S = 1.0  # past the call deadline, how long a call waits for attempts
 _REPLY_FORMAT = "Reply exactly as <justification>...</justification><score>N</score>, N from 1 to 5."
 HOLISTIC_RUBRIC = (
     "You rate a voice assistant's spoken answer to a spoken question. Judge it as a listener would: is it "
-    "correct, helpful and on topic, and is the speech clear and natural? 1 is useless, 5 is excellent. "
-    + _REPLY_FORMAT
+    "correct, helpful and on topic, and is the speech clear and natural? 1 is useless, 5 is excellent. " + _REPLY_FORMAT
 )
 SEMANTIC_RUBRIC = (
     "You rate the content of a voice assistant's answer to a question: correctness, relevance and "
-    "helpfulness only. Ignore how it sounds. 1 is wrong or off topic, 5 is fully correct and helpful. "
-    + _REPLY_FORMAT
+    "helpfulness only. Ignore how it sounds. 1 is wrong or off topic, 5 is fully correct and helpful. " + _REPLY_FORMAT
 )
 ACOUSTIC_RUBRIC = (
     "You rate how a voice assistant's answer sounds: clarity, fluency, pronunciation, emotion, pacing and "
@@ -126,7 +124,9 @@ class OpenAIJudge:
         s = self.settings
         deadline = time.monotonic() + s.call_timeout_s
         self._count("requests", len(responses))
-        pool = ThreadPoolExecutor(max_workers=min(s.max_concurrency, len(responses)), thread_name_prefix=f"judge-{self.name}")
+        pool = ThreadPoolExecutor(
+            max_workers=min(s.max_concurrency, len(responses)), thread_name_prefix=f"judge-{self.name}"
+        )
         futures = [pool.submit(self.score_one, r, deadline) for r in responses]
         done, _ = wait(futures, timeout=deadline - time.monotonic() + CALL_GRACE_S)
         # Requests not started by now are cancelled; one stuck where no socket deadline reaches
@@ -229,7 +229,8 @@ class OpenAIJudge:
         url = self._url
         if url.scheme == "https":
             conn: http.client.HTTPConnection = http.client.HTTPSConnection(
-                url.hostname, url.port, timeout=remaining, context=ssl.create_default_context())
+                url.hostname, url.port, timeout=remaining, context=ssl.create_default_context()
+            )
         else:
             conn = http.client.HTTPConnection(url.hostname, url.port, timeout=remaining)
         expired = threading.Event()

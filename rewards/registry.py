@@ -60,7 +60,9 @@ def build_reward_functions(cfg: RewardConfig, seed: int = 0) -> dict[str, Reward
     functions: dict[str, RewardFn] = {}
     for spec in cfg.functions:
         if spec.name == "toy_answer" and (cfg.toy_noise_std > 0 or cfg.toy_flip_prob > 0):
-            functions[spec.name] = NoisyToyJudge(cfg.toy_noise_std, cfg.toy_flip_prob, seed, cfg.scale_min, cfg.scale_max)
+            functions[spec.name] = NoisyToyJudge(
+                cfg.toy_noise_std, cfg.toy_flip_prob, seed, cfg.scale_min, cfg.scale_max
+            )
         elif spec.name == "toy_answer":
             functions[spec.name] = toy_answer_reward
         elif spec.name == "judge":

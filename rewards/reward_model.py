@@ -15,12 +15,18 @@ from rewards.types import ScoredResponse
 class HFRewardModel:
     """Scores (question, transcript) pairs in batches, on CPU or a GPU. Example:
 
-        rm = HFRewardModel("/models/my-reward-model")
-        rm([ScoredResponse("what is one plus one", "one plus one is two")])   # -> [3.8], say (logit 0.83)
+    rm = HFRewardModel("/models/my-reward-model")
+    rm([ScoredResponse("what is one plus one", "one plus one is two")])   # -> [3.8], say (logit 0.83)
     """
 
-    def __init__(self, path: str, scale: tuple[float, float] = (1.0, 5.0), batch_size: int = 16, max_length: int = 1024,
-                 device: str = "cpu") -> None:
+    def __init__(
+        self,
+        path: str,
+        scale: tuple[float, float] = (1.0, 5.0),
+        batch_size: int = 16,
+        max_length: int = 1024,
+        device: str = "cpu",
+    ) -> None:
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 

@@ -43,7 +43,9 @@ def fit_to_scale(score: float, low: float, high: float, out_of_range: str) -> fl
     raise BadScore(f"score {score:g} outside [{low:g}, {high:g}]")
 
 
-def checked_scores(name: str, values: object, n: int, low: float, high: float, default: float) -> tuple[list[float], int]:
+def checked_scores(
+    name: str, values: object, n: int, low: float, high: float, default: float
+) -> tuple[list[float], int]:
     """A reward function's column with every unusable score (not a number, non-finite, outside
     [low, high]) replaced by `default`, and how many were replaced. A column that is not one value
     per response is the function's bug: an error naming it.
@@ -52,12 +54,16 @@ def checked_scores(name: str, values: object, n: int, low: float, high: float, d
     ([4.0, 2.5, 2.5, 2.5], 3)
     """
     if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
-        raise ValueError(f"reward function {name!r} returned {type(values).__name__} for {n} responses; "
-                         "it must return one float per response")
+        raise ValueError(
+            f"reward function {name!r} returned {type(values).__name__} for {n} responses; "
+            "it must return one float per response"
+        )
     values = list(values)  # a list, a tuple, a NumPy array, a tensor
     if len(values) != n:
-        raise ValueError(f"reward function {name!r} returned {len(values)} values for {n} responses; "
-                         "it must return one float per response")
+        raise ValueError(
+            f"reward function {name!r} returned {len(values)} values for {n} responses; "
+            "it must return one float per response"
+        )
     checked, replaced = [], 0
     for value in values:
         try:

@@ -75,7 +75,9 @@ def _start_asset_build(config) -> None:
     with open(log, "w") as out:
         _background_build["process"] = subprocess.Popen(
             [sys.executable, "-m", "wavalign.toy", "--config", str(ROOT / "pipeline.yaml"), *settings],
-            cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
 
 

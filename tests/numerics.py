@@ -28,7 +28,9 @@ def snapshot(weights: Iterable[tuple[str, torch.Tensor]]) -> dict[str, torch.Ten
     return {name: t.detach().clone().double() for name, t in weights}
 
 
-def update_gap(before: dict[str, torch.Tensor], after_a: dict[str, torch.Tensor], after_b: dict[str, torch.Tensor]) -> float:
+def update_gap(
+    before: dict[str, torch.Tensor], after_a: dict[str, torch.Tensor], after_b: dict[str, torch.Tensor]
+) -> float:
     """How far update b is from update a (update = after - before), in units of what rounding allows:
     UPDATE_RTOL of the largest update, plus two float32 spacings of the weight itself (the weights
     are stored in float32, so an update is only known to within the rounding of the weight it

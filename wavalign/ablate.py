@@ -27,9 +27,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 ARMS = {
-    "a": ("full_token_rl", ["algorithm.rl_token_type=all", "algorithm.adaptive_mixing=false", "algorithm.fixed_rl_weight=1.0"]),
-    "b": ("text_rl", ["algorithm.rl_token_type=text", "algorithm.adaptive_mixing=false", "algorithm.fixed_rl_weight=1.0"]),
-    "c": ("text_rl_fixed", ["algorithm.rl_token_type=text", "algorithm.adaptive_mixing=false", "algorithm.fixed_rl_weight=0.5"]),
+    "a": (
+        "full_token_rl",
+        ["algorithm.rl_token_type=all", "algorithm.adaptive_mixing=false", "algorithm.fixed_rl_weight=1.0"],
+    ),
+    "b": (
+        "text_rl",
+        ["algorithm.rl_token_type=text", "algorithm.adaptive_mixing=false", "algorithm.fixed_rl_weight=1.0"],
+    ),
+    "c": (
+        "text_rl_fixed",
+        ["algorithm.rl_token_type=text", "algorithm.adaptive_mixing=false", "algorithm.fixed_rl_weight=0.5"],
+    ),
     "d": ("wavalign", ["algorithm.rl_token_type=text", "algorithm.adaptive_mixing=true"]),
     "e": ("sft_only", ["algorithm.adaptive_mixing=false", "algorithm.fixed_rl_weight=0.0"]),
 }
@@ -40,9 +49,15 @@ ARMS = {
 # model is warm-started on it.
 TASKS = {
     "hard": [
-        "toy.assets_dir=.assets/toy-ablation", "toy.min_word_tokens=4", "toy.max_word_tokens=8", "toy.noisy_sft_references=true",
-        "reward.toy_noise_std=0.5", "reward.toy_flip_prob=0.1",
-        "rollout.max_new_tokens=128", "learner.grad_norm_every=5", "train.eval_every=15",
+        "toy.assets_dir=.assets/toy-ablation",
+        "toy.min_word_tokens=4",
+        "toy.max_word_tokens=8",
+        "toy.noisy_sft_references=true",
+        "reward.toy_noise_std=0.5",
+        "reward.toy_flip_prob=0.1",
+        "rollout.max_new_tokens=128",
+        "learner.grad_norm_every=5",
+        "train.eval_every=15",
     ],
     "default": [],  # pipeline.yaml's toy task as it is (quick checks)
 }
@@ -58,9 +73,24 @@ CURVES = (*STEP_AXES, "reward_mean", "lambda", "grad_norm_text", "grad_norm_spee
 def run_arm(config: str, sets: list[str], arm: str, seed: int, steps: int, out: Path, address: str) -> Path:
     name, overrides = ARMS[arm]
     run_name = f"{name}-s{seed}"
-    args = [*sets, *overrides, f"run.seed={seed}", f"run.steps={steps}", f"run.name={run_name}",
-            f"run.output_dir={out / 'runs'}", "train.checkpoint_every=0"]
-    command = [sys.executable, "launch.py", "--config", config, "--address", address, *(a for s in args for a in ("--set", s))]
+    args = [
+        *sets,
+        *overrides,
+        f"run.seed={seed}",
+        f"run.steps={steps}",
+        f"run.name={run_name}",
+        f"run.output_dir={out / 'runs'}",
+        "train.checkpoint_every=0",
+    ]
+    command = [
+        sys.executable,
+        "launch.py",
+        "--config",
+        config,
+        "--address",
+        address,
+        *(a for s in args for a in ("--set", s)),
+    ]
     log = out / "logs" / f"{run_name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as handle:
@@ -79,7 +109,7 @@ def _mean(values) -> float | None:
 def summarise(rows: list[dict], arm: str, seed: int, run_dir: Path) -> dict:
     """A run's result: step axes and rewards averaged over its last quarter of steps (per-step
     samples are few), eval axes from its last evaluation, λ and gradient norms over the run."""
-    last_quarter = rows[-max(1, len(rows) // 4):]
+    last_quarter = rows[-max(1, len(rows) // 4) :]
     evaluated = [r for r in rows if r.get(EVAL_AXES[0]) is not None]
     result = {"arm": ARMS[arm][0], "seed": seed, "run_dir": str(run_dir)}
     result.update({axis: _mean(r.get(axis) for r in last_quarter) for axis in (*STEP_AXES, "reward_mean")})
@@ -92,7 +122,10 @@ def summarise(rows: list[dict], arm: str, seed: int, run_dir: Path) -> dict:
 def warm_start_row(all_rows: list[list[dict]]) -> dict:
     """The starting point: step 1's samples come from the warm-started policy in every run."""
     firsts = [rows[0] for rows in all_rows if rows]
-    return {"arm": "warm start (step 1)", **{axis: _mean(r.get(axis) for r in firsts) for axis in (*STEP_AXES, "reward_mean")}}
+    return {
+        "arm": "warm start (step 1)",
+        **{axis: _mean(r.get(axis) for r in firsts) for axis in (*STEP_AXES, "reward_mean")},
+    }
 
 
 def _cell(values: list[float]) -> str:
@@ -105,7 +138,11 @@ def _cell(values: list[float]) -> str:
 
 def results_table(results: list[dict], start: dict) -> str:
     lines = ["| arm | seeds | " + " | ".join(COLUMNS) + " |", "|---|---|" + "---|" * len(COLUMNS)]
-    lines.append(f"| {start['arm']} | - | " + " | ".join(_cell([start[c]] if start.get(c) is not None else []) for c in COLUMNS) + " |")
+    lines.append(
+        f"| {start['arm']} | - | "
+        + " | ".join(_cell([start[c]] if start.get(c) is not None else []) for c in COLUMNS)
+        + " |"
+    )
     for arm in dict.fromkeys(r["arm"] for r in results):
         mine = [r for r in results if r["arm"] == arm]
         cells = [_cell([r[c] for r in mine if r[c] is not None]) for c in COLUMNS]
@@ -116,7 +153,7 @@ def results_table(results: list[dict], start: dict) -> str:
 def smoothed(points: list[tuple[float, float]], window: int) -> list[tuple[float, float]]:
     """Trailing moving average: per-step values come from 32 samples and are noisy."""
     values = [v for _, v in points]
-    return [(step, statistics.mean(values[max(0, i - window + 1):i + 1])) for i, (step, _) in enumerate(points)]
+    return [(step, statistics.mean(values[max(0, i - window + 1) : i + 1])) for i, (step, _) in enumerate(points)]
 
 
 def plot_curves(results: list[dict], runs: dict[str, list[dict]], out: Path, window: int = 5) -> list[Path]:
@@ -141,16 +178,21 @@ def plot_curves(results: list[dict], runs: dict[str, list[dict]], out: Path, win
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m wavalign.ablate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m wavalign.ablate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", default="pipeline.yaml")
     parser.add_argument("--task", choices=sorted(TASKS), default="hard")
     parser.add_argument("--arms", default="a,b,c,d,e")
     parser.add_argument("--seeds", default="1,2,3")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="applied after the task's settings")
-    parser.add_argument("--address", default=None, help="a running Ray cluster (or $RAY_ADDRESS); default: a new local one")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="applied after the task's settings"
+    )
+    parser.add_argument(
+        "--address", default=None, help="a running Ray cluster (or $RAY_ADDRESS); default: a new local one"
+    )
     args = parser.parse_args(argv)
     arms = args.arms.split(",")
     unknown = [a for a in arms if a not in ARMS]
@@ -166,7 +208,6 @@ def main(argv: list[str] | None = None) -> int:
 
     import pyarrow as pa
     import pyarrow.parquet as pq
-
     import ray
 
     from wavalign.atomic import write_text_atomic
@@ -189,14 +230,20 @@ def main(argv: list[str] | None = None) -> int:
                 runs[str(run_dir)] = pq.read_table(run_dir / "metrics.parquet").to_pylist()
                 results.append(summarise(runs[str(run_dir)], arm, seed, run_dir))
                 shown = ", ".join(f"{k} {results[-1][k]:.3f}" for k in COLUMNS if results[-1][k] is not None)
-                print(f"[{time.monotonic() - started_all:.0f}s] {ARMS[arm][0]} seed {seed} ({time.monotonic() - started:.0f}s): {shown}", flush=True)
+                print(
+                    f"[{time.monotonic() - started_all:.0f}s] {ARMS[arm][0]} seed {seed} "
+                    f"({time.monotonic() - started:.0f}s): {shown}",
+                    flush=True,
+                )
                 write_parquet_atomic(out / "results.parquet", pa.Table.from_pylist(results))
     finally:
         ray.shutdown()
     table = results_table(results, warm_start_row(list(runs.values())))
-    header = (f"# Ablation: {len(arms)} arms x {len(seeds)} seeds, {args.steps} steps, task '{args.task}'\n\n"
-              f"Settings on top of {args.config}: {' '.join(sets) or '(none)'}\n\n"
-              f"Step axes and reward: mean over each run's last quarter of steps; eval axes: the last evaluation.\n\n")
+    header = (
+        f"# Ablation: {len(arms)} arms x {len(seeds)} seeds, {args.steps} steps, task '{args.task}'\n\n"
+        f"Settings on top of {args.config}: {' '.join(sets) or '(none)'}\n\n"
+        f"Step axes and reward: mean over each run's last quarter of steps; eval axes: the last evaluation.\n\n"
+    )
     write_text_atomic(out / "results.md", header + table)
     plot_curves(results, runs, out)
     print(table)

@@ -16,7 +16,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-
 # The longest deadline any key takes: a week. Longer is a typo, and far larger values overflow the
 # timeouts of sockets, threads and Ray.
 MAX_TIMEOUT_S = 7 * 24 * 3600.0
@@ -31,7 +30,9 @@ class Section(BaseModel):
 
 
 class RunConfig(Section):
-    name: str = Field("wavalign", min_length=1, max_length=100, description="run name; the run dir is output_dir/name-<time>")
+    name: str = Field(
+        "wavalign", min_length=1, max_length=100, description="run name; the run dir is output_dir/name-<time>"
+    )
     output_dir: str = Field("runs", description="where run directories are created")
     seed: int = Field(42, description="global seed (method §10: 42)")
     steps: int = Field(2000, ge=1, description="optimizer steps (method: max_steps 2000)")
@@ -41,8 +42,10 @@ class RunConfig(Section):
     def _plain_name(cls, value: str) -> str:
         """The run directory is output_dir/<name>-<time>: a name must not lead anywhere else."""
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
-            raise ValueError(f"{value!r} is not a plain name (letters, digits, '.', '_', '-'; not starting with '.' or '-'): "
-                             "the run directory goes inside run.output_dir")
+            raise ValueError(
+                f"{value!r} is not a plain name (letters, digits, '.', '_', '-'; not starting with '.' or '-'): "
+                "the run directory goes inside run.output_dir"
+            )
         return value
 
 
@@ -91,11 +94,13 @@ class LayoutConfig(Section):
         return value
 
     @model_validator(mode="after")
-    def _check(self) -> "LayoutConfig":
+    def _check(self) -> LayoutConfig:
         if self.preset == "custom":
             missing = [name for name in LAYOUT_FIELDS if getattr(self, name) is None]
             if missing:
-                raise ConfigError(missing[0], f"preset 'custom' needs every layout field; missing: {', '.join(missing)}")
+                raise ConfigError(
+                    missing[0], f"preset 'custom' needs every layout field; missing: {', '.join(missing)}"
+                )
         return self
 
 
@@ -163,9 +168,11 @@ class WarmStartConfig(Section):
     check_every: int = Field(50, ge=1, description="steps between the stop checks (greedy, all train prompts)")
 
     @model_validator(mode="after")
-    def _check(self) -> "WarmStartConfig":
+    def _check(self) -> WarmStartConfig:
         if self.correct_rate_min > self.correct_rate_max:
-            raise ConfigError("correct_rate_min", f"{self.correct_rate_min} > correct_rate_max ({self.correct_rate_max})")
+            raise ConfigError(
+                "correct_rate_min", f"{self.correct_rate_min} > correct_rate_max ({self.correct_rate_max})"
+            )
         if self.min_steps > self.max_steps:
             raise ConfigError("min_steps", f"{self.min_steps} > max_steps ({self.max_steps})")
         return self
@@ -184,11 +191,12 @@ class ToyConfig(Section):
     num_layers: int = Field(4, ge=1)
     warm_start: WarmStartConfig = WarmStartConfig()
     noisy_sft_references: bool = Field(
-        False, description="each train row's SFT reference is one draw of the warm start's label noise (imperfect SFT data)"
+        False,
+        description="each train row's SFT reference is one draw of the warm start's label noise (imperfect SFT data)",
     )
 
     @model_validator(mode="after")
-    def _check(self) -> "ToyConfig":
+    def _check(self) -> ToyConfig:
         if self.min_word_tokens > self.max_word_tokens:
             raise ConfigError("min_word_tokens", f"{self.min_word_tokens} > max_word_tokens ({self.max_word_tokens})")
         if self.hidden_size % 64:
@@ -216,12 +224,20 @@ class RolloutConfig(Section):
     top_k: int = Field(0, ge=0, description="0 = off")
     max_new_tokens: int = Field(1024, ge=1)
     kv_cache_gib: float = Field(1, gt=0, description="vLLM CPU KV cache (VLLM_CPU_KVCACHE_SPACE)")
-    timeout_s: float = Field(600, gt=0, le=MAX_TIMEOUT_S, description="a generate call that takes longer is an error naming the worker")
-    start_timeout_s: float = Field(600, gt=0, le=MAX_TIMEOUT_S, description="a worker whose engine is not up by then is an error")
-    update_timeout_s: float = Field(120, gt=0, le=MAX_TIMEOUT_S, description="a weight update that takes longer is an error")
+    timeout_s: float = Field(
+        600, gt=0, le=MAX_TIMEOUT_S, description="a generate call that takes longer is an error naming the worker"
+    )
+    start_timeout_s: float = Field(
+        600, gt=0, le=MAX_TIMEOUT_S, description="a worker whose engine is not up by then is an error"
+    )
+    update_timeout_s: float = Field(
+        120, gt=0, le=MAX_TIMEOUT_S, description="a weight update that takes longer is an error"
+    )
     weight_bucket_mb: float = Field(64, gt=0, description="weights stream to workers in buckets of this size")
     weight_staging_dir: str = Field("/dev/shm", description="shared memory where a worker hands weights to vLLM")
-    groups_per_call: int = Field(0, ge=0, description="prompt groups per generate call; 0 = spread evenly, one call per worker")
+    groups_per_call: int = Field(
+        0, ge=0, description="prompt groups per generate call; 0 = spread evenly, one call per worker"
+    )
     max_redispatch: int = Field(2, ge=0, description="times a lost chunk of groups is re-sent after worker deaths")
     reproducible: bool = Field(
         True, description="seeded steps sample identically (exact resume); false = vLLM's multiprocess engine core"
@@ -229,7 +245,9 @@ class RolloutConfig(Section):
     weight_transfer: Literal["auto", "object_store", "nccl", "ipc"] = Field(
         "auto", description="how new weights reach vLLM; auto = object_store (ipc when colocated)"
     )
-    colocate: bool = Field(False, description="GPUs: rollout workers share the learner's GPUs; vLLM sleeps while it learns")
+    colocate: bool = Field(
+        False, description="GPUs: rollout workers share the learner's GPUs; vLLM sleeps while it learns"
+    )
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="GPUs: share of a rollout GPU that vLLM takes")
 
     @property
@@ -241,18 +259,23 @@ class RolloutConfig(Section):
         return "ipc" if self.colocate else "object_store"
 
     @model_validator(mode="after")
-    def _check(self) -> "RolloutConfig":
+    def _check(self) -> RolloutConfig:
         on_gpus = self.gpus_per_worker > 0
         if self.weight_transfer in ("nccl", "ipc") and not on_gpus:
             raise ConfigError(
-                "weight_transfer", f"{self.weight_transfer} needs GPUs: set rollout.gpus_per_worker > 0 (on CPU: auto or object_store)"
+                "weight_transfer",
+                f"{self.weight_transfer} needs GPUs: set rollout.gpus_per_worker > 0 (on CPU: auto or object_store)",
             )
         if self.colocate and not on_gpus:
             raise ConfigError("colocate", "needs GPUs (vLLM's sleep mode): set rollout.gpus_per_worker > 0")
         if self.weight_transfer == "nccl" and self.colocate:
-            raise ConfigError("weight_transfer", "nccl cannot put two ranks on one GPU; colocated workers use ipc (or auto)")
+            raise ConfigError(
+                "weight_transfer", "nccl cannot put two ranks on one GPU; colocated workers use ipc (or auto)"
+            )
         if self.weight_transfer == "ipc" and not self.colocate:
-            raise ConfigError("weight_transfer", "ipc shares CUDA memory within one GPU: it needs rollout.colocate: true")
+            raise ConfigError(
+                "weight_transfer", "ipc shares CUDA memory within one GPU: it needs rollout.colocate: true"
+            )
         return self
 
 
@@ -280,7 +303,7 @@ class JudgeConfig(Section):
     extra_body: dict[str, Any] = Field(default_factory=dict, description="merged into each request body")
 
     @model_validator(mode="after")
-    def _check(self) -> "JudgeConfig":
+    def _check(self) -> JudgeConfig:
         if self.url is not None and (problem := http_url_problem(self.url)):
             raise ConfigError("url", problem)
         if self.mode == "two_judges" and abs(self.semantic_weight + self.acoustic_weight - 1) > 1e-9:
@@ -307,10 +330,12 @@ class RewardConfig(Section):
     toy_flip_prob: float = Field(0.0, ge=0, le=1, description="... and the chance its right/wrong verdict is reversed")
     num_workers: int = Field(1, ge=1, description="reward workers")
     cpus_per_worker: float = Field(0.5, gt=0, description="mostly waiting on HTTP; little CPU")
-    timeout_s: float = Field(900, gt=0, le=MAX_TIMEOUT_S, description="a scoring call that takes longer is an error naming the worker")
+    timeout_s: float = Field(
+        900, gt=0, le=MAX_TIMEOUT_S, description="a scoring call that takes longer is an error naming the worker"
+    )
 
     @model_validator(mode="after")
-    def _check(self) -> "RewardConfig":
+    def _check(self) -> RewardConfig:
         if self.scale_max <= self.scale_min:
             raise ConfigError("scale_max", f"{self.scale_max} must be > scale_min ({self.scale_min})")
         if not self.scale_min <= self.default_score <= self.scale_max:
@@ -322,7 +347,9 @@ class RewardConfig(Section):
             raise ConfigError("functions", f"each function at most once, got {names}")
         total = sum(f.weight for f in self.functions)
         if abs(total - 1) > 1e-9:
-            raise ConfigError("functions", f"weights sum to {total:g}; they must sum to 1 so the total stays on the scale")
+            raise ConfigError(
+                "functions", f"weights sum to {total:g}; they must sum to 1 so the total stays on the scale"
+            )
         if "reward_model" in names and not self.reward_model_path:
             raise ConfigError("reward_model_path", "required when 'reward_model' is among the functions")
         return self
@@ -346,13 +373,18 @@ class AlgorithmConfig(Section):
     dpo_beta: float = Field(0.2, gt=0, description="method §15.10: the script's 0.2")
     dpo_token_type: Literal["text", "speech", "all"] = Field("text", description="tokens whose log-probs DPO compares")
     dpo_sft_weight: float = Field(
-        0.0, ge=0, description="an SFT anchor on the chosen side (sft_token_type tokens) added to DPO; method §15.9: off"
+        0.0,
+        ge=0,
+        description="an SFT anchor on the chosen side (sft_token_type tokens) added to DPO; method §15.9: off",
     )
     dpo_pairs: Literal["online", "offline"] = Field(
-        "online", description="DPO pairs: each step's own groups (best vs worst response), or the data's rows "
-        "(reference = chosen, rejected_token_ids = rejected; python -m learner.dpo_pairs --from-rollouts makes them)"
+        "online",
+        description="DPO pairs: each step's own groups (best vs worst response), or the data's rows "
+        "(reference = chosen, rejected_token_ids = rejected; python -m learner.dpo_pairs --from-rollouts makes them)",
     )
-    dpo_min_score_gap: float = Field(1.0, ge=0, description="online pairs: a group's best and worst reward differ by at least this")
+    dpo_min_score_gap: float = Field(
+        1.0, ge=0, description="online pairs: a group's best and worst reward differ by at least this"
+    )
     dpo_chosen: Literal["best", "reference"] = Field(
         "best", description="online pairs: the chosen side is the group's best response, or the prompt's reference"
     )
@@ -373,7 +405,9 @@ class TrainConfig(Section):
         0, ge=0, le=1, description="0 = on-policy; 1 = the next step's rollouts are sampled while the learner trains"
     )
     eval_every: int = Field(0, ge=0, description="steps between evaluations on the eval split; 0 = never")
-    checkpoint_every: int = Field(10, ge=0, description="steps between checkpoints (also at the end and on SIGTERM); 0 = only those")
+    checkpoint_every: int = Field(
+        10, ge=0, description="steps between checkpoints (also at the end and on SIGTERM); 0 = only those"
+    )
     keep_checkpoints: int = Field(3, ge=1, description="the newest this many checkpoints are kept")
 
 
@@ -392,7 +426,9 @@ class LearnerConfig(Section):
     schedule: Literal["cosine", "linear", "constant"] = Field("cosine", description="after warm-up (method §15.5)")
     micro_batch_rows: int = Field(8, ge=1, description="sequences per forward/backward; gradients accumulate")
     grad_norm_every: int = Field(10, ge=0, description="steps between per-modality gradient norms; 0 = never")
-    timeout_s: float = Field(1800, gt=0, le=MAX_TIMEOUT_S, description="a learner call that takes longer is an error naming the rank")
+    timeout_s: float = Field(
+        1800, gt=0, le=MAX_TIMEOUT_S, description="a learner call that takes longer is an error naming the rank"
+    )
     torch_threads: int = Field(0, ge=0, description="CPU threads of each learner's torch; 0 = Ray's setting (its CPUs)")
 
     @field_validator("adam_betas", mode="before")
@@ -420,7 +456,7 @@ class PipelineConfig(Section):
     learner: LearnerConfig = LearnerConfig()
 
     @model_validator(mode="after")
-    def _cross_field(self) -> "PipelineConfig":
+    def _cross_field(self) -> PipelineConfig:
         group, batch = self.rollout.group_size, self.train.rollout_batch_size
         if batch % group:
             raise ConfigError("train.rollout_batch_size", f"{batch} is not divisible by rollout.group_size ({group})")

@@ -28,12 +28,18 @@ class _Loader(yaml.SafeLoader):
             key = self.construct_object(key_node, deep=True)
             if key in seen:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"key {key!r} appears twice in one mapping (first on line {seen[key] + 1})", key_node.start_mark)
+                    None,
+                    None,
+                    f"key {key!r} appears twice in one mapping (first on line {seen[key] + 1})",
+                    key_node.start_mark,
+                )
             seen[key] = key_node.start_mark.line
         return super().construct_mapping(node, deep=deep)
 
 
-_FLOAT_1_2 = re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?$|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$")
+_FLOAT_1_2 = re.compile(
+    r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?$|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$"
+)
 # Tried after SafeLoader's own resolvers, so integers stay integers and only what YAML 1.1 left a
 # string (1e-6) becomes a float.
 _Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_1_2, list("-+0123456789."))
@@ -72,7 +78,9 @@ def read_tree(path: Path) -> dict[str, Any]:
     except OSError as err:
         raise InvalidConfig([f"--config: cannot read {path} ({err.strerror})"]) from None
     except UnicodeDecodeError as err:
-        raise InvalidConfig([f"{path}: not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start})"]) from None
+        raise InvalidConfig(
+            [f"{path}: not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start})"]
+        ) from None
     try:
         tree = parse_yaml(text)
     except yaml.YAMLError as err:
@@ -95,7 +103,9 @@ class _Dumper(yaml.SafeDumper):
     """Sections as blocks, lists inline: `interleave_ratio: [2, 8, 3, 8]`."""
 
 
-_Dumper.add_representer(list, lambda dumper, value: dumper.represent_sequence("tag:yaml.org,2002:seq", value, flow_style=True))
+_Dumper.add_representer(
+    list, lambda dumper, value: dumper.represent_sequence("tag:yaml.org,2002:seq", value, flow_style=True)
+)
 
 
 def config_yaml(cfg: PipelineConfig) -> str:

@@ -182,9 +182,13 @@ def _validate(record: Any, default_id: str, vocab_size: int, max_prompt_tokens: 
             raise _RowProblem(name, f"expected a string, got {type(record[name]).__name__}")
     prompt = _token_ids(record, "prompt_token_ids", vocab_size)
     if len(prompt) > max_prompt_tokens:
-        raise _RowProblem("prompt_token_ids", f"{len(prompt)} tokens exceed data.max_prompt_tokens ({max_prompt_tokens})")
+        raise _RowProblem(
+            "prompt_token_ids", f"{len(prompt)} tokens exceed data.max_prompt_tokens ({max_prompt_tokens})"
+        )
     known = {"id", "answer", "rejected_token_ids", *REQUIRED_FIELDS}
-    rejected = _token_ids(record, "rejected_token_ids", vocab_size) if record.get("rejected_token_ids") is not None else None
+    rejected = (
+        _token_ids(record, "rejected_token_ids", vocab_size) if record.get("rejected_token_ids") is not None else None
+    )
     return PromptRow(
         row_id=_row_id(record, default_id),
         prompt_token_ids=prompt,
@@ -201,7 +205,11 @@ def _check_messages(messages: Any) -> None:
     if not isinstance(messages, list) or not messages:
         raise _RowProblem("messages", "expected a non-empty list of {role, content} turns")
     for i, turn in enumerate(messages):
-        if not isinstance(turn, dict) or not isinstance(turn.get("role"), str) or not isinstance(turn.get("content"), str):
+        if (
+            not isinstance(turn, dict)
+            or not isinstance(turn.get("role"), str)
+            or not isinstance(turn.get("content"), str)
+        ):
             raise _RowProblem("messages", f"turn {i} is not a {{role, content}} object of strings")
     if not any(turn["role"] == "user" for turn in messages):
         raise _RowProblem("messages", "has no user turn")
@@ -215,7 +223,9 @@ def _token_ids(record: dict[str, Any], name: str, vocab_size: int) -> tuple[int,
         if not isinstance(token, int) or isinstance(token, bool):
             raise _RowProblem(name, f"position {position}: {token!r} is not an integer token id")
         if not 0 <= token < vocab_size:
-            raise _RowProblem(name, f"position {position}: token id {token} is outside the vocabulary [0, {vocab_size})")
+            raise _RowProblem(
+                name, f"position {position}: token id {token} is outside the vocabulary [0, {vocab_size})"
+            )
     return tuple(ids)
 
 

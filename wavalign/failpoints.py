@@ -2,7 +2,8 @@
 instead of racing a timer (kill -9 "somewhere in step 2").
 
 Off unless WAVALIGN_FAILPOINTS names a JSON file, {point: action}, which a test may write (atomically)
-at any time while a run goes (anything else there is an error naming the file). Each armed point fires once, at its next hit in any process of the run
+at any time while a run goes (anything else there is an error naming the file). Each armed point fires once,
+at its next hit in any process of the run
 (a worker, its replacement, the driver): the first process to reach it claims it by creating
 `<file>.<point>.fired`. Actions:
     exit     the process dies on the spot, as under kill -9 (os._exit)

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from wavalign.config import LAYOUT_FIELDS, LayoutConfig, check_interleave_ratio
 
+
 class TokenizerLike(Protocol):
     def get_vocab(self) -> dict[str, int]: ...
 

@@ -19,8 +19,14 @@ PANELS = {
     "losses": ("loss", ["loss", "rl_loss", "sft_loss"]),
     "entropy": ("entropy (nats)", ["text_entropy", "speech_entropy"]),
     "grad_norms": ("gradient norm", ["grad_norm", "grad_norm_text", "grad_norm_speech"]),
-    "samples": ("the step's samples", ["rollout_semantic_accuracy", "rollout_acoustic_wer", "rollout_speech_js_divergence"]),
-    "evaluation": ("evaluation", ["eval_semantic_accuracy", "eval_acoustic_wer", "eval_speech_js_divergence", "eval_well_formed_frac"]),
+    "samples": (
+        "the step's samples",
+        ["rollout_semantic_accuracy", "rollout_acoustic_wer", "rollout_speech_js_divergence"],
+    ),
+    "evaluation": (
+        "evaluation",
+        ["eval_semantic_accuracy", "eval_acoustic_wer", "eval_speech_js_divergence", "eval_well_formed_frac"],
+    ),
 }
 
 
@@ -70,8 +76,9 @@ def render(run_dir: Path, out_dir: Path) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m wavalign.report", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m wavalign.report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--out", type=Path, default=None, help="default: RUN_DIR/report")
     args = parser.parse_args(argv)

@@ -11,16 +11,39 @@ import pytest
 
 from tests.gpu.conftest import HIDDEN, LAYERS, ROOT
 
-GPU_SETS = ["model.dtype=bfloat16", "learner.precision=bfloat16", "rollout.gpus_per_worker=0.4",
-            "learner.gpus_per_worker=0.4", "rollout.gpu_memory_utilization=0.3", "rollout.weight_transfer=object_store",
-            f"toy.assets_dir={ROOT / '.assets' / 'toy'}"]
+GPU_SETS = [
+    "model.dtype=bfloat16",
+    "learner.precision=bfloat16",
+    "rollout.gpus_per_worker=0.4",
+    "learner.gpus_per_worker=0.4",
+    "rollout.gpu_memory_utilization=0.3",
+    "rollout.weight_transfer=object_store",
+    f"toy.assets_dir={ROOT / '.assets' / 'toy'}",
+]
 BENCHMARKS = [
-    pytest.param(["benchmarks/rollout.py", "--prompts", "64", "--repeats", "2", "--sync-hidden", str(HIDDEN),
-                  "--sync-layers", str(LAYERS)], "pool / bare tokens/s", id="rollout"),
-    pytest.param(["benchmarks/learner.py", "--prompts", "8", "--repeats", "3", "--hidden", str(HIDDEN),
-                  "--layers", str(LAYERS)], "learner / bare torch tokens/s", id="learner"),
-    pytest.param(["benchmarks/step.py", "--steps", "4", "--hidden", str(HIDDEN), "--layers", str(LAYERS)],
-                 "speed-up", id="step"),
+    pytest.param(
+        [
+            "benchmarks/rollout.py",
+            "--prompts",
+            "64",
+            "--repeats",
+            "2",
+            "--sync-hidden",
+            str(HIDDEN),
+            "--sync-layers",
+            str(LAYERS),
+        ],
+        "pool / bare tokens/s",
+        id="rollout",
+    ),
+    pytest.param(
+        ["benchmarks/learner.py", "--prompts", "8", "--repeats", "3", "--hidden", str(HIDDEN), "--layers", str(LAYERS)],
+        "learner / bare torch tokens/s",
+        id="learner",
+    ),
+    pytest.param(
+        ["benchmarks/step.py", "--steps", "4", "--hidden", str(HIDDEN), "--layers", str(LAYERS)], "speed-up", id="step"
+    ),
 ]
 
 

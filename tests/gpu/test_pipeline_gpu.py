@@ -16,11 +16,21 @@ from tests.gpu.conftest import ROOT, policy_sets
 @pytest.mark.timeout(1800)
 def test_two_steps_on_one_gpu(policy_05b, toy_assets, tmp_path):
     sets = policy_sets(
-        policy_05b, toy_assets,
-        **{"rollout.gpus_per_worker": "0.4", "learner.gpus_per_worker": "0.4", "rollout.gpu_memory_utilization": "0.3",
-           "rollout.weight_transfer": "object_store", "rollout.max_new_tokens": "64", "learner.zero_stage": "2",
-           "run.steps": "2", "run.name": "gpu", "run.output_dir": str(tmp_path), "train.eval_every": "0",
-           "train.checkpoint_every": "0"},
+        policy_05b,
+        toy_assets,
+        **{
+            "rollout.gpus_per_worker": "0.4",
+            "learner.gpus_per_worker": "0.4",
+            "rollout.gpu_memory_utilization": "0.3",
+            "rollout.weight_transfer": "object_store",
+            "rollout.max_new_tokens": "64",
+            "learner.zero_stage": "2",
+            "run.steps": "2",
+            "run.name": "gpu",
+            "run.output_dir": str(tmp_path),
+            "train.eval_every": "0",
+            "train.checkpoint_every": "0",
+        },
     )
     command = [sys.executable, "launch.py", "--config", "pipeline.yaml", *(arg for s in sets for arg in ("--set", s))]
     out = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=1700)
@@ -34,5 +44,16 @@ def test_two_steps_on_one_gpu(policy_05b, toy_assets, tmp_path):
     assert all(math.isfinite(r["loss"]) and r["response_tokens"] > 0 for r in rows)
     assert rows[-1]["policy_version"] >= 1
     for r in rows:  # the step split, for the note (pytest -s)
-        print({k: round(r[k], 3) for k in ("step_seconds", "generation_seconds", "reward_wait_seconds", "learn_seconds",
-                                           "sync_seconds", "rollout_tokens_per_s")})
+        print(
+            {
+                k: round(r[k], 3)
+                for k in (
+                    "step_seconds",
+                    "generation_seconds",
+                    "reward_wait_seconds",
+                    "learn_seconds",
+                    "sync_seconds",
+                    "rollout_tokens_per_s",
+                )
+            }
+        )

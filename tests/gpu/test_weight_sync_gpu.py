@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tests.gpu.conftest import ROOT, gpu_count, policy_sets
+from tests.gpu.conftest import ROOT, policy_sets
 
 CASES = [
     pytest.param("ipc", 2, id="ipc-zero2"),
@@ -78,8 +78,9 @@ def step_batch(cfg, prompt, continuation):
 
 @pytest.mark.timeout(1800)
 @pytest.mark.parametrize("backend,zero_stage", CASES)
-def test_after_a_sync_vllm_scores_like_the_learner(backend, zero_stage, ray_gpu, policy_05b, other_checkpoint,
-                                                   toy_assets, sequence, record_property):
+def test_after_a_sync_vllm_scores_like_the_learner(
+    backend, zero_stage, ray_gpu, policy_05b, other_checkpoint, toy_assets, sequence, record_property
+):
     from actors.learner import LearnerWorker
     from actors.pool import RolloutPool
     from wavalign.config_file import read_config
@@ -87,13 +88,22 @@ def test_after_a_sync_vllm_scores_like_the_learner(backend, zero_stage, ray_gpu,
 
     ray, colocated = ray_gpu, backend == "ipc"
     share = 0.4 if colocated else 1
-    cfg = read_config(ROOT / "pipeline.yaml", policy_sets(
-        policy_05b, toy_assets,
-        **{"rollout.weight_transfer": backend, "rollout.colocate": str(colocated).lower(),
-           "rollout.gpus_per_worker": str(share), "learner.gpus_per_worker": str(share),
-           "rollout.gpu_memory_utilization": "0.3" if colocated else "0.8", "learner.zero_stage": str(zero_stage),
-           "learner.warmup_steps": "0"},  # every learner step changes the weights
-    ))
+    cfg = read_config(
+        ROOT / "pipeline.yaml",
+        policy_sets(
+            policy_05b,
+            toy_assets,
+            **{
+                "rollout.weight_transfer": backend,
+                "rollout.colocate": str(colocated).lower(),
+                "rollout.gpus_per_worker": str(share),
+                "learner.gpus_per_worker": str(share),
+                "rollout.gpu_memory_utilization": "0.3" if colocated else "0.8",
+                "learner.zero_stage": str(zero_stage),
+                "learner.warmup_steps": "0",
+            },  # every learner step changes the weights
+        ),
+    )
     learner = ray.remote(num_gpus=share)(LearnerWorker).remote(str(policy_05b), cfg, master_port=free_port())
     pool = RolloutPool(cfg, str(other_checkpoint), log=print, wait=False)  # the pipeline's pool and sync path
     try:
@@ -112,7 +122,9 @@ def test_after_a_sync_vllm_scores_like_the_learner(backend, zero_stage, ray_gpu,
         for version in (1, 2, 3):
             if colocated:
                 pool.sleep()  # where a learner step runs (wavalign/pipeline/run.py: learn)
-            ray.get(learner.train_step.remote(step_batch(cfg, prompt, continuation)), timeout=600)  # new weights each time
+            ray.get(
+                learner.train_step.remote(step_batch(cfg, prompt, continuation)), timeout=600
+            )  # new weights each time
             expected = ray.get(learner.continuation_logprobs.remote(prompt, continuation), timeout=300)
             learned.append(expected)
             started = time.perf_counter()
@@ -125,10 +137,14 @@ def test_after_a_sync_vllm_scores_like_the_learner(backend, zero_stage, ray_gpu,
             after = ray.get(worker.continuation_logprobs.remote(prompt, continuation), timeout=300)
             assert ray.get(worker.ready.remote(), timeout=60)["policy_version"] == version
             # bfloat16 on both sides, different kernels (vLLM vs HF eager): equal up to rounding
-            assert mean_abs(after, expected) <= 0.05 and max(abs(a - b) for a, b in zip(after, expected)) <= 0.3, version
+            assert mean_abs(after, expected) <= 0.05 and max(abs(a - b) for a, b in zip(after, expected)) <= 0.3, (
+                version
+            )
         assert mean_abs(learned[0], learned[-1]) > 0.05  # the three syncs really sent different weights
         record_property("sync_seconds", seconds)
-        print(f"{backend} zero{zero_stage}: sync seconds {[round(s, 4) for s in seconds]} (warm: {min(seconds[1:]):.4f})")
+        print(
+            f"{backend} zero{zero_stage}: sync seconds {[round(s, 4) for s in seconds]} (warm: {min(seconds[1:]):.4f})"
+        )
         ray.get(learner.close_weight_sync.remote(), timeout=300)
     finally:
         pool.shutdown()

@@ -36,9 +36,20 @@ def _start_head(log: Path) -> tuple[subprocess.Popen, HeadNode]:
     port, dashboard, agent, metrics = free_port(), free_port(), free_port(), free_port()
     # Every port chosen here: Ray's defaults (e.g. the dashboard agent's 52365) may be taken by
     # another cluster on this machine, e.g. the one the README's main command starts on its own.
-    command = [RAY, "start", "--head", "--block", f"--port={port}", f"--num-cpus={SESSION_CPUS}",
-               "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-               f"--dashboard-agent-listen-port={agent}", f"--metrics-export-port={metrics}", "--disable-usage-stats"]
+    command = [
+        RAY,
+        "start",
+        "--head",
+        "--block",
+        f"--port={port}",
+        f"--num-cpus={SESSION_CPUS}",
+        "--include-dashboard=true",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dashboard}",
+        f"--dashboard-agent-listen-port={agent}",
+        f"--metrics-export-port={metrics}",
+        "--disable-usage-stats",
+    ]
     with open(log, "w") as out:
         head = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     return head, HeadNode(f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard}", metrics, log)
@@ -95,7 +106,10 @@ def _wait_for_gcs(head: subprocess.Popen, node: HeadNode, timeout: float) -> boo
     """Until the node says it is up (`ray status` answers), or the command exits or times out."""
     deadline = time.monotonic() + timeout
     while head.poll() is None and time.monotonic() < deadline:
-        if subprocess.run([RAY, "status", "--address", node.gcs_address], capture_output=True, timeout=60).returncode == 0:
+        if (
+            subprocess.run([RAY, "status", "--address", node.gcs_address], capture_output=True, timeout=60).returncode
+            == 0
+        ):
             return True
         time.sleep(1)
     return False
@@ -126,8 +140,12 @@ def job_server(head_node) -> str:
     job agent has registered ("No available agent to submit job"), so a trivial job is the test."""
     deadline = time.monotonic() + 180
     while True:
-        done = subprocess.run([RAY, "job", "submit", "--address", head_node.dashboard_url, "--", "true"],
-                              capture_output=True, text=True, timeout=120)
+        done = subprocess.run(
+            [RAY, "job", "submit", "--address", head_node.dashboard_url, "--", "true"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         if done.returncode == 0:
             return head_node.dashboard_url
         if time.monotonic() > deadline:

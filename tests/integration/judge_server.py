@@ -55,8 +55,14 @@ REPLIES = {
 
 
 class JudgeServer:
-    def __init__(self, slow_seconds: float = 2.0, flaky_failures: int = 2, retry_after: float = 1.0,
-                 trickle_seconds: float = 0.2, redirect_to: str | None = None) -> None:
+    def __init__(
+        self,
+        slow_seconds: float = 2.0,
+        flaky_failures: int = 2,
+        retry_after: float = 1.0,
+        trickle_seconds: float = 0.2,
+        redirect_to: str | None = None,
+    ) -> None:
         self.slow_seconds, self.flaky_failures, self.retry_after = slow_seconds, flaky_failures, retry_after
         self.trickle_seconds, self.redirect_to = trickle_seconds, redirect_to
         self.hits: Counter[str] = Counter()
@@ -94,8 +100,14 @@ class JudgeServer:
                 if mode == "fail" or (mode == "flaky" and early):
                     return self._send(500, b'{"error": "boom"}')
                 if mode in ("ratelimit", "ratelimit_date", "unavailable") and early:
-                    wait = str(server.retry_after) if mode != "ratelimit_date" else formatdate(time.time() + server.retry_after, usegmt=True)
-                    return self._send(503 if mode == "unavailable" else 429, b'{"error": "later"}', {"Retry-After": wait})
+                    wait = (
+                        str(server.retry_after)
+                        if mode != "ratelimit_date"
+                        else formatdate(time.time() + server.retry_after, usegmt=True)
+                    )
+                    return self._send(
+                        503 if mode == "unavailable" else 429, b'{"error": "later"}', {"Retry-After": wait}
+                    )
                 if mode == "redirect":
                     return self._send(302, b"", {"Location": server.redirect_to})
                 if mode in REPLIES:
@@ -106,7 +118,11 @@ class JudgeServer:
                     return TRANSPORT[mode](self)
                 if mode == "slow":
                     time.sleep(server.slow_seconds)
-                text = "<score>3</score>" if mode in ("flaky", "ratelimit", "ratelimit_date", "unavailable", "chaos") else OK_TEXT
+                text = (
+                    "<score>3</score>"
+                    if mode in ("flaky", "ratelimit", "ratelimit_date", "unavailable", "chaos")
+                    else OK_TEXT
+                )
                 self._send(200, chat(text))
 
             def _send(self, status, payload, headers=None):
@@ -142,7 +158,10 @@ class JudgeServer:
 
             def _trickle(self, body_only=False):
                 payload = chat(OK_TEXT)
-                head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n" + f"Content-Length: {len(payload)}\r\n\r\n".encode()
+                head = (
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                    + f"Content-Length: {len(payload)}\r\n\r\n".encode()
+                )
                 reply, from_byte = head + payload, len(head) if body_only else 0
                 self.wfile.write(reply[:from_byte])
                 for i in range(from_byte, len(reply)):
@@ -157,8 +176,13 @@ class JudgeServer:
                 self._drop()
 
         TRANSPORT = {
-            "reset": Handler._reset, "close": Handler._drop, "nothttp": Handler._nothttp, "truncated": Handler._truncated,
-            "hang": Handler._hang, "trickle": lambda handler: handler._trickle(body_only=True), "trickle_headers": Handler._trickle,
+            "reset": Handler._reset,
+            "close": Handler._drop,
+            "nothttp": Handler._nothttp,
+            "truncated": Handler._truncated,
+            "hang": Handler._hang,
+            "trickle": lambda handler: handler._trickle(body_only=True),
+            "trickle_headers": Handler._trickle,
             "huge_headers": Handler._huge_headers,
         }
         CHAOS = {1: "reset", 4: "reset", 7: "reset", 9: "hang"}

@@ -19,11 +19,22 @@ from wavalign.failpoints import ENV as FAILPOINTS_ENV
 
 # Every run of these tests: 4 steps of the embedded default, evaluation and per-modality gradient
 # norms on, so that every column is filled.
-DEFAULT_SETS = {"run.steps": "4", "train.eval_every": "2", "train.checkpoint_every": "2", "learner.grad_norm_every": "1"}
+DEFAULT_SETS = {
+    "run.steps": "4",
+    "train.eval_every": "2",
+    "train.checkpoint_every": "2",
+    "learner.grad_norm_every": "1",
+}
 
 
 def launch_args(root: Path, name: str, assets, extra: dict[str, str] | None = None) -> list[str]:
-    sets = {"run.name": name, "run.output_dir": str(root), "toy.assets_dir": str(assets.root), **DEFAULT_SETS, **(extra or {})}
+    sets = {
+        "run.name": name,
+        "run.output_dir": str(root),
+        "toy.assets_dir": str(assets.root),
+        **DEFAULT_SETS,
+        **(extra or {}),
+    }
     return ["--config", "pipeline.yaml", *(a for key, value in sets.items() for a in ("--set", f"{key}={value}"))]
 
 
@@ -36,8 +47,14 @@ class Job:
         joins = ["--address", address] if address else []
         environment = {key: value for key, value in os.environ.items() if address or key != "RAY_ADDRESS"}
         with open(log_path, "w") as log:
-            self.process = subprocess.Popen([sys.executable, "launch.py", *args, *joins], cwd=ROOT,
-                                            stdout=log, stderr=subprocess.STDOUT, text=True, env={**environment, **(env or {})})
+            self.process = subprocess.Popen(
+                [sys.executable, "launch.py", *args, *joins],
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                text=True,
+                env={**environment, **(env or {})},
+            )
 
     def running(self) -> bool:
         return self.process.poll() is None
@@ -66,8 +83,12 @@ def submit_job(job_server: str, args: list[str], log_path: Path) -> subprocess.P
     by tests/conftest.py); the CLI follows the job's output until it ends."""
     command = f"cd {shlex.quote(str(ROOT))} && {shlex.quote(sys.executable)} launch.py {shlex.join(args)}"
     with open(log_path, "w") as log:
-        return subprocess.Popen([RAY, "job", "submit", "--address", job_server, "--", "bash", "-c", command],
-                                stdout=log, stderr=subprocess.STDOUT, text=True)
+        return subprocess.Popen(
+            [RAY, "job", "submit", "--address", job_server, "--", "bash", "-c", command],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
 
 
 def run_dir_of(root: Path, name: str) -> Path:

@@ -13,9 +13,31 @@ from tests.integration.conftest import ROOT
 def test_ablation_command_writes_the_table_and_the_curves(tmp_path, address, toy_assets):
     out = tmp_path / "ablation"
     done = subprocess.run(
-        [sys.executable, "-m", "wavalign.ablate", "--task", "default", "--arms", "a", "--seeds", "7", "--steps", "2",
-         "--out", str(out), "--address", address, "--set", f"toy.assets_dir={toy_assets.root}", "--set", "train.eval_every=2"],
-        cwd=ROOT, capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            "-m",
+            "wavalign.ablate",
+            "--task",
+            "default",
+            "--arms",
+            "a",
+            "--seeds",
+            "7",
+            "--steps",
+            "2",
+            "--out",
+            str(out),
+            "--address",
+            address,
+            "--set",
+            f"toy.assets_dir={toy_assets.root}",
+            "--set",
+            "train.eval_every=2",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     results = pq.read_table(out / "results.parquet").to_pylist()

@@ -14,9 +14,14 @@ import pytest
 from tests.integration.conftest import ROOT
 
 BENCHMARKS = [
-    pytest.param(["benchmarks/learner.py", "--prompts", "2", "--repeats", "1"], "learner / bare torch tokens/s = ", id="learner"),
-    pytest.param(["benchmarks/rollout.py", "--prompts", "4", "--repeats", "1", "--sync-hidden", "512", "--sync-layers", "4"],
-                 "pool / bare tokens/s = ", id="rollout"),
+    pytest.param(
+        ["benchmarks/learner.py", "--prompts", "2", "--repeats", "1"], "learner / bare torch tokens/s = ", id="learner"
+    ),
+    pytest.param(
+        ["benchmarks/rollout.py", "--prompts", "4", "--repeats", "1", "--sync-hidden", "512", "--sync-layers", "4"],
+        "pool / bare tokens/s = ",
+        id="rollout",
+    ),
 ]
 # benchmarks/step.py measures its pipeline side from the main job (test_pipeline.py): the reference
 # loop alone runs here.
@@ -36,8 +41,14 @@ def test_benchmark_runs_and_prints_its_ratio(command, ratio_line, toy_assets, ad
 
 def run_benchmark(command: list[str], ratio_line: str, address: str) -> str:
     """Run a benchmark script on the session cluster: its output, whose ratio line has ratios > 0."""
-    out = subprocess.run([sys.executable, *command], cwd=ROOT, env={**os.environ, "RAY_ADDRESS": address},
-                         capture_output=True, text=True, timeout=900)
+    out = subprocess.run(
+        [sys.executable, *command],
+        cwd=ROOT,
+        env={**os.environ, "RAY_ADDRESS": address},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     (line,) = [line for line in out.stdout.splitlines() if line.startswith(ratio_line)]
     ratios = [float(x) for x in re.findall(r"(?:= |up )([0-9]+\.[0-9]+)x?", line)]
@@ -47,8 +58,16 @@ def run_benchmark(command: list[str], ratio_line: str, address: str) -> str:
 
 def test_a_pipeline_run_that_is_not_one_is_a_one_line_error(tmp_path):
     (tmp_path / "config.yaml").write_text((ROOT / "pipeline.yaml").read_text())
-    for run_dir, expected in ((tmp_path / "nope", "config.yaml not found"), (tmp_path, "no metrics.parquet (not a run directory)")):
-        out = subprocess.run([sys.executable, "benchmarks/step.py", "--pipeline-run", str(run_dir)], cwd=ROOT,
-                             capture_output=True, text=True, timeout=120)
+    for run_dir, expected in (
+        (tmp_path / "nope", "config.yaml not found"),
+        (tmp_path, "no metrics.parquet (not a run directory)"),
+    ):
+        out = subprocess.run(
+            [sys.executable, "benchmarks/step.py", "--pipeline-run", str(run_dir)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         lines = out.stderr.strip().splitlines()
         assert out.returncode == 1 and len(lines) == 1 and expected in lines[0], out.stderr

@@ -17,12 +17,20 @@ def test_one_step_matches_torch_adamw(toy_assets, dist_port, stage):
 
     # Adam's first step linear in the gradient (eps 1.0), so the two float32 paths (DeepSpeed's flat
     # partitions vs torch's per-parameter tensors) compare to their rounding: see tests/numerics.py
-    cfg = LearnerConfig(zero_stage=stage, precision="float32", learning_rate=1e-3, warmup_steps=0, schedule="constant",
-                        adam_eps=LINEAR_ADAM_EPS)
+    cfg = LearnerConfig(
+        zero_stage=stage,
+        precision="float32",
+        learning_rate=1e-3,
+        warmup_steps=0,
+        schedule="constant",
+        adam_eps=LINEAR_ADAM_EPS,
+    )
     engine = DeepSpeedEngine(str(toy_assets.model_dir), cfg, total_steps=10, master_port=dist_port)
     reference = AutoModelForCausalLM.from_pretrained(toy_assets.model_dir)
     before = snapshot(reference.named_parameters())
-    optimizer = torch.optim.AdamW(reference.parameters(), lr=1e-3, betas=(0.9, 0.95), eps=LINEAR_ADAM_EPS, weight_decay=0.01)
+    optimizer = torch.optim.AdamW(
+        reference.parameters(), lr=1e-3, betas=(0.9, 0.95), eps=LINEAR_ADAM_EPS, weight_decay=0.01
+    )
     torch.manual_seed(stage)
     ids = torch.randint(0, reference.config.vocab_size, (4, 12))
 

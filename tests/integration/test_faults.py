@@ -32,12 +32,24 @@ import pytest
 from tests.integration.conftest import ROOT
 from tests.integration.judge_server import JudgeServer
 from tests.integration.pipeline_jobs import (
-    Failpoints, Job, launch_args, metrics_rows, rollout_rows, rows_so_far, run_dir_of, wait_until)
+    Failpoints,
+    Job,
+    launch_args,
+    metrics_rows,
+    rollout_rows,
+    rows_so_far,
+    run_dir_of,
+    wait_until,
+)
 
 FAULT_SETS = {
-    "run.steps": "40", "train.eval_every": "0", "train.checkpoint_every": "0", "learner.grad_norm_every": "0",
+    "run.steps": "40",
+    "train.eval_every": "0",
+    "train.checkpoint_every": "0",
+    "learner.grad_norm_every": "0",
     "rollout.cpus_per_worker": "0.5",
-    "reward.functions": "[{name: toy_answer, weight: 0.5}, {name: judge, weight: 0.5}]", "reward.judge.backoff_s": "0.01",
+    "reward.functions": "[{name: toy_answer, weight: 0.5}, {name: judge, weight: 0.5}]",
+    "reward.judge.backoff_s": "0.01",
 }
 FLAKY_FAILURES = 2
 # How each fault shows in the run's log (the first line that has all the words).
@@ -67,8 +79,12 @@ def step_of(output: str, words: tuple[str, ...]) -> int:
 def came_up_after_failed_start(output: str) -> bool:
     """A rollout worker came up after the one that failed to start (its replacement)."""
     lines = output.splitlines()
-    failed = [i for i, line in enumerate(lines) if line.startswith("rollout pool: rollout-") and "failed to start" in line]
-    return bool(failed) and any(re.fullmatch(r"rollout pool: rollout-\w+-\d+ up \(pid \d+\)", line) for line in lines[failed[0]:])
+    failed = [
+        i for i, line in enumerate(lines) if line.startswith("rollout pool: rollout-") and "failed to start" in line
+    ]
+    return bool(failed) and any(
+        re.fullmatch(r"rollout pool: rollout-\w+-\d+ up \(pid \d+\)", line) for line in lines[failed[0] :]
+    )
 
 
 def live_workers(output: str, kind: str) -> dict[str, int]:
@@ -125,18 +141,33 @@ def faults(tmp_path_factory, address, toy_assets) -> FaultRun:
 
     try:
         wait_until(lambda: rows(), job, "step 1")
-        scale = subprocess.run([sys.executable, "launch.py", "scale", "--workers", "2", "--run", "faults", "--address", address],
-                               cwd=ROOT, capture_output=True, text=True, timeout=120)
+        scale = subprocess.run(
+            [sys.executable, "launch.py", "scale", "--workers", "2", "--run", "faults", "--address", address],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert scale.returncode == 0, scale.stdout + scale.stderr
-        missing = subprocess.run([sys.executable, "launch.py", "scale", "--workers", "1", "--run", "nope", "--address", address],
-                                 cwd=ROOT, capture_output=True, text=True, timeout=120)
+        missing = subprocess.run(
+            [sys.executable, "launch.py", "scale", "--workers", "1", "--run", "nope", "--address", address],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert missing.returncode == 1, missing.stdout + missing.stderr
         wait_until(lambda: any(r["rollout_workers"] == 2 for r in rows()), job, "a step with 2 rollout workers")
         kill_paused("rollout.update_weights", lambda pid: [pid])
         inject("rollout.generate", "rollout.start", "reward.score", "reward.counters", action="exit", then_steps=0)
         wait_until(lambda: came_up_after_failed_start(job.output()), job, "the replacement's replacement up")
-        idle_kill_step = 1 + kill_paused("driver.learning", lambda _: [
-            next(iter(live_workers(job.output(), "rollout").values())), *live_workers(job.output(), "reward").values()])
+        idle_kill_step = 1 + kill_paused(
+            "driver.learning",
+            lambda _: [
+                next(iter(live_workers(job.output(), "rollout").values())),
+                *live_workers(job.output(), "reward").values(),
+            ],
+        )
         failpoints.arm("driver.step_done", "sigterm")
         output = job.finish()
         run_dir = run_dir_of(root, "faults")
@@ -160,7 +191,9 @@ def test_operator_scales_the_rollout_pool_between_steps(faults):
 
 def test_a_failed_weight_update_removes_the_worker_and_the_next_step_replaces_it(faults):
     step = faults.fault_steps["rollout.update_weights"]
-    (line,) = [line for line in faults.output.splitlines() if f"warning: weight update to version {step} failed" in line]
+    (line,) = [
+        line for line in faults.output.splitlines() if f"warning: weight update to version {step} failed" in line
+    ]
     assert re.search(r"removed rollout-\w+-\d+: .*(died|exited)", line), line  # killed mid-update, named
     workers = {r["step"]: r["rollout_workers"] for r in metrics_rows(faults.run_dir)}
     assert workers[step] == 1 and workers[step + 1] == 2
@@ -203,7 +236,10 @@ def test_a_killed_reward_worker_is_replaced_and_the_judge_counters_go_on(faults,
 
 def test_sigterm_checkpoints_the_step_and_stops(faults):
     stopped = faults.stopped
-    assert f"stopped after step {stopped} (SIGTERM); continue with: python launch.py --resume {faults.run_dir}" in faults.output
+    assert (
+        f"stopped after step {stopped} (SIGTERM); continue with: python launch.py --resume {faults.run_dir}"
+        in faults.output
+    )
     assert [r["step"] for r in metrics_rows(faults.run_dir)] == list(range(1, stopped + 1))
     checkpoint = faults.run_dir / "checkpoints" / f"step-{stopped:06d}"
     assert (faults.run_dir / "checkpoints" / "latest").read_text().strip() == checkpoint.name
@@ -230,8 +266,13 @@ def test_a_failure_the_pools_cannot_heal_ends_the_run_after_a_checkpoint(tmp_pat
     on: the run checkpoints its last complete step, names the worker and the cause, and says how to
     resume (exit 1)."""
     failpoints = Failpoints(tmp_path)
-    sets = {"run.steps": "8", "train.eval_every": "0", "train.checkpoint_every": "0", "learner.grad_norm_every": "0",
-            "rollout.max_redispatch": "0"}
+    sets = {
+        "run.steps": "8",
+        "train.eval_every": "0",
+        "train.checkpoint_every": "0",
+        "learner.grad_norm_every": "0",
+        "rollout.max_redispatch": "0",
+    }
     job = Job(tmp_path / "run.log", launch_args(tmp_path, "fatal", toy_assets, sets), address, env=failpoints.env)
     try:
         wait_until(lambda: rows_so_far(tmp_path, "fatal"), job, "step 1")
@@ -248,7 +289,9 @@ def test_a_failure_the_pools_cannot_heal_ends_the_run_after_a_checkpoint(tmp_pat
     output, run_dir, step = job.output(), run_dir_of(tmp_path, "fatal"), done + 1
     assert job.process.returncode == 1, output[-3000:]
     # (searched, not matched at a line's start: Ray forwards its workers' logs to the same stream)
-    assert re.search(r"error: rollout-\w+-\d+: failed to start \(.+\); 1 starts in a row failed", output), output[-3000:]
+    assert re.search(r"error: rollout-\w+-\d+: failed to start \(.+\); 1 starts in a row failed", output), output[
+        -3000:
+    ]
     assert f"warning: weight update to version {step} failed; removed rollout-" in output  # the killed worker
     assert f"stopped after step {step} (a worker failure); continue with: python launch.py --resume {run_dir}" in output
     assert (run_dir / "checkpoints" / "latest").read_text().strip() == f"step-{step:06d}"

@@ -73,11 +73,19 @@ def test_flaky_server_recovers_within_the_attempts(server):
 # Every failure mode: (URL mode, the counter its attempts go to). Two attempts each, 0.5 s per
 # attempt, 2 s per request: each request must end with the default by its deadline.
 FAILURES = [
-    ("reset", "connection_errors"), ("close", "connection_errors"), ("nothttp", "protocol_errors"),
-    ("truncated", "protocol_errors"), ("huge_headers", "protocol_errors"), ("hang", "timeouts"),
-    ("trickle", "timeouts"), ("trickle_headers", "timeouts"), ("fail", "http_errors"), ("redirect", "redirects"),
+    ("reset", "connection_errors"),
+    ("close", "connection_errors"),
+    ("nothttp", "protocol_errors"),
+    ("truncated", "protocol_errors"),
+    ("huge_headers", "protocol_errors"),
+    ("hang", "timeouts"),
+    ("trickle", "timeouts"),
+    ("trickle_headers", "timeouts"),
+    ("fail", "http_errors"),
+    ("redirect", "redirects"),
     *[(mode, "bad_replies") for mode in REPLIES if mode not in ("high", "infinite")],
-    ("high", "out_of_range"), ("infinite", "out_of_range"),
+    ("high", "out_of_range"),
+    ("infinite", "out_of_range"),
 ]
 DEADLINES = dict(timeout_s=0.5, request_timeout_s=2.0, max_attempts=2, backoff_s=0.01)
 
@@ -97,18 +105,31 @@ def test_every_failure_is_retried_then_default_counted_and_within_its_deadline(m
         elsewhere.close()
     counts = j.counters()
     attempts = 1 if kind == "out_of_range" else 2  # an answer with an off-scale score is final: not a failure
-    assert counts["requests"] == 1 and counts["attempts"] == attempts and counts.get("failures", 0) == attempts - 1, counts
+    assert counts["requests"] == 1 and counts["attempts"] == attempts and counts.get("failures", 0) == attempts - 1, (
+        counts
+    )
     assert counts[kind] == attempts and sum(v for k, v in counts.items() if k in KINDS) == attempts, counts
     assert took < DEADLINES["request_timeout_s"] + 0.5, f"{mode}: {took:.2f} s"
     assert not elsewhere.hits  # redirects are not followed: the key never leaves the configured URL
 
 
-KINDS = {"connection_errors", "protocol_errors", "timeouts", "http_errors", "redirects", "bad_replies", "out_of_range",
-         "rate_limited", "deadline_exceeded", "other_errors"}
+KINDS = {
+    "connection_errors",
+    "protocol_errors",
+    "timeouts",
+    "http_errors",
+    "redirects",
+    "bad_replies",
+    "out_of_range",
+    "rate_limited",
+    "deadline_exceeded",
+    "other_errors",
+}
 
 
-@pytest.mark.parametrize("mode,kind", [("ratelimit", "rate_limited"), ("ratelimit_date", "rate_limited"),
-                                       ("unavailable", "http_errors")])
+@pytest.mark.parametrize(
+    "mode,kind", [("ratelimit", "rate_limited"), ("ratelimit_date", "rate_limited"), ("unavailable", "http_errors")]
+)
 def test_retry_after_is_honoured_up_to_the_cap(mode, kind):
     asked = 2 if mode == "ratelimit_date" else 1  # an HTTP date has whole seconds: asks for 1 to 2 s
     server = JudgeServer(flaky_failures=1, retry_after=asked)
@@ -168,7 +189,11 @@ def test_out_of_range_default_or_clamp(server):
 
 
 def test_unreachable_server_defaults(server):
-    j = OpenAIJudge(JudgeSettings(url="http://127.0.0.1:9/v1/chat/completions", model="m", timeout_s=0.5, max_attempts=2, backoff_s=0.01))
+    j = OpenAIJudge(
+        JudgeSettings(
+            url="http://127.0.0.1:9/v1/chat/completions", model="m", timeout_s=0.5, max_attempts=2, backoff_s=0.01
+        )
+    )
     assert j(RESPONSES[:1]) == [2.5] and j.counters()["connection_errors"] == 2
 
 

@@ -22,9 +22,22 @@ def vllm_server(toy_assets, tmp_path_factory):
     # eager sampler helpers, as the rollout engines run them on CPU (actors/vllm_engine.py: eager_torch_on_cpu)
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "TORCH_COMPILE_DISABLE": "1"}
     command = [
-        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(toy_assets.model_dir),
-        "--served-model-name", "tiny-judge", "--host", "127.0.0.1", "--port", str(port),
-        "--dtype", "float32", "--enforce-eager", "--max-model-len", "512",
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(toy_assets.model_dir),
+        "--served-model-name",
+        "tiny-judge",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--dtype",
+        "float32",
+        "--enforce-eager",
+        "--max-model-len",
+        "512",
     ]
     with open(log, "w") as out:
         server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
@@ -52,11 +65,22 @@ def vllm_server(toy_assets, tmp_path_factory):
 
 
 def test_judge_client_speaks_to_a_real_openai_compatible_server(vllm_server):
-    judge = OpenAIJudge(JudgeSettings(
-        url=vllm_server, model="tiny-judge", timeout_s=60, max_attempts=2, backoff_s=0.1, send_audio=False,
-        max_tokens=16, extra_body={"structured_outputs": {"regex": "<score>[1-5]</score>"}},
-    ))
-    responses = [ScoredResponse("what is one plus one", "one plus one is two"), ScoredResponse("what is two plus two", "")]
+    judge = OpenAIJudge(
+        JudgeSettings(
+            url=vllm_server,
+            model="tiny-judge",
+            timeout_s=60,
+            max_attempts=2,
+            backoff_s=0.1,
+            send_audio=False,
+            max_tokens=16,
+            extra_body={"structured_outputs": {"regex": "<score>[1-5]</score>"}},
+        )
+    )
+    responses = [
+        ScoredResponse("what is one plus one", "one plus one is two"),
+        ScoredResponse("what is two plus two", ""),
+    ]
     scores = judge(responses)
     assert all(1.0 <= s <= 5.0 and s == int(s) for s in scores)
     assert judge.counters() == {"requests": 2, "attempts": 2}  # no retry, no failure: the protocol fits

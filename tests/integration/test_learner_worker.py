@@ -27,7 +27,9 @@ def make_batch(toy_assets, cfg, lam):
             responses.append(r.reference_token_ids if g == 0 else r.reference_token_ids[: 6 + 3 * g])
             rewards.append(5.0 if g == 0 else 1.0 + g)
     advantages = group_advantages(torch.tensor(rewards).view(len(rows), G)).flatten().tolist()
-    return TrainBatch(prompts, responses, advantages, [r.prompt_token_ids for r in rows], [r.reference_token_ids for r in rows], lam)
+    return TrainBatch(
+        prompts, responses, advantages, [r.prompt_token_ids for r in rows], [r.reference_token_ids for r in rows], lam
+    )
 
 
 def worker(toy_assets, cfg, micro_batch_rows, port, grad_norm_every=0, learner=None, **algorithm):
@@ -35,8 +37,13 @@ def worker(toy_assets, cfg, micro_batch_rows, port, grad_norm_every=0, learner=N
 
     run_cfg = cfg.model_copy(deep=True)
     run_cfg.learner = run_cfg.learner.model_copy(
-        update={"micro_batch_rows": micro_batch_rows, "warmup_steps": 0, "learning_rate": 1e-3, "grad_norm_every": grad_norm_every,
-                **(learner or {})}
+        update={
+            "micro_batch_rows": micro_batch_rows,
+            "warmup_steps": 0,
+            "learning_rate": 1e-3,
+            "grad_norm_every": grad_norm_every,
+            **(learner or {}),
+        }
     )
     run_cfg.algorithm = run_cfg.algorithm.model_copy(update=algorithm)
     return LearnerWorker(str(toy_assets.model_dir), run_cfg, master_port=port)
@@ -69,7 +76,9 @@ def test_mixed_steps_report_what_they_did_and_lower_the_objective(toy_assets, cf
     assert first["lambda"] == 0.3 and first["lr"] == pytest.approx(3e-5, rel=1e-12) and first["skipped"] == 0
     for key in ("rl_loss", "sft_loss", "loss", "grad_norm", "text_entropy", "speech_entropy"):
         assert math.isfinite(first[key]), key
-    assert first["sft_loss"] > 0 and first["grad_norm"] > 0 and first["text_entropy"] > 0 and first["speech_entropy"] > 0
+    assert (
+        first["sft_loss"] > 0 and first["grad_norm"] > 0 and first["text_entropy"] > 0 and first["speech_entropy"] > 0
+    )
     assert first["loss"] == pytest.approx(0.3 * first["rl_loss"] + 0.7 * first["sft_loss"], rel=1e-5)
     losses = [first["loss"]] + [w.train_step(batch)["loss"] for _ in range(3)]
     assert losses == sorted(losses, reverse=True) and losses[-1] < losses[0], losses
@@ -106,18 +115,36 @@ def test_two_data_parallel_workers_equal_one(toy_assets, cfg, dist_port, ray_clu
 
     G, P = cfg.rollout.group_size, len(batch.sft_prompts)
     run_cfg = cfg.model_copy(deep=True)
-    run_cfg.learner = run_cfg.learner.model_copy(update={"micro_batch_rows": 8, "warmup_steps": 0, "learning_rate": 1e-3,
-                                                         "num_workers": 2, "zero_stage": 2, **LINEAR})
+    run_cfg.learner = run_cfg.learner.model_copy(
+        update={
+            "micro_batch_rows": 8,
+            "warmup_steps": 0,
+            "learning_rate": 1e-3,
+            "num_workers": 2,
+            "zero_stage": 2,
+            **LINEAR,
+        }
+    )
     port = free_port()
     remote = ray.remote(num_cpus=1)(LearnerWorker)
-    ranks = [remote.remote(str(toy_assets.model_dir), run_cfg, rank=r, world_size=2, master_port=port) for r in range(2)]
+    ranks = [
+        remote.remote(str(toy_assets.model_dir), run_cfg, rank=r, world_size=2, master_port=port) for r in range(2)
+    ]
     try:
         halves = []
         for r in range(2):  # each rank: its half of the prompts, with their G rollouts and SFT rows
             prompts = slice(r * P // 2, (r + 1) * P // 2)
             rows = slice(prompts.start * G, prompts.stop * G)
-            halves.append(TrainBatch(batch.rollout_prompts[rows], batch.rollout_responses[rows], batch.advantages[rows],
-                                     batch.sft_prompts[prompts], batch.sft_targets[prompts], batch.lam))
+            halves.append(
+                TrainBatch(
+                    batch.rollout_prompts[rows],
+                    batch.rollout_responses[rows],
+                    batch.advantages[rows],
+                    batch.sft_prompts[prompts],
+                    batch.sft_targets[prompts],
+                    batch.lam,
+                )
+            )
         ray.get([w.train_step.remote(h) for w, h in zip(ranks, halves)], timeout=600)
         weights = ray.get(ranks[0].full_weights.remote(), timeout=600)
     finally:
@@ -144,7 +171,12 @@ def test_stale_rollouts_get_the_clipped_importance_ratio(toy_assets, cfg, dist_p
     assert out["grad_norm"] == pytest.approx(on_policy["grad_norm"], rel=1e-4)  # HF's unpadded forward vs the batch's
     # a sampler far from the policy: ratios leave [0.8, 1.2] and are clipped
     shifted = [[lp - 1.0 for lp in row] for row in current]
-    assert worker(toy_assets, cfg, 8, dist_port).train_step(dataclasses.replace(batch, staleness=1, rollout_logprobs=shifted))["clip_frac"] > 0
+    assert (
+        worker(toy_assets, cfg, 8, dist_port).train_step(
+            dataclasses.replace(batch, staleness=1, rollout_logprobs=shifted)
+        )["clip_frac"]
+        > 0
+    )
     with pytest.raises(ValueError, match="rollout_logprobs"):
         stale.train_step(dataclasses.replace(batch, staleness=2))
 
@@ -164,7 +196,11 @@ def test_dpo_steps_learn_the_preference(toy_assets, cfg, dist_port):
 
     batch = make_batch(toy_assets, cfg, lam=0.5)
     G = cfg.rollout.group_size
-    pairs = DpoBatch(batch.sft_prompts, batch.sft_targets, [batch.rollout_responses[i * G + 1] for i in range(len(batch.sft_prompts))])
+    pairs = DpoBatch(
+        batch.sft_prompts,
+        batch.sft_targets,
+        [batch.rollout_responses[i * G + 1] for i in range(len(batch.sft_prompts))],
+    )
     with pytest.raises(ValueError, match="reference"):
         worker(toy_assets, cfg, 8, dist_port).dpo_step(pairs)
     a = worker(toy_assets, cfg, 1, dist_port, learner=LINEAR, objective="dpo")
@@ -180,4 +216,6 @@ def test_dpo_steps_learn_the_preference(toy_assets, cfg, dist_port):
         last = learner.dpo_step(pairs)
     assert last["dpo_loss"] < first["dpo_loss"] and last["dpo_accuracy"] == 1.0 and last["dpo_margin"] > 0
     anchored = worker(toy_assets, cfg, 8, dist_port, objective="dpo", dpo_sft_weight=0.5).dpo_step(pairs)
-    assert anchored["sft_loss"] > 0 and anchored["loss"] == pytest.approx(anchored["dpo_loss"] + 0.5 * anchored["sft_loss"], rel=1e-5)
+    assert anchored["sft_loss"] > 0 and anchored["loss"] == pytest.approx(
+        anchored["dpo_loss"] + 0.5 * anchored["sft_loss"], rel=1e-5
+    )

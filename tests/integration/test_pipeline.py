@@ -26,8 +26,16 @@ from learner.mixing import LambdaController
 from learner.schedule import lr_factor
 from tests.integration.conftest import ROOT
 from tests.integration.judge_server import JudgeServer
+from tests.integration.pipeline_jobs import (
+    Failpoints,
+    Job,
+    launch_args,
+    metrics_rows,
+    rollout_rows,
+    run_dir_of,
+    submit_job,
+)
 from tests.integration.test_benchmarks import run_benchmark
-from tests.integration.pipeline_jobs import Failpoints, Job, launch_args, metrics_rows, rollout_rows, run_dir_of, submit_job
 from wavalign.pipeline.outputs import write_parquet_atomic
 from wavalign.pipeline.run import lambda_settings
 
@@ -54,7 +62,15 @@ RUN = "wavalign"  # the embedded default's run.name
 
 def main_job_args(root, assets, *extra: str) -> list[str]:
     """The README's main command (the embedded default), writing under `root`."""
-    return ["--config", "pipeline.yaml", "--set", f"run.output_dir={root}", "--set", f"toy.assets_dir={assets.root}", *extra]
+    return [
+        "--config",
+        "pipeline.yaml",
+        "--set",
+        f"run.output_dir={root}",
+        "--set",
+        f"toy.assets_dir={assets.root}",
+        *extra,
+    ]
 
 
 def gauge_lines(port: int) -> list[str]:
@@ -97,12 +113,15 @@ def main_job(tmp_path_factory, job_server, toy_assets, metrics_port):
 def test_the_main_job_trains_every_step_and_the_toy_reward_rises(main_job, cfg):
     run_dir, output, _ = main_job
     rows, steps = metrics_rows(run_dir), cfg.run.steps
-    assert [r["step"] for r in rows] == list(range(1, steps + 1)) and [r["policy_version"] for r in rows] == list(range(1, steps + 1))
+    assert [r["step"] for r in rows] == list(range(1, steps + 1)) and [r["policy_version"] for r in rows] == list(
+        range(1, steps + 1)
+    )
     for step in range(1, steps + 1):
         assert f"step {step}/{steps} | reward" in output
     assert "ETA" in output and f"done: {steps} steps" in output
     assert yaml.safe_load((run_dir / "config.yaml").read_text()) == cfg.model_dump(mode="json") | {
-        "run": {**cfg.run.model_dump(mode="json"), "output_dir": str(run_dir.parent)}}
+        "run": {**cfg.run.model_dump(mode="json"), "output_dir": str(run_dir.parent)}
+    }
     quarter = steps // 4
     first = statistics.mean(r["reward_mean"] for r in rows[:quarter])
     last = statistics.mean(r["reward_mean"] for r in rows[-quarter:])
@@ -119,28 +138,38 @@ def test_metrics_rows_hold_the_values_their_rollouts_imply(main_job, cfg):
     for row in rows:
         # per-modality gradient norms every learner.grad_norm_every steps (NaN between), eval every train.eval_every
         with_norms = (row["step"] - 1) % cfg.learner.grad_norm_every == 0
-        assert all(math.isfinite(row[key]) for key in STEP_COLUMNS if key not in NORMS), {k: row[k] for k in STEP_COLUMNS}
+        assert all(math.isfinite(row[key]) for key in STEP_COLUMNS if key not in NORMS), {
+            k: row[k] for k in STEP_COLUMNS
+        }
         assert all(math.isfinite(row[key]) == with_norms for key in NORMS), row
         assert all((row[key] is not None) == (row["step"] % cfg.train.eval_every == 0) for key in EVAL_COLUMNS)
-        mine = sorted((r for r in rollouts if r["step"] == row["step"]), key=lambda r: (r["group_index"], r["sample_index"]))
+        mine = sorted(
+            (r for r in rollouts if r["step"] == row["step"]), key=lambda r: (r["group_index"], r["sample_index"])
+        )
         rewards = torch.tensor([r["reward"] for r in mine], dtype=torch.float64).view(-1, G)
         assert row["reward_mean"] == pytest.approx(float(rewards.mean()), abs=1e-9)
         assert row["reward_std"] == pytest.approx(float(rewards.std(unbiased=False)), abs=1e-9)
         expected = controller.step(rewards)  # the streamed λ equals the batch computation, EMA included
-        assert row["lambda"] == pytest.approx(expected.lam, abs=1e-9) and row["lambda_raw"] == pytest.approx(expected.lambda_raw, abs=1e-9)
+        assert row["lambda"] == pytest.approx(expected.lam, abs=1e-9) and row["lambda_raw"] == pytest.approx(
+            expected.lambda_raw, abs=1e-9
+        )
         assert 0 <= row["lambda"] <= cfg.algorithm.lambda_max
         # the learner's split of the sync lies within the driver's end-to-end time of it
         phases = [row[f"sync_{phase}_seconds"] for phase in ("pack", "transfer", "load", "finish")]
         assert all(p >= 0 for p in phases) and sum(phases) <= row["sync_seconds"], row
         assert [r["advantage"] for r in mine] == pytest.approx(group_advantages(rewards).flatten().tolist(), abs=1e-9)
-        assert row["loss"] == pytest.approx(row["lambda"] * row["rl_loss"] + (1 - row["lambda"]) * row["sft_loss"], rel=1e-5)
+        assert row["loss"] == pytest.approx(
+            row["lambda"] * row["rl_loss"] + (1 - row["lambda"]) * row["sft_loss"], rel=1e-5
+        )
         # the text-only RL gradient is measured on the first micro-batch: zero exactly when its advantages are
         if with_norms:
             first_advantages = [r["advantage"] for r in mine[:micro]]
             assert (row["grad_norm_text"] > 0) == any(a != 0 for a in first_advantages), row
         assert row["rollout_workers"] == 1 and row["reward_workers"] == 1
         lc = cfg.learner  # the step's learning rate follows the warm-up + cosine schedule
-        assert row["lr"] == pytest.approx(lc.learning_rate * lr_factor(row["step"] - 1, lc.warmup_steps, cfg.run.steps, lc.schedule))
+        assert row["lr"] == pytest.approx(
+            lc.learning_rate * lr_factor(row["step"] - 1, lc.warmup_steps, cfg.run.steps, lc.schedule)
+        )
         assert row["skipped"] == 0
 
 
@@ -153,7 +182,9 @@ def test_rollouts_hold_every_group_once_with_scores_and_versions(main_job, cfg):
     for step in range(1, steps + 1):  # every group of every step exactly once, G samples each
         mine = [r for r in rollouts if r["step"] == step]
         assert sorted({r["group_index"] for r in mine}) == list(range(P))
-        assert sorted((r["prompt_id"], r["sample_index"]) for r in mine) == sorted({(r["prompt_id"], r["sample_index"]) for r in mine})
+        assert sorted((r["prompt_id"], r["sample_index"]) for r in mine) == sorted(
+            {(r["prompt_id"], r["sample_index"]) for r in mine}
+        )
         assert all(r["policy_version"] == step - 1 for r in mine)  # on-policy: sampled by the previous step's weights
     for r in rollouts:  # one function (toy_answer, weight 1): the total is its score, on the 1-5 scale
         assert r["reward"] == r["reward_toy_answer"] and r["reward"] in (1.0, 2.0, 5.0)
@@ -179,7 +210,11 @@ def test_tensorboard_checkpoints_and_the_final_policy(main_job, toy_assets, cfg)
     assert (run_dir / "checkpoints" / "latest").read_text().strip() == made[-1]
     trained = AutoModelForCausalLM.from_pretrained(run_dir / "policy")
     initial = AutoModelForCausalLM.from_pretrained(toy_assets.model_dir)
-    moved = [name for (name, a), (_, b) in zip(trained.named_parameters(), initial.named_parameters()) if not torch.equal(a, b)]
+    moved = [
+        name
+        for (name, a), (_, b) in zip(trained.named_parameters(), initial.named_parameters())
+        if not torch.equal(a, b)
+    ]
     assert len(moved) == len(list(initial.parameters()))  # the exported policy is the trained one
 
 
@@ -195,8 +230,13 @@ def test_step_metrics_and_worker_counts_reach_the_ray_metrics_endpoint(main_job)
 
 
 def test_report_renders_the_curves_to_png(main_job, tmp_path):
-    out = subprocess.run([sys.executable, "-m", "wavalign.report", str(main_job[0]), "--out", str(tmp_path)],
-                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "wavalign.report", str(main_job[0]), "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     names = {p.stem for p in tmp_path.glob("*.png")}
     assert names == {"rewards", "lambda", "losses", "entropy", "grad_norms", "samples", "evaluation"}
@@ -234,12 +274,16 @@ def test_a_run_resumed_from_a_checkpoint_continues_exactly_as_the_uninterrupted_
         for key in DETERMINED:
             assert have[key] == pytest.approx(want[key], rel=1e-6, abs=1e-7, nan_ok=True), (want["step"], key)
     assert math.isfinite(got[30]["grad_norm_text"])  # step 31: the learner's step count resumed too (norms every 10)
-    assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step-000032" and not (run_dir / "policy").exists()
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step-000032" and not (
+        run_dir / "policy"
+    ).exists()
     texts = [(r["step"], r["text"]) for r in rollout_rows(run_dir)]
     assert texts == [(r["step"], r["text"]) for r in rollout_rows(original) if r["step"] <= 32]
 
 
-def test_bounded_staleness_on_the_exported_policy_with_a_failing_judge_and_nan_rewards(main_job, tmp_path, address, toy_assets):
+def test_bounded_staleness_on_the_exported_policy_with_a_failing_judge_and_nan_rewards(
+    main_job, tmp_path, address, toy_assets
+):
     """train.max_staleness 1: step 2 is sampled (by the weights before step 1) while the learner takes
     step 1, and the learner applies the importance ratio. The run starts from the main job's exported
     policy: an HF directory that vLLM and the learner load as they load users' checkpoints. Its world
@@ -251,12 +295,22 @@ def test_bounded_staleness_on_the_exported_policy_with_a_failing_judge_and_nan_r
     server = JudgeServer()
     failpoints = Failpoints(tmp_path)
     failpoints.arm("reward.scores", "corrupt")
-    extra = {"train.max_staleness": "1", "run.steps": "3", "train.eval_every": "0", "algorithm.ratio_clip": "0.000001",
-             "model.path": str(main_job[0] / "policy"), "data.train_files": f'["{toy_assets.data_file("train")}"]',
-             "reward.functions": "[{name: toy_answer, weight: 0.5}, {name: judge, weight: 0.5}]",
-             "reward.judge.url": server.url("chaos"), "reward.judge.timeout_s": "0.3", "reward.judge.backoff_s": "0.01"}
+    extra = {
+        "train.max_staleness": "1",
+        "run.steps": "3",
+        "train.eval_every": "0",
+        "algorithm.ratio_clip": "0.000001",
+        "model.path": str(main_job[0] / "policy"),
+        "data.train_files": f'["{toy_assets.data_file("train")}"]',
+        "reward.functions": "[{name: toy_answer, weight: 0.5}, {name: judge, weight: 0.5}]",
+        "reward.judge.url": server.url("chaos"),
+        "reward.judge.timeout_s": "0.3",
+        "reward.judge.backoff_s": "0.01",
+    }
     try:
-        output = Job(tmp_path / "stale.log", launch_args(tmp_path, "stale", toy_assets, extra), address, env=failpoints.env).finish()
+        output = Job(
+            tmp_path / "stale.log", launch_args(tmp_path, "stale", toy_assets, extra), address, env=failpoints.env
+        ).finish()
     finally:
         server.close()
     assert f"policy: {main_job[0] / 'policy'}" in output
@@ -277,17 +331,28 @@ def test_bounded_staleness_on_the_exported_policy_with_a_failing_judge_and_nan_r
     assert all(r["reward_judge"] in (3.0, 2.5) for r in rollouts)
     # One call's NaNs became the default score (counted per function); nothing non-finite got further.
     spoiled = [r for r in rollouts if r["reward_toy_answer"] == 2.5]  # toy_answer itself gives 5, 2 or 1
-    assert 0 < len(spoiled) == last["judge_toy_answer_invalid_scores"] and all(r["reward_judge"] == 2.5 for r in spoiled)
+    assert 0 < len(spoiled) == last["judge_toy_answer_invalid_scores"] and all(
+        r["reward_judge"] == 2.5 for r in spoiled
+    )
     defaults = sum(r["reward_judge"] == 2.5 for r in rollouts)
-    assert defaults <= last["judge_judge_invalid_scores"] + failures and last["judge_judge_invalid_scores"] == len(spoiled)
+    assert defaults <= last["judge_judge_invalid_scores"] + failures and last["judge_judge_invalid_scores"] == len(
+        spoiled
+    )
     for row in rows:
         assert all(math.isfinite(row[key]) for key in ("lambda", "loss", "rl_loss", "sft_loss", "reward_mean")), row
     assert all(math.isfinite(r["advantage"]) for r in rollouts)
 
 
 def dpo_args(tmp_path, name, toy_assets, **extra):
-    sets = {"algorithm.objective": "dpo", "run.steps": "4", "train.eval_every": "0", "train.checkpoint_every": "0",
-            "learner.grad_norm_every": "0", "learner.warmup_steps": "0", **extra}
+    sets = {
+        "algorithm.objective": "dpo",
+        "run.steps": "4",
+        "train.eval_every": "0",
+        "train.checkpoint_every": "0",
+        "learner.grad_norm_every": "0",
+        "learner.warmup_steps": "0",
+        **extra,
+    }
     return launch_args(tmp_path, name, toy_assets, sets)
 
 
@@ -300,12 +365,20 @@ def test_online_dpo_pairs_each_steps_best_and_worst_responses(tmp_path, address,
     rollouts = rollout_rows(run_dir_of(tmp_path, "dpo"))
     assert [r["step"] for r in rows] == [1, 2, 3, 4] and "| dpo " in output
     for row in rows:
-        groups = [[r["reward"] for r in rollouts if r["step"] == row["step"] and r["group_index"] == g] for g in range(8)]
-        assert row["dpo_pairs"] == sum(max(g) - min(g) >= 1 for g in groups), row["step"]  # one pair per group with a gap
+        groups = [
+            [r["reward"] for r in rollouts if r["step"] == row["step"] and r["group_index"] == g] for g in range(8)
+        ]
+        assert row["dpo_pairs"] == sum(max(g) - min(g) >= 1 for g in groups), row[
+            "step"
+        ]  # one pair per group with a gap
         sides = [row[f"dpo_{side}_{kind}_tokens"] for side in ("chosen", "rejected") for kind in ("text", "speech")]
         assert all(math.isfinite(v) and v > 0 for v in sides) == (row["dpo_pairs"] > 0)
     first = next(r for r in rows if r["dpo_pairs"] > 0)
-    assert first["dpo_loss"] == pytest.approx(math.log(2), abs=1e-5) if first["step"] == 1 else math.isfinite(first["dpo_loss"])
+    assert (
+        first["dpo_loss"] == pytest.approx(math.log(2), abs=1e-5)
+        if first["step"] == 1
+        else math.isfinite(first["dpo_loss"])
+    )
 
 
 def test_offline_dpo_from_a_pair_file_of_a_runs_rollouts_lowers_the_loss(main_job, tmp_path, address, toy_assets, cfg):
@@ -316,12 +389,35 @@ def test_offline_dpo_from_a_pair_file_of_a_runs_rollouts_lowers_the_loss(main_jo
 
     _, layout = load_tokenizer_and_layout(toy_assets.model_dir, cfg.model.layout)
     pairs = tmp_path / "pairs.jsonl"
-    made = subprocess.run([sys.executable, "-m", "learner.dpo_pairs", "--from-rollouts", str(main_job[0] / "rollouts.parquet"),
-                           "--data", str(toy_assets.data_file("train", ".jsonl")), "--output", str(pairs), "--top-k", "8",
-                           "--eos-id", str(layout.eos_id)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    made = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "learner.dpo_pairs",
+            "--from-rollouts",
+            str(main_job[0] / "rollouts.parquet"),
+            "--data",
+            str(toy_assets.data_file("train", ".jsonl")),
+            "--output",
+            str(pairs),
+            "--top-k",
+            "8",
+            "--eos-id",
+            str(layout.eos_id),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert made.returncode == 0 and made.stdout.startswith("8 pairs from "), made.stdout + made.stderr
-    Job(tmp_path / "offline.log", dpo_args(tmp_path, "offline", toy_assets, **{
-        "algorithm.dpo_pairs": "offline", "data.train_files": f'["{pairs}"]'}), address).finish()
+    Job(
+        tmp_path / "offline.log",
+        dpo_args(
+            tmp_path, "offline", toy_assets, **{"algorithm.dpo_pairs": "offline", "data.train_files": f'["{pairs}"]'}
+        ),
+        address,
+    ).finish()
     losses = [r["dpo_loss"] for r in metrics_rows(run_dir_of(tmp_path, "offline"))]
     assert losses[0] == pytest.approx(math.log(2), abs=1e-5)
     assert all(later < earlier for earlier, later in zip(losses, losses[1:])), losses

@@ -20,7 +20,9 @@ def dry_run(tmp_path, toy_assets, capsys, monkeypatch):
 
     def run(*overrides: str) -> tuple[int, str, str]:
         sets = [f"toy.assets_dir={toy_assets.root}", f"run.output_dir={tmp_path / 'runs'}", *overrides]
-        code = launch.main(["--config", str(ROOT / "pipeline.yaml"), *(a for s in sets for a in ("--set", s)), "--dry-run"])
+        code = launch.main(
+            ["--config", str(ROOT / "pipeline.yaml"), *(a for s in sets for a in ("--set", s)), "--dry-run"]
+        )
         out, err = capsys.readouterr()
         return code, out, err
 
@@ -33,8 +35,16 @@ def test_a_dry_run_on_built_assets_checks_policy_and_data_and_writes_nothing(dry
     assert not (tmp_path / "runs").exists()
 
 
-CASES = ["missing train file", "empty train file", "only other task types", "no usable eval rows", "missing policy", "bad row",
-         "fewer rows than a step's prompts", "offline DPO without pairs"]
+CASES = [
+    "missing train file",
+    "empty train file",
+    "only other task types",
+    "no usable eval rows",
+    "missing policy",
+    "bad row",
+    "fewer rows than a step's prompts",
+    "offline DPO without pairs",
+]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -44,22 +54,35 @@ def test_missing_or_empty_inputs_are_one_line(dry_run, tmp_path, toy_assets, cas
     empty.write_text("")
     good = train.read_text().splitlines()
     bad = tmp_path / "bad.jsonl"
-    bad.write_text("\n".join([good[0], good[1].replace('"prompt_token_ids": [', '"prompt_token_ids": [99999, '), good[2]]) + "\n")
+    bad.write_text(
+        "\n".join([good[0], good[1].replace('"prompt_token_ids": [', '"prompt_token_ids": [99999, '), good[2]]) + "\n"
+    )
     other = tmp_path / "other.jsonl"
     other.write_text("".join(line.replace('"task_type": "s2s"', '"task_type": "asr"') + "\n" for line in good))
     overrides, expected = {
         "missing train file": (["data.train_files=[/no/such.jsonl]"], "/no/such.jsonl: data file not found"),
         "empty train file": ([f"data.train_files=[{empty}]"], f"{empty}: no rows (the file is empty)"),
         "only other task types": ([f"data.train_files=[{other}]"], f"data.train_files: no usable rows in {other}"),
-        "no usable eval rows": ([f"data.eval_files=[{other}]", "train.eval_every=5"],
-                                f"data.eval_files: no usable rows in {other} (train.eval_every: 0 runs without evaluation)"),
-        "missing policy": (["model.path=/no/such/model", f"data.train_files=[{train}]"],
-                           "model.path: /no/such/model is not an HF model directory (no config.json)"),
-        "bad row": ([f"data.train_files=[{bad}]"], f"{bad}: row 2: field 'prompt_token_ids': position 0: token id 99999"),
-        "offline DPO without pairs": (["algorithm.objective=dpo", "algorithm.dpo_pairs=offline"],
-                                      "algorithm.dpo_pairs: offline needs rejected_token_ids in every train row; 124 of 124 have none"),
-        "fewer rows than a step's prompts": ([f"data.train_files=[{bad}]", "data.skip_invalid_rows=true"],
-                                             "train.rollout_batch_size: 32 responses are 8 prompts per step; the train data has 2 usable rows"),
+        "no usable eval rows": (
+            [f"data.eval_files=[{other}]", "train.eval_every=5"],
+            f"data.eval_files: no usable rows in {other} (train.eval_every: 0 runs without evaluation)",
+        ),
+        "missing policy": (
+            ["model.path=/no/such/model", f"data.train_files=[{train}]"],
+            "model.path: /no/such/model is not an HF model directory (no config.json)",
+        ),
+        "bad row": (
+            [f"data.train_files=[{bad}]"],
+            f"{bad}: row 2: field 'prompt_token_ids': position 0: token id 99999",
+        ),
+        "offline DPO without pairs": (
+            ["algorithm.objective=dpo", "algorithm.dpo_pairs=offline"],
+            "algorithm.dpo_pairs: offline needs rejected_token_ids in every train row; 124 of 124 have none",
+        ),
+        "fewer rows than a step's prompts": (
+            [f"data.train_files=[{bad}]", "data.skip_invalid_rows=true"],
+            "train.rollout_batch_size: 32 responses are 8 prompts per step; the train data has 2 usable rows",
+        ),
     }[case]
     code, out, err = dry_run(*overrides)
     *notes, error = err.strip().splitlines()
@@ -72,9 +95,23 @@ def test_a_real_launch_fails_its_start_checks_before_creating_anything(tmp_path,
     env = {k: v for k, v in os.environ.items() if k != "WAVALIGN_REWARD_API_BASE"}
     runs = tmp_path / "runs"
     done = subprocess.run(
-        [sys.executable, "launch.py", "--config", "pipeline.yaml", "--set", f"toy.assets_dir={toy_assets.root}",
-         "--set", f"run.output_dir={runs}", "--set", "reward.functions=[{name: judge}]"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "launch.py",
+            "--config",
+            "pipeline.yaml",
+            "--set",
+            f"toy.assets_dir={toy_assets.root}",
+            "--set",
+            f"run.output_dir={runs}",
+            "--set",
+            "reward.functions=[{name: judge}]",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 2 and done.stdout == "", done.stdout + done.stderr
     assert done.stderr.strip() == "error: reward.judge.url: not set, and $WAVALIGN_REWARD_API_BASE is empty"

@@ -49,12 +49,14 @@ def test_reward_pool_of_two_scores_with_toy_reward_and_judge(toy_assets, cfg, ra
     server = JudgeServer()
     try:
         run_cfg = cfg.model_copy(deep=True)
-        run_cfg.reward = run_cfg.reward.model_validate({
-            **cfg.reward.model_dump(),
-            "num_workers": 2,
-            "functions": [{"name": "toy_answer", "weight": 0.5}, {"name": "judge", "weight": 0.5}],
-            "judge": {**cfg.reward.judge.model_dump(), "url": server.url("ok"), "backoff_s": 0.01},
-        })
+        run_cfg.reward = run_cfg.reward.model_validate(
+            {
+                **cfg.reward.model_dump(),
+                "num_workers": 2,
+                "functions": [{"name": "toy_answer", "weight": 0.5}, {"name": "judge", "weight": 0.5}],
+                "judge": {**cfg.reward.judge.model_dump(), "url": server.url("ok"), "backoff_s": 0.01},
+            }
+        )
         tokenizer, _ = load_tokenizer_and_layout(toy_assets.model_dir, cfg.model.layout)
         rows = read_rows(toy_assets.data_file("train"), vocab_size=len(tokenizer), max_prompt_tokens=128).rows[:6]
         requests = [
@@ -62,7 +64,12 @@ def test_reward_pool_of_two_scores_with_toy_reward_and_judge(toy_assets, cfg, ra
             for r in rows
         ]
         dispatched = []
-        pool = RewardPool(run_cfg, str(toy_assets.model_dir), log=lambda line: None, on_dispatch=lambda m, i: dispatched.append(m.name))
+        pool = RewardPool(
+            run_cfg,
+            str(toy_assets.model_dir),
+            log=lambda line: None,
+            on_dispatch=lambda m, i: dispatched.append(m.name),
+        )
         try:
             results = pool.score(requests)
             counters = pool.counters()
@@ -108,7 +115,9 @@ def test_unusable_scores_of_any_function_become_the_default_and_are_counted(toy_
     worker = RewardWorker(str(toy_assets.model_dir), cfg)  # the plain class: toy_answer alone, weight 1
     tokenizer, _ = load_tokenizer_and_layout(toy_assets.model_dir, cfg.model.layout)
     rows = read_rows(toy_assets.data_file("train"), vocab_size=len(tokenizer), max_prompt_tokens=128).rows[:6]
-    requests = [RewardRequest(r.row_id, 0, r.reference_token_ids, r.question_text, None, {"answer": r.answer}) for r in rows]
+    requests = [
+        RewardRequest(r.row_id, 0, r.reference_token_ids, r.question_text, None, {"answer": r.answer}) for r in rows
+    ]
     toy = worker.functions["toy_answer"]
     worker.functions["toy_answer"] = lambda responses: [float("nan"), float("inf"), 9.0, "4", True, *toy(responses)[5:]]
     results = worker.score(requests)

@@ -56,7 +56,9 @@ def test_vllm_samples_follow_the_layout_and_sound_like_the_references(setup, cfg
     scorer = toy_scorer(layout, cfg.toy, tokenizer)
     used = rows[:32]
     refs = [row.reference_token_ids for row in used]
-    sampled = scorer.evaluate([r.response_token_ids for r in records], [int(row.answer) for row in used for _ in range(G)], refs)
+    sampled = scorer.evaluate(
+        [r.response_token_ids for r in records], [int(row.answer) for row in used for _ in range(G)], refs
+    )
     reference = scorer.evaluate(refs, [int(row.answer) for row in used], refs)
     assert reference["acoustic_wer"] == 0 and reference["well_formed_frac"] == 1
     assert sampled["well_formed_frac"] >= 0.9  # the layout's interleave pattern
@@ -176,7 +178,9 @@ def test_a_worker_that_comes_up_later_gets_the_last_version_without_the_learner_
     try:
         member = pool.members[0]
         pool.sync_weights(pool.version + 1, send_with(other))  # the engine now serves other weights
-        member.info = ray.get(learner.bring_up.remote((member.name, member.handle)), timeout=300)  # LearnerGroup.bring_up
+        member.info = ray.get(
+            learner.bring_up.remote((member.name, member.handle)), timeout=300
+        )  # LearnerGroup.bring_up
         got = ray.get(member.handle.continuation_logprobs.remote(rows[0].prompt_token_ids, rows[0].reference_token_ids))
         assert max(abs(a - b) for a, b in zip(got, sent)) <= 1e-3
         assert member.info["policy_version"] == pool.version - 1  # labelled with the version it holds
@@ -201,5 +205,9 @@ def test_weight_update_through_the_staging_directory_matches_hf_forward(setup, l
         pool.sync_weights(pool.version + 1, send_with(learner))
         assert_serves(handle, learner, rows[0])
     finally:
-        ray.get(handle.__ray_call__.remote(lambda worker: setattr(worker, "stage_chunks", worker.engine.in_process is False)))
+        ray.get(
+            handle.__ray_call__.remote(
+                lambda worker: setattr(worker, "stage_chunks", worker.engine.in_process is False)
+            )
+        )
     assert not [name for name in set(os.listdir(staging)) - before if name.startswith("wavalign-chunk-")]

@@ -16,6 +16,9 @@ def test_hf_loads_model_and_tokenizer_agrees_with_row_ids(toy_assets, cfg):
     for row in rows[:10]:
         text = tokenizer.decode(list(row.prompt_token_ids))
         assert tokenizer.encode(text) == list(row.prompt_token_ids)  # ids and text agree
-        assert tokenizer.decode(list(row.reference_token_ids), skip_special_tokens=True).split() == row.sft_target_text.split()
+        assert (
+            tokenizer.decode(list(row.reference_token_ids), skip_special_tokens=True).split()
+            == row.sft_target_text.split()
+        )
     report = toy_assets.report
     assert 0.1 < report["train_sampled"]["semantic_accuracy"] < 0.9

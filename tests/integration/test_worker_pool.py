@@ -73,7 +73,9 @@ class RefusesToConnect(HangingUpdate):
 
 
 def settings(**overrides) -> PoolSettings:
-    base = dict(kind="standin", num_workers=1, num_cpus=0.1, num_gpus=0, start_timeout_s=60, call_timeout_s=60, max_redispatch=2)
+    base = dict(
+        kind="standin", num_workers=1, num_cpus=0.1, num_gpus=0, start_timeout_s=60, call_timeout_s=60, max_redispatch=2
+    )
     return PoolSettings(**{**base, **overrides})
 
 
@@ -83,7 +85,10 @@ def test_work_comes_back_in_order(ray_cluster):
         pool.resize(2)
         chunks = pool.split(list(range(10)))
         assert len(chunks) == 2
-        assert pool.map_chunks(chunks, lambda handle, chunk: handle.work.remote(chunk)) == [[0, 2, 4, 6, 8], [10, 12, 14, 16, 18]]
+        assert pool.map_chunks(chunks, lambda handle, chunk: handle.work.remote(chunk)) == [
+            [0, 2, 4, 6, 8],
+            [10, 12, 14, 16, 18],
+        ]
     finally:
         pool.shutdown()
 
@@ -129,11 +134,16 @@ def test_a_weight_update_past_its_deadline_removes_the_worker_and_names_it(ray_c
     run_cfg = cfg.model_copy(deep=True)
     run_cfg.rollout = run_cfg.rollout.model_copy(update={"update_timeout_s": 2, "cpus_per_worker": 0.1})
     pool = RolloutPool(run_cfg, str(toy_assets.model_dir), worker_cls=HangingUpdate, log=lambda line: None)
-    learner_side = LearnerSync("object_store", 0, lambda: iter([("w", torch.zeros(4))]), chunk_bytes=1 << 20, timeout_s=2)
+    learner_side = LearnerSync(
+        "object_store", 0, lambda: iter([("w", torch.zeros(4))]), chunk_bytes=1 << 20, timeout_s=2
+    )
     try:
         (name,) = pool.states()
-        with pytest.raises(WeightSyncError, match=rf"version 1 failed; removed {name}: no answer to update_weights within "
-                                                  r"rollout.update_timeout_s=2s"):
+        with pytest.raises(
+            WeightSyncError,
+            match=rf"version 1 failed; removed {name}: no answer to update_weights within "
+            r"rollout.update_timeout_s=2s",
+        ):
             pool.sync_weights(1, learner_side.sync)
         assert pool.members == []  # never left serving the old weights
     finally:
@@ -149,10 +159,15 @@ def test_a_worker_that_cannot_connect_for_the_weights_is_removed_not_left_stale(
     run_cfg = cfg.model_copy(deep=True)
     run_cfg.rollout = run_cfg.rollout.model_copy(update={"cpus_per_worker": 0.1})
     pool = RolloutPool(run_cfg, str(toy_assets.model_dir), worker_cls=RefusesToConnect, log=lambda line: None)
-    learner_side = LearnerSync("object_store", 0, lambda: iter([("w", torch.zeros(4))]), chunk_bytes=1 << 20, timeout_s=30)
+    learner_side = LearnerSync(
+        "object_store", 0, lambda: iter([("w", torch.zeros(4))]), chunk_bytes=1 << 20, timeout_s=30
+    )
     try:
         (name,) = pool.states()
-        with pytest.raises(WeightSyncError, match=rf"version 1 failed; removed {name}: init_weight_transfer failed: .*no transfer engine"):
+        with pytest.raises(
+            WeightSyncError,
+            match=rf"version 1 failed; removed {name}: init_weight_transfer failed: .*no transfer engine",
+        ):
             pool.sync_weights(1, learner_side.sync)
         assert pool.members == []
     finally:
@@ -169,13 +184,17 @@ def test_a_worker_that_dies_starting_is_replaced_within_max_redispatch(ray_clust
     finally:
         pool.shutdown()
     failed = [line for line in lines if "failed to start" in line]
-    assert len(failed) == 2 and "(1 of at most 2 in a row)" in failed[0] and "(2 of at most 2 in a row)" in failed[1], lines
+    assert len(failed) == 2 and "(1 of at most 2 in a row)" in failed[0] and "(2 of at most 2 in a row)" in failed[1], (
+        lines
+    )
 
 
 def test_starts_that_keep_failing_end_with_an_error_naming_the_worker(ray_cluster, tmp_path):
     pool = WorkerPool(settings(max_redispatch=1), DiesStarting, (str(tmp_path / "starts"), 99), log=lambda line: None)
     try:
-        with pytest.raises(WorkerError, match=r"standin-\w+-1: failed to start \(.+\); 2 starts in a row failed \(max_redispatch 1\)"):
+        with pytest.raises(
+            WorkerError, match=r"standin-\w+-1: failed to start \(.+\); 2 starts in a row failed \(max_redispatch 1\)"
+        ):
             pool.resize(1)
     finally:
         pool.shutdown()

@@ -12,15 +12,25 @@ NAN = float("nan")
 def rows(accuracies, lambdas, eval_at=None):
     out = []
     for step, (acc, lam) in enumerate(zip(accuracies, lambdas), 1):
-        row = {"step": step, "rollout_semantic_accuracy": acc, "rollout_acoustic_wer": 0.1, "rollout_speech_js_divergence": 0.2,
-               "reward_mean": 2.0 + acc, "lambda": lam, "grad_norm_text": NAN, "grad_norm_speech": None}
+        row = {
+            "step": step,
+            "rollout_semantic_accuracy": acc,
+            "rollout_acoustic_wer": 0.1,
+            "rollout_speech_js_divergence": 0.2,
+            "reward_mean": 2.0 + acc,
+            "lambda": lam,
+            "grad_norm_text": NAN,
+            "grad_norm_speech": None,
+        }
         row["eval_semantic_accuracy"] = 0.5 if step == eval_at else None
         out.append(row)
     return out
 
 
 def test_summarise_last_quarter_last_eval_and_run_means():
-    result = summarise(rows([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.4, 0.8], [0.1] * 4 + [0.3] * 4, eval_at=8), "d", 3, Path("r"))
+    result = summarise(
+        rows([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.4, 0.8], [0.1] * 4 + [0.3] * 4, eval_at=8), "d", 3, Path("r")
+    )
     assert result["arm"] == "wavalign" and result["seed"] == 3
     assert result["rollout_semantic_accuracy"] == pytest.approx(0.6)  # steps 7-8
     assert result["reward_mean"] == pytest.approx(2.6)

@@ -8,8 +8,8 @@ from wavalign.config import LayoutConfig
 from wavalign.interleave import interleave
 from wavalign.layout import SpeechLayout
 from wavalign.toy.codec import UNKNOWN_WORD, ToyCodec
-from wavalign.toy.rows import ToyEncoder
 from wavalign.toy.metrics import ToyScorer, edit_distance, js_divergence, word_error_rate
+from wavalign.toy.rows import ToyEncoder
 from wavalign.toy.task import NUMBER_WORDS, Question, all_questions, parse_answer, split_questions, vocabulary_words
 
 WORDS = vocabulary_words()
@@ -82,7 +82,9 @@ class HandTokenizer:
 
 def test_scorer_on_hand_built_responses(codec):
     tok = HandTokenizer()
-    layout = SpeechLayout(speech_start=1000, speech_end=1256, boa_id=10, eoa_id=11, eos_id=12, pad_id=13, interleave_ratio=(2, 8, 3, 8))
+    layout = SpeechLayout(
+        speech_start=1000, speech_end=1256, boa_id=10, eoa_id=11, eos_id=12, pad_id=13, interleave_ratio=(2, 8, 3, 8)
+    )
     scorer = ToyScorer(layout, codec, tok.decode)
     encoder = ToyEncoder(tok.encode, layout, LayoutConfig(preset="tiny"), codec)
     q = Question(3, "plus", 4)

@@ -61,19 +61,31 @@ def problems(tmp_path, overrides=(), tree=None):
         ("rollout.top_p=1.5", "rollout.top_p: Input should be less than or equal to 1"),
         ("rollout.group_size=5", "train.rollout_batch_size: 32 is not divisible by rollout.group_size (5)"),
         ("learner.num_workers=3", "learner.num_workers: 8 prompts per step cannot be split evenly"),
-        ("rollout.max_new_tokens=500", "model.max_model_len: 256 < data.max_prompt_tokens + rollout.max_new_tokens (628)"),
+        (
+            "rollout.max_new_tokens=500",
+            "model.max_model_len: 256 < data.max_prompt_tokens + rollout.max_new_tokens (628)",
+        ),
         ("model.layout.interleave_ratio=[1,2,3]", "model.layout.interleave_ratio: expected (text, audio) pairs"),
         ("model.layout.interleave_ratio=[2,2]", "model.layout.interleave_ratio: audio block sizes must be >= 3"),
         ("model.layout.speech_token_format=audio", "model.layout.speech_token_format: must contain '{i}'"),
-        ("model.layout.preset=glm4voice", "model.layout.preset: the tiny model (model.path: null) uses the 'tiny' layout"),
+        (
+            "model.layout.preset=glm4voice",
+            "model.layout.preset: the tiny model (model.path: null) uses the 'tiny' layout",
+        ),
         ("model.path=/ckpt", "data.train_files: the toy data fits only the tiny model"),
         ("toy.min_word_tokens=5", "toy.min_word_tokens: 5 > max_word_tokens (4)"),
         ("toy.warm_start.correct_rate_min=0.9", "toy.warm_start.correct_rate_min: 0.9 > correct_rate_max (0.8)"),
         ("reward.default_score=9", "reward.default_score: 9.0 lies outside [scale_min, scale_max]"),
         ("run=3", "run: Input should be a valid dictionary"),
-        ("reward.functions=[{name: toy_answer, weight: 0.5}]", "reward.functions: weights sum to 0.5; they must sum to 1"),
+        (
+            "reward.functions=[{name: toy_answer, weight: 0.5}]",
+            "reward.functions: weights sum to 0.5; they must sum to 1",
+        ),
         ("reward.functions=[]", "reward.functions: at least one reward function is needed"),
-        ("reward.functions=[{name: judge, weight: 0.5}, {name: judge, weight: 0.5}]", "reward.functions: each function at most once"),
+        (
+            "reward.functions=[{name: judge, weight: 0.5}, {name: judge, weight: 0.5}]",
+            "reward.functions: each function at most once",
+        ),
         ("reward.functions=[{name: reward_model}]", "reward.reward_model_path: required when 'reward_model'"),
         ("reward.functions=[{name: bleu}]", "reward.functions.0.name: Input should be"),
         ("reward.judge.out_of_range=ignore", "reward.judge.out_of_range: Input should be 'default' or 'clamp'"),
@@ -101,7 +113,10 @@ def test_launch_dry_run_prints_the_resolved_config_and_writes_nothing(tmp_path):
     runs = tmp_path / "runs"
     ok = subprocess.run(
         [sys.executable, "launch.py", "--config", "pipeline.yaml", "--set", f"run.output_dir={runs}", "--dry-run"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert ok.returncode == 0, ok.stderr
     assert PipelineConfig.model_validate(yaml.safe_load(ok.stdout)) == read_config(PIPELINE, [f"run.output_dir={runs}"])

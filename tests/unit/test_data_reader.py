@@ -50,7 +50,11 @@ BAD_ROWS = [
     ({"prompt_token_ids": []}, "prompt_token_ids", "expected a non-empty list"),
     ({"messages": [{"role": "system", "content": "x"}]}, "messages", "has no user turn"),
     ({"messages": [{"role": "user"}]}, "messages", "turn 0 is not a {role, content} object"),
-    ({"rejected_token_ids": [4, 12]}, "rejected_token_ids", "position 1: token id 12 is outside the vocabulary [0, 10)"),
+    (
+        {"rejected_token_ids": [4, 12]},
+        "rejected_token_ids",
+        "position 1: token id 12 is outside the vocabulary [0, 10)",
+    ),
     ({"rejected_token_ids": []}, "rejected_token_ids", "expected a non-empty list"),
 ]
 
@@ -80,8 +84,14 @@ def test_bad_row_names_file_row_and_field(tmp_path, suffix, change, field, reaso
 def test_skip_invalid_rows_counts_and_reports(tmp_path):
     path = tmp_path / "data.jsonl"
     path.write_text(
-        json.dumps(good_row(0)) + "\n{not json\n" + json.dumps({**good_row(2), "prompt_token_ids": [99]}) + "\n"
-        + json.dumps({**good_row(3), "task_type": "asr"}) + "\n\n" + json.dumps([1]) + "\n"
+        json.dumps(good_row(0))
+        + "\n{not json\n"
+        + json.dumps({**good_row(2), "prompt_token_ids": [99]})
+        + "\n"
+        + json.dumps({**good_row(3), "task_type": "asr"})
+        + "\n\n"
+        + json.dumps([1])
+        + "\n"
     )
     with pytest.raises(DataError, match=r"row 2: field '<line>': not valid JSON"):
         read(path)
@@ -100,7 +110,6 @@ def test_missing_and_unsupported_files(tmp_path):
         read(tmp_path / "d.csv")
 
 
-
 # ---------------------------------------------------------------- malformed files, as users make them
 
 LAYOUT = SpeechLayout(speech_start=100, speech_end=200, boa_id=7, eoa_id=8, eos_id=9, pad_id=0, interleave_ratio=(2, 8))
@@ -108,7 +117,12 @@ LAYOUT = SpeechLayout(speech_start=100, speech_end=200, boa_id=7, eoa_id=8, eos_
 
 def speech_row(i=0, **change):
     """A row whose ids follow LAYOUT: text, an audio block, text, eos."""
-    return {**good_row(i), "prompt_token_ids": [1, 7, 101, 102, 8, 2], "reference_token_ids": [3, 4, 7, 150, 151, 8, 5, 9], **change}
+    return {
+        **good_row(i),
+        "prompt_token_ids": [1, 7, 101, 102, 8, 2],
+        "reference_token_ids": [3, 4, 7, 150, 151, 8, 5, 9],
+        **change,
+    }
 
 
 def read_speech(path, **kw):
@@ -172,8 +186,16 @@ def test_a_byte_order_mark_is_not_part_of_the_first_row(tmp_path):
 @pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
 def test_rows_of_other_task_types_are_counted_by_type(tmp_path, suffix):
     path = tmp_path / f"d{suffix}"
-    write_rows([speech_row(0), speech_row(1, task_type="S2S"), speech_row(2, task_type=None), speech_row(3, task_type="asr"),
-                speech_row(4, task_type="S2S")], path)
+    write_rows(
+        [
+            speech_row(0),
+            speech_row(1, task_type="S2S"),
+            speech_row(2, task_type=None),
+            speech_row(3, task_type="asr"),
+            speech_row(4, task_type="S2S"),
+        ],
+        path,
+    )
     report = read_speech(path)
     assert [r.row_id for r in report.rows] == ["r0"]
     assert report.filtered == {"S2S": 2, "null": 1, "asr": 1}
@@ -189,10 +211,22 @@ def test_a_parquet_column_of_the_wrong_type_names_the_field(tmp_path):
 LAYOUT_PROBLEMS = [
     ({"reference_token_ids": [3, 4, 7, 150, 8]}, "reference_token_ids", "does not end with eos (id 9): last id 8"),
     ({"reference_token_ids": [3, 9, 7, 150, 8, 9]}, "reference_token_ids", "position 1: eos before the end"),
-    ({"reference_token_ids": [3, 7, 150, 7, 151, 8, 9]}, "reference_token_ids", "position 3: begin-of-audio inside the block opened at 1"),
-    ({"reference_token_ids": [3, 150, 8, 9]}, "reference_token_ids", "position 1: speech token 150 outside an audio block"),
+    (
+        {"reference_token_ids": [3, 7, 150, 7, 151, 8, 9]},
+        "reference_token_ids",
+        "position 3: begin-of-audio inside the block opened at 1",
+    ),
+    (
+        {"reference_token_ids": [3, 150, 8, 9]},
+        "reference_token_ids",
+        "position 1: speech token 150 outside an audio block",
+    ),
     ({"reference_token_ids": [3, 8, 9]}, "reference_token_ids", "position 1: end-of-audio with no block open"),
-    ({"reference_token_ids": [3, 7, 150, 9]}, "reference_token_ids", "the audio block opened at position 1 is never closed"),
+    (
+        {"reference_token_ids": [3, 7, 150, 9]},
+        "reference_token_ids",
+        "the audio block opened at position 1 is never closed",
+    ),
     ({"prompt_token_ids": [1, 7, 101, 2]}, "prompt_token_ids", "the audio block opened at position 1 is never closed"),
     ({"prompt_token_ids": [1, 101, 2]}, "prompt_token_ids", "position 1: speech token 101 outside an audio block"),
 ]

@@ -7,8 +7,8 @@ import torch
 
 from learner.diagnostics import grad_norm, modality_entropy, token_entropy
 from learner.masks import modality_masks
-from wavalign.layout import SpeechLayout
 from tests.conftest import HAND
+from wavalign.layout import SpeechLayout
 
 
 def test_entropy_by_hand():

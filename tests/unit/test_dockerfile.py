@@ -121,7 +121,11 @@ def expected_pins() -> dict[str, str]:
 
 def test_pyproject_pins_the_whole_stack(expected_pins):
     assert {p: expected_pins[p] for p in STACK} == {
-        "torch": "2.13.0", "ray": "2.60.0", "deepspeed": "0.19.8", "transformers": "5.19.0", "vllm": "0.32.0"
+        "torch": "2.13.0",
+        "ray": "2.60.0",
+        "deepspeed": "0.19.8",
+        "transformers": "5.19.0",
+        "vllm": "0.32.0",
     }
 
 
@@ -152,7 +156,9 @@ def test_ray_is_the_command_with_token_auth_and_the_project_is_installed(dockerf
     assert cmd[:2] == ["bash", "-c"]
     token, _, start = cmd[2].partition(" && ")
     assert token == "ray get-auth-token --generate > /dev/null" and start.startswith("exec ray start --head --block ")
-    assert any(keyword == "ENV" and rest == "RAY_AUTH_MODE=token" for keyword, rest in steps)  # every Ray process of the image
+    assert any(
+        keyword == "ENV" and rest == "RAY_AUTH_MODE=token" for keyword, rest in steps
+    )  # every Ray process of the image
     assert not any(keyword == "ENTRYPOINT" for keyword, _ in steps)
     assert any(keyword == "WORKDIR" for keyword, _ in steps)
     assert any(keyword == "RUN" and 'pip install -e ".[gpu' in rest for keyword, rest in steps)

@@ -5,8 +5,17 @@ import importlib
 
 import pytest
 
-MODULES = ["rewards.toy", "rewards.scores", "rewards.judge_reply", "rewards.speech", "wavalign.toy.codec", "wavalign.toy.task", "learner.schedule",
-           "learner.dpo_pairs", "learner.masks"]
+MODULES = [
+    "rewards.toy",
+    "rewards.scores",
+    "rewards.judge_reply",
+    "rewards.speech",
+    "wavalign.toy.codec",
+    "wavalign.toy.task",
+    "learner.schedule",
+    "learner.dpo_pairs",
+    "learner.masks",
+]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -9,11 +9,19 @@ from learner.dpo_pairs import ScoreRule, build_pairs
 
 
 def cand(text, sem, para):
-    return {"output-text": text, "output-audio": f"{text}.wav", "gemini_score": {"semantic_score": sem, "paralinguistic_score": para}}
+    return {
+        "output-text": text,
+        "output-audio": f"{text}.wav",
+        "gemini_score": {"semantic_score": sem, "paralinguistic_score": para},
+    }
 
 
 SAMPLES = [
-    {"id": "a", "sft_target_text": "ref-a", "output": {"x": cand("x", 4, 4), "y": cand("y", 1, 2), "z": cand("z", 4, 4)}},
+    {
+        "id": "a",
+        "sft_target_text": "ref-a",
+        "output": {"x": cand("x", 4, 4), "y": cand("y", 1, 2), "z": cand("z", 4, 4)},
+    },
     {"id": "b", "sft_target_text": "ref-b", "output": {"x": cand("x", 3, 3), "y": cand("y", 3, 2.5)}},  # gap 0.5
     {"id": "c", "output": {"x": cand("x", 5, 1), "y": {"output-text": "y", "gemini_score": {"semantic_score": "n/a"}}}},
     {"id": "d", "output": {"x": cand("x", 5, 5), "y": cand("y", 1, 1)}},
@@ -45,8 +53,13 @@ def test_command_line(tmp_path):
     source.write_text("".join(json.dumps(s) + "\n" for s in SAMPLES))
     out = tmp_path / "pairs.jsonl"
     root = Path(__file__).resolve().parents[2]
-    done = subprocess.run([sys.executable, "-m", "learner.dpo_pairs", "--input", str(source), "--output", str(out)],
-                          cwd=root, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "learner.dpo_pairs", "--input", str(source), "--output", str(out)],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     assert "2 pairs from 4 samples (0 skipped)" in done.stdout
     assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == ["a", "d"]
@@ -58,7 +71,10 @@ def test_malformed_input_is_named_never_a_traceback(tmp_path):
     bad = [
         ["not", "an object"],
         {"id": "e", "output": ["x"]},  # candidates not an object
-        {"id": "f", "output": {"x": "just text", "y": cand("y", 1, 1), "z": {"gemini_score": 5}}},  # bad candidates dropped
+        {
+            "id": "f",
+            "output": {"x": "just text", "y": cand("y", 1, 1), "z": {"gemini_score": 5}},
+        },  # bad candidates dropped
         SAMPLES[3],
     ]
     source = tmp_path / "scored.jsonl"
@@ -66,8 +82,13 @@ def test_malformed_input_is_named_never_a_traceback(tmp_path):
     out = tmp_path / "pairs.jsonl"
 
     def run(path):
-        return subprocess.run([sys.executable, "-m", "learner.dpo_pairs", "--input", str(path), "--output", str(out)],
-                              cwd=root, capture_output=True, text=True, timeout=60)
+        return subprocess.run(
+            [sys.executable, "-m", "learner.dpo_pairs", "--input", str(path), "--output", str(out)],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
     done = run(source)
     assert done.returncode == 0, done.stderr
@@ -90,16 +111,36 @@ def test_pairs_from_a_runs_rollouts_and_their_bad_input(tmp_path, capsys):
     from learner.dpo_pairs import main
 
     rollouts = tmp_path / "rollouts.parquet"
-    rows = [(1, "a", 0, 5.0, [7, 2]), (1, "a", 1, 1.0, [8, 8]), (1, "b", 0, 3.0, [9, 2]), (1, "b", 1, 2.9, [9]),
-            (2, "a", 0, 4.0, [7]), (2, "a", 1, 1.0, [8, 2])]  # b: gap 0.1; step 2 a: the best lacks eos (2)
-    pq.write_table(pa.Table.from_pylist([dict(step=s, prompt_id=p, sample_index=i, reward=r, response_token_ids=ids, text=f"t{i}")
-                                         for s, p, i, r, ids in rows]), rollouts)
+    rows = [
+        (1, "a", 0, 5.0, [7, 2]),
+        (1, "a", 1, 1.0, [8, 8]),
+        (1, "b", 0, 3.0, [9, 2]),
+        (1, "b", 1, 2.9, [9]),
+        (2, "a", 0, 4.0, [7]),
+        (2, "a", 1, 1.0, [8, 2]),
+    ]  # b: gap 0.1; step 2 a: the best lacks eos (2)
+    pq.write_table(
+        pa.Table.from_pylist(
+            [
+                dict(step=s, prompt_id=p, sample_index=i, reward=r, response_token_ids=ids, text=f"t{i}")
+                for s, p, i, r, ids in rows
+            ]
+        ),
+        rollouts,
+    )
     data = tmp_path / "train.jsonl"
-    data.write_text("".join(json.dumps({"id": key, "reference_token_ids": [1, 2], "sft_target_text": "ref"}) + "\n" for key in "ab"))
+    data.write_text(
+        "".join(json.dumps({"id": key, "reference_token_ids": [1, 2], "sft_target_text": "ref"}) + "\n" for key in "ab")
+    )
     out = tmp_path / "pairs.jsonl"
     assert main(["--from-rollouts", str(rollouts), "--data", str(data), "--output", str(out), "--eos-id", "2"]) == 0
     (pair,) = [json.loads(line) for line in out.read_text().splitlines()]
-    assert (pair["id"], pair["reference_token_ids"], pair["rejected_token_ids"], pair["score_gap"]) == ("a@1", [7, 2], [8, 8], 4.0)
+    assert (pair["id"], pair["reference_token_ids"], pair["rejected_token_ids"], pair["score_gap"]) == (
+        "a@1",
+        [7, 2],
+        [8, 8],
+        4.0,
+    )
     assert pair["sft_target_text"] == "t0" and pair["orig_sft_target_text"] == "ref"
     assert "1 pairs from 3 groups (2 without a pair)" in capsys.readouterr().out
     assert main(["--from-rollouts", str(data), "--data", str(data), "--output", str(out)]) == 2

@@ -87,7 +87,9 @@ def test_an_unknown_action_names_the_point(monkeypatch, tmp_path):
         failpoint("driver.step_done")
 
 
-@pytest.mark.parametrize("content,reason", [("{not json", "not a readable JSON file"), ("[1, 2]", "expected a JSON object")])
+@pytest.mark.parametrize(
+    "content,reason", [("{not json", "not a readable JSON file"), ("[1, 2]", "expected a JSON object")]
+)
 def test_a_bad_failpoint_file_is_an_error_naming_it(monkeypatch, tmp_path, content, reason):
     spec = tmp_path / "failpoints.json"
     spec.write_text(content)

@@ -1,8 +1,8 @@
 """Interleaving a reference answer (method.md §5.2), including the method's worked example."""
 
+from tests.conftest import HAND
 from wavalign.interleave import follows_layout, interleave, split_channels, split_into_chunks
 from wavalign.layout import SpeechLayout
-from tests.conftest import HAND
 
 B, E = HAND["boa_id"], HAND["eoa_id"]
 

@@ -25,7 +25,10 @@ def preset_tokenizer(cfg: LayoutConfig, drop=(), extra_after=()):
     return VocabTokenizer([t for t in [*specials, *speech, *extra_after] if t not in drop])
 
 
-@pytest.mark.parametrize("preset,count,ratio", [("tiny", 256, (2, 8, 3, 8)), ("glm4voice", 16384, (13, 28)), ("vita-audio", 16384, (1, 10, 4, 10))])
+@pytest.mark.parametrize(
+    "preset,count,ratio",
+    [("tiny", 256, (2, 8, 3, 8)), ("glm4voice", 16384, (13, 28)), ("vita-audio", 16384, (1, 10, 4, 10))],
+)
 def test_presets_resolve(preset, count, ratio):
     cfg = LayoutConfig(preset=preset)
     layout = resolve_layout(cfg, preset_tokenizer(cfg))
@@ -41,7 +44,10 @@ def test_speech_range_extends_to_model_vocab_when_speech_is_the_tail():
     assert resolve_layout(cfg, with_tail, model_vocab_size=300).speech_end == 6 + 256
 
 
-@pytest.mark.parametrize("missing,field", [("<|begin_of_audio|>", "begin_audio_token"), ("<|im_end|>", "eos_token"), ("<|audio_7|>", "speech_token_format")])
+@pytest.mark.parametrize(
+    "missing,field",
+    [("<|begin_of_audio|>", "begin_audio_token"), ("<|im_end|>", "eos_token"), ("<|audio_7|>", "speech_token_format")],
+)
 def test_missing_token_is_named(missing, field):
     cfg = LayoutConfig(preset="tiny")
     with pytest.raises(LayoutError, match=rf"model\.layout\.{field}.*{missing.replace('|', '[|]')}"):

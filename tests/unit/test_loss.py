@@ -7,8 +7,8 @@ import torch
 
 from learner.loss import mixed_loss, rl_loss, sft_loss, token_logprobs, token_weights, with_group_fallback
 from learner.masks import ModalityMasks, modality_masks
-from wavalign.layout import SpeechLayout
 from tests.conftest import HAND
+from wavalign.layout import SpeechLayout
 
 LAYOUT = SpeechLayout(**HAND, interleave_ratio=(1, 4))
 B, E, EOS = 10, 11, 12
@@ -135,5 +135,11 @@ def test_dpo_by_hand():
     z = 0.2 * math.log(2)
     assert loss.item() == pytest.approx(-math.log(1 / (1 + math.exp(-z)))) and acc.item() == 1.0
     # an unusable pair (a side with no allowed token) is skipped
-    loss2, _ = dpo_loss(torch.tensor([s[0], 9.0]), torch.tensor([s[1], -9.0]), torch.zeros(2), torch.zeros(2), torch.tensor([True, False]))
+    loss2, _ = dpo_loss(
+        torch.tensor([s[0], 9.0]),
+        torch.tensor([s[1], -9.0]),
+        torch.zeros(2),
+        torch.zeros(2),
+        torch.tensor([True, False]),
+    )
     assert loss2.item() == pytest.approx(loss.item())

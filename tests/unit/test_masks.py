@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from learner.masks import BOUNDARY, OUTSIDE, SPEECH, TEXT, completion_mask, modality_codes, modality_masks
-from wavalign.layout import SpeechLayout
 from tests.conftest import HAND
+from wavalign.layout import SpeechLayout
 
 B, E, EOS, PAD = 10, 11, 12, 13  # BOA, EOA, eos, pad of the hand layout; speech codes are 20..29
 
@@ -23,7 +23,20 @@ def test_interleaved_response_text_speech_boundary(hand_layout):
     assert as_list(m.speech) == [0, 1, 1, 1, 1, 0, 0, 1, 1, 1, 0, 0, 0, 0]  # boundaries are speech
     assert as_list(m.boundary) == [0, 1, 0, 0, 1, 0, 0, 1, 0, 1, 0, 0, 0, 0]
     assert as_list(modality_codes(ids, hand_layout)) == [
-        TEXT, BOUNDARY, SPEECH, SPEECH, BOUNDARY, TEXT, TEXT, BOUNDARY, SPEECH, BOUNDARY, TEXT, OUTSIDE, OUTSIDE, OUTSIDE
+        TEXT,
+        BOUNDARY,
+        SPEECH,
+        SPEECH,
+        BOUNDARY,
+        TEXT,
+        TEXT,
+        BOUNDARY,
+        SPEECH,
+        BOUNDARY,
+        TEXT,
+        OUTSIDE,
+        OUTSIDE,
+        OUTSIDE,
     ]
 
 
@@ -56,9 +69,9 @@ def test_empty_response(hand_layout):
 
 @pytest.mark.parametrize("preset", ["tiny", "glm4voice", "vita-audio"])
 def test_masks_for_each_preset_on_resolved_ids(preset):
+    from tests.unit.test_layout import preset_tokenizer
     from wavalign.config import LayoutConfig
     from wavalign.layout import resolve_layout
-    from tests.unit.test_layout import preset_tokenizer
 
     cfg = LayoutConfig(preset=preset)
     tokenizer = preset_tokenizer(cfg)

@@ -38,7 +38,11 @@ def record(prompt_id, index, version=0):
 def test_groups_are_checked_whole_and_split_evenly_over_learner_ranks():
     prompts = rows(4)
     records = [record(r.row_id, i) for r in reversed(prompts) for i in reversed(range(2))]  # any arrival order
-    rewards = {(r.row_id, i): RewardResult(r.row_id, i, {"toy": float(i + k)}, float(i + k)) for k, r in enumerate(prompts) for i in range(2)}
+    rewards = {
+        (r.row_id, i): RewardResult(r.row_id, i, {"toy": float(i + k)}, float(i + k))
+        for k, r in enumerate(prompts)
+        for i in range(2)
+    }
     groups = assemble_groups(prompts, records, rewards, group_size=2)
     assert [g.row.row_id for g in groups] == ["q0", "q1", "q2", "q3"]
     assert all([r.sample_index for r in g.records] == [0, 1] for g in groups)

@@ -14,15 +14,17 @@ def r(text, answer=7):
 
 
 def test_toy_reward_hand_values():
-    assert toy_answer_reward([
-        r("three plus four is seven"),  # right: 5
-        r("three plus four is eight"),  # a wrong result: 2 (partial credit for stating one)
-        r("three plus four is"),  # no result: 1
-        r(""),  # empty: 1
-        r("is seven is eight"),  # the last "is" counts: wrong, 2
-        r("three plus four is banana"),  # not a number: 1
-        r("zero plus zero is zero", answer=0),  # 5
-    ]) == [5.0, 2.0, 1.0, 1.0, 2.0, 1.0, 5.0]
+    assert toy_answer_reward(
+        [
+            r("three plus four is seven"),  # right: 5
+            r("three plus four is eight"),  # a wrong result: 2 (partial credit for stating one)
+            r("three plus four is"),  # no result: 1
+            r(""),  # empty: 1
+            r("is seven is eight"),  # the last "is" counts: wrong, 2
+            r("three plus four is banana"),  # not a number: 1
+            r("zero plus zero is zero", answer=0),  # 5
+        ]
+    ) == [5.0, 2.0, 1.0, 1.0, 2.0, 1.0, 5.0]
     assert toy_answer_reward([]) == []
 
 

@@ -12,7 +12,7 @@ def test_streamed_groups_give_the_batch_lambda():
     rewards = {"a": [1.0, 5.0, 1.0, 5.0], "b": [3.0, 3.0, 3.0, 3.0], "c": [2.0, 4.0, 5.0, 1.0]}
     batch, streamed = LambdaController(settings), LambdaController(settings)
     order = ["a", "b", "c"]
-    for step in range(2):  # the second step exercises the EMA against the first
+    for _step in range(2):  # the second step exercises the EMA against the first
         expected = batch.step(torch.tensor([rewards[p] for p in order]))
         stats = StepStats(settings, group_size=4)
         for prompt_id in ["c", "a", "b"]:  # arrival order differs from prompt order

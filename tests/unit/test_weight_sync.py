@@ -36,9 +36,15 @@ def test_auto_resolves_to_the_object_store_unless_colocated():
         ({"weight_transfer": "nccl"}, "rollout.weight_transfer: nccl needs GPUs"),
         ({"weight_transfer": "ipc", "colocate": True}, "rollout.weight_transfer: ipc needs GPUs"),
         ({"colocate": True}, "rollout.colocate: needs GPUs"),
-        ({"weight_transfer": "nccl", "colocate": True, "gpus_per_worker": 0.5}, "rollout.weight_transfer: nccl cannot put two ranks"),
+        (
+            {"weight_transfer": "nccl", "colocate": True, "gpus_per_worker": 0.5},
+            "rollout.weight_transfer: nccl cannot put two ranks",
+        ),
         ({"weight_transfer": "ipc", "gpus_per_worker": 1}, "rollout.weight_transfer: ipc shares CUDA memory"),
-        ({"weight_transfer": "rdma"}, "rollout.weight_transfer: Input should be 'auto', 'object_store', 'nccl' or 'ipc'"),
+        (
+            {"weight_transfer": "rdma"},
+            "rollout.weight_transfer: Input should be 'auto', 'object_store', 'nccl' or 'ipc'",
+        ),
     ],
 )
 def test_bad_transfer_settings_name_the_key(settings, problem):
@@ -60,8 +66,10 @@ def test_each_worker_gets_its_own_rank_offset():
     sent = {"master_address": "10.0.0.1", "master_port": 1234, "rank_offset": 1, "world_size": 3, "packed": True}
     payloads = gws.per_worker_init_info(sent, ["rollout-0", "rollout-1"], [1, 2])
     assert [p["rank_offset"] for p in payloads.values()] == [1, 2]
-    assert all({k: v for k, v in p.items() if k != "rank_offset"} == {k: v for k, v in sent.items() if k != "rank_offset"}
-               for p in payloads.values())
+    assert all(
+        {k: v for k, v in p.items() if k != "rank_offset"} == {k: v for k, v in sent.items() if k != "rank_offset"}
+        for p in payloads.values()
+    )
     assert gws.per_worker_init_info({"packed": False}, ["a"], None) == {"a": {"packed": False}}  # ipc: unchanged
     with pytest.raises(ValueError):
         gws.per_worker_init_info(sent, ["a", "b"], [1])
@@ -139,12 +147,19 @@ def test_chunks_are_bounded_and_keep_the_order():
 
 
 def test_a_chunk_is_read_as_views_of_its_bytes_in_any_dtype():
-    tensors = {"a": torch.arange(6, dtype=torch.float32).view(2, 3), "b": torch.tensor([1.5, -2.0], dtype=torch.bfloat16),
-               "c": torch.arange(4, dtype=torch.int64)}
+    tensors = {
+        "a": torch.arange(6, dtype=torch.float32).view(2, 3),
+        "b": torch.tensor([1.5, -2.0], dtype=torch.bfloat16),
+        "c": torch.arange(4, dtype=torch.int64),
+    }
     parts = [t.contiguous().view(-1).view(torch.uint8).numpy() for t in tensors.values()]
     info = weight_transfer.ObjectStoreUpdateInfo(
-        names=list(tensors), dtype_names=[str(t.dtype).removeprefix("torch.") for t in tensors.values()],
-        shapes=[list(t.shape) for t in tensors.values()], sizes=[p.nbytes for p in parts], total=3)
+        names=list(tensors),
+        dtype_names=[str(t.dtype).removeprefix("torch.") for t in tensors.values()],
+        shapes=[list(t.shape) for t in tensors.values()],
+        sizes=[p.nbytes for p in parts],
+        total=3,
+    )
     out = dict(weight_transfer.unpacked(info, parts))
     assert all(torch.equal(out[k], tensors[k]) and out[k].dtype == tensors[k].dtype for k in tensors)
     assert out["a"].data_ptr() == parts[0].ctypes.data  # a view of the received bytes, not a copy

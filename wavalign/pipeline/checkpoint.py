@@ -50,8 +50,11 @@ def random_states() -> dict:
     """The driver's Python, NumPy and torch generator states, as JSON-able values."""
     version, words, gauss = random.getstate()
     kind, keys, pos, has_gauss, cached = np.random.get_state()
-    return {"python": [version, list(words), gauss], "numpy": [kind, keys.tolist(), pos, has_gauss, cached],
-            "torch": torch.get_rng_state().tolist()}
+    return {
+        "python": [version, list(words), gauss],
+        "numpy": [kind, keys.tolist(), pos, has_gauss, cached],
+        "torch": torch.get_rng_state().tolist(),
+    }
 
 
 def set_random_states(states: dict) -> None:

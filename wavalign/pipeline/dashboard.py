@@ -14,7 +14,9 @@ class DashboardMetrics:
 
         self._metrics, self.run = metrics, run_name
         self._gauges: dict[str, object] = {}
-        self._workers = metrics.Gauge("wavalign_workers", "live workers by pool and state", tag_keys=("run", "pool", "state"))
+        self._workers = metrics.Gauge(
+            "wavalign_workers", "live workers by pool and state", tag_keys=("run", "pool", "state")
+        )
 
     def _gauge(self, key: str):
         if key not in self._gauges:

@@ -15,7 +15,9 @@ def scored_by_toy_task(cfg: PipelineConfig, rows: Sequence[PromptRow]) -> bool:
     return cfg.model.path is None and all(r.answer is not None for r in rows)
 
 
-def evaluate(cfg: PipelineConfig, tokenizer, layout, rows: Sequence[PromptRow], records: Sequence[RolloutRecord]) -> dict[str, float]:
+def evaluate(
+    cfg: PipelineConfig, tokenizer, layout, rows: Sequence[PromptRow], records: Sequence[RolloutRecord]
+) -> dict[str, float]:
     if not scored_by_toy_task(cfg, rows):
         lengths = [len(r.response_token_ids) for r in records]
         return {"responses": len(records), "mean_response_tokens": sum(lengths) / max(len(lengths), 1)}

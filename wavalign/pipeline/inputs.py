@@ -25,21 +25,31 @@ def resolve_inputs(cfg: PipelineConfig) -> tuple[Path, list[str], list[str]]:
     )
 
 
-def read_prompt_rows(cfg: PipelineConfig, vocab_size: int, files: list[str], layout: SpeechLayout, log=print) -> list[PromptRow]:
+def read_prompt_rows(
+    cfg: PipelineConfig, vocab_size: int, files: list[str], layout: SpeechLayout, log=print
+) -> list[PromptRow]:
     """Every valid row of the files; skipped rows are counted and the first is shown, rows of other
     task types are counted by type. Row ids must be unique: they key a step's groups."""
     from wavalign.data import read_rows
 
     rows: list[PromptRow] = []
     for path in files:
-        report = read_rows(path, vocab_size=vocab_size, max_prompt_tokens=cfg.data.max_prompt_tokens,
-                           skip_invalid_rows=cfg.data.skip_invalid_rows, task_types=cfg.data.task_types, layout=layout)
+        report = read_rows(
+            path,
+            vocab_size=vocab_size,
+            max_prompt_tokens=cfg.data.max_prompt_tokens,
+            skip_invalid_rows=cfg.data.skip_invalid_rows,
+            task_types=cfg.data.task_types,
+            layout=layout,
+        )
         if report.skipped:
             log(f"data: skipped {len(report.skipped)} invalid rows of {path}; first: {report.skipped[0]}")
         if report.filtered:
             kinds = ", ".join(f"{kind}: {n}" for kind, n in sorted(report.filtered.items()))
-            log(f"data: left out {sum(report.filtered.values())} rows of {path} whose task_type is not in "
-                f"data.task_types {cfg.data.task_types} ({kinds})")
+            log(
+                f"data: left out {sum(report.filtered.values())} rows of {path} whose task_type is not in "
+                f"data.task_types {cfg.data.task_types} ({kinds})"
+            )
         rows += report.rows
     seen: set[str] = set()
     for row in rows:
@@ -63,5 +73,10 @@ def connect_ray(address: str | None) -> None:
         ray.init(address=address, runtime_env=runtime_env)
     else:
         # "local": always a new cluster, never whatever /tmp/ray last recorded (possibly dead)
-        ray.init(address="local", num_cpus=os.cpu_count(), dashboard_host="127.0.0.1", include_dashboard=True,
-                 runtime_env=runtime_env)
+        ray.init(
+            address="local",
+            num_cpus=os.cpu_count(),
+            dashboard_host="127.0.0.1",
+            include_dashboard=True,
+            runtime_env=runtime_env,
+        )

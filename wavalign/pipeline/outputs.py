@@ -41,7 +41,9 @@ class RunOutputs:
         if resume_step is not None:
             self._truncate(resume_step)
         # purge_step drops events a killed run wrote after its checkpoint
-        self.tensorboard = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=None if resume_step is None else resume_step + 1)
+        self.tensorboard = SummaryWriter(
+            str(self.run_dir / "tensorboard"), purge_step=None if resume_step is None else resume_step + 1
+        )
 
     def _truncate(self, step: int) -> None:
         if self.metrics_path.exists():

@@ -42,7 +42,9 @@ def check_reward_functions(cfg: PipelineConfig) -> None:
         except ConfigError as err:
             raise PreflightError(str(err)) from None
     if "reward_model" in names and not (Path(cfg.reward.reward_model_path or "") / "config.json").is_file():
-        raise PreflightError(f"reward.reward_model_path: {cfg.reward.reward_model_path} is not an HF model directory (no config.json)")
+        raise PreflightError(
+            f"reward.reward_model_path: {cfg.reward.reward_model_path} is not an HF model directory (no config.json)"
+        )
 
 
 def preflight(cfg: PipelineConfig, build_toy: bool = True, log=print) -> Inputs | None:
@@ -56,15 +58,19 @@ def preflight(cfg: PipelineConfig, build_toy: bool = True, log=print) -> Inputs 
     if cfg.model.path is None and (problem := foreign_assets_dir(cfg.toy)):
         raise PreflightError(problem)
     if cfg.model.path is None and not build_toy and not toy_assets_ready(cfg.toy, cfg.model.layout):
-        log(f"note: the toy assets are not built yet in {cfg.toy.assets_dir} (a run builds them first, a few minutes); "
-            "the policy and data checks wait for them")
+        log(
+            f"note: the toy assets are not built yet in {cfg.toy.assets_dir} (a run builds them first, a few minutes); "
+            "the policy and data checks wait for them"
+        )
         return None
 
     model_path, train_files, eval_files = resolve_inputs(cfg)
     try:
         tokenizer, layout = load_tokenizer_and_layout(model_path, cfg.model.layout)
     except (OSError, ValueError) as err:
-        raise PreflightError(_one_line(err if str(err).startswith("model.") else f"model.path: {model_path}: {err}")) from None
+        raise PreflightError(
+            _one_line(err if str(err).startswith("model.") else f"model.path: {model_path}: {err}")
+        ) from None
     rows = {}
     for split, files, needed in (("train", train_files, True), ("eval", eval_files, cfg.train.eval_every > 0)):
         if not needed:
@@ -78,14 +84,22 @@ def preflight(cfg: PipelineConfig, build_toy: bool = True, log=print) -> Inputs 
             hint = "" if split == "train" else " (train.eval_every: 0 runs without evaluation)"
             raise PreflightError(f"data.{split}_files: no usable rows in {', '.join(files)}{hint}")
     a = cfg.algorithm
-    if a.objective == "dpo" and a.dpo_pairs == "offline" and (missing := [r for r in rows["train"] if r.rejected_token_ids is None]):
-        raise PreflightError(f"algorithm.dpo_pairs: offline needs rejected_token_ids in every train row; {len(missing)} of "
-                             f"{len(rows['train'])} have none (first: {missing[0].row_id}); python -m learner.dpo_pairs "
-                             "--from-rollouts makes pair rows from a run's rollouts")
+    if (
+        a.objective == "dpo"
+        and a.dpo_pairs == "offline"
+        and (missing := [r for r in rows["train"] if r.rejected_token_ids is None])
+    ):
+        raise PreflightError(
+            f"algorithm.dpo_pairs: offline needs rejected_token_ids in every train row; {len(missing)} of "
+            f"{len(rows['train'])} have none (first: {missing[0].row_id}); python -m learner.dpo_pairs "
+            "--from-rollouts makes pair rows from a run's rollouts"
+        )
     per_step = cfg.train.rollout_batch_size // cfg.rollout.group_size
     if per_step > len(rows["train"]):
-        raise PreflightError(f"train.rollout_batch_size: {cfg.train.rollout_batch_size} responses are {per_step} prompts per step; "
-                             f"the train data has {len(rows['train'])} usable rows")
+        raise PreflightError(
+            f"train.rollout_batch_size: {cfg.train.rollout_batch_size} responses are {per_step} prompts per step; "
+            f"the train data has {len(rows['train'])} usable rows"
+        )
     return Inputs(Path(model_path), tokenizer, layout, rows["train"], rows["eval"])
 
 

@@ -22,7 +22,9 @@ _DONE = object()
 
 def reward_request(row: PromptRow, record: RolloutRecord) -> RewardRequest:
     extra = dict(row.extra) if row.answer is None else {**row.extra, "answer": row.answer}
-    return RewardRequest(row.row_id, record.sample_index, record.response_token_ids, row.question_text, row.sft_target_text, extra)
+    return RewardRequest(
+        row.row_id, record.sample_index, record.response_token_ids, row.question_text, row.sft_target_text, extra
+    )
 
 
 class RewardStream:

@@ -36,10 +36,17 @@ from wavalign.pipeline.preflight import Inputs
 from wavalign.pipeline.prompts import PromptStream
 from wavalign.pipeline.reward_stream import RewardStream
 from wavalign.pipeline.step_data import (
-    Group, advantages_of, assemble_groups, dpo_batches, learner_batches, offline_dpo_pairs, online_dpo_pairs, rollout_rows,
-    step_lambdas)
+    Group,
+    advantages_of,
+    assemble_groups,
+    dpo_batches,
+    learner_batches,
+    offline_dpo_pairs,
+    online_dpo_pairs,
+    rollout_rows,
+    step_lambdas,
+)
 from wavalign.pipeline.step_metrics import progress_line, step_metrics
-
 
 # A DPO run's own columns, in every one of its rows (NaN where a step had no pairs)
 DPO_NAN = {key: math.nan for key in ("dpo_loss", "dpo_accuracy", "dpo_margin", "sft_loss")}
@@ -48,8 +55,13 @@ DPO_NAN = {key: math.nan for key in ("dpo_loss", "dpo_accuracy", "dpo_margin", "
 def lambda_settings(cfg: PipelineConfig) -> LambdaSettings:
     a = cfg.algorithm
     return LambdaSettings(
-        lambda_max=a.lambda_max, ema_alpha=a.ema_alpha, gate_slope=a.gate_slope, scale_min=cfg.reward.scale_min,
-        scale_max=cfg.reward.scale_max, adaptive=a.adaptive_mixing, fixed_weight=a.fixed_rl_weight,
+        lambda_max=a.lambda_max,
+        ema_alpha=a.ema_alpha,
+        gate_slope=a.gate_slope,
+        scale_min=cfg.reward.scale_min,
+        scale_max=cfg.reward.scale_max,
+        adaptive=a.adaptive_mixing,
+        fixed_weight=a.fixed_rl_weight,
     )
 
 
@@ -66,12 +78,17 @@ class Pipeline:
         model_path, self.tokenizer, self.layout = inputs.model_path, inputs.tokenizer, inputs.layout
         self.eval_rows = inputs.eval_rows
         self.prompts = PromptStream(inputs.train_rows, cfg.run.seed, cfg.train.rollout_batch_size // self.group_size)
-        print(f"data: {len(inputs.train_rows)} train prompts, {len(self.eval_rows)} eval prompts; policy: {model_path}", flush=True)
+        print(
+            f"data: {len(inputs.train_rows)} train prompts, {len(self.eval_rows)} eval prompts; policy: {model_path}",
+            flush=True,
+        )
 
         connect_ray(address)
         # every worker starts at once (the learners are waited for first, then the pools)
         # a rollout worker that comes up after the first sync gets the last version from the learner
-        self.rollouts = RolloutPool(cfg, str(model_path), wait=False, bring_up_weights=lambda w: self.learners.bring_up(w))
+        self.rollouts = RolloutPool(
+            cfg, str(model_path), wait=False, bring_up_weights=lambda w: self.learners.bring_up(w)
+        )
         self.rewards = RewardPool(cfg, str(model_path), wait=False)
         self.learners = LearnerGroup(cfg, str(model_path))
         self.rollouts.wait_until_up()
@@ -79,7 +96,9 @@ class Pipeline:
         self.control = start_control(cfg.run.name)
         self.dashboard = DashboardMetrics(cfg.run.name)
         per_rank = cfg.algorithm.lambda_scope == "per_rank"
-        self.controllers = [LambdaController(lambda_settings(cfg)) for _ in range(cfg.learner.num_workers if per_rank else 1)]
+        self.controllers = [
+            LambdaController(lambda_settings(cfg)) for _ in range(cfg.learner.num_workers if per_rank else 1)
+        ]
         self.step, self.version = 0, 0
         self.learned_step = 0  # the last step the learner has taken (one ahead of self.step mid-step)
         self._prompts_after_step = self.prompts.state_dict()  # the cursor as of the last complete step
@@ -149,7 +168,9 @@ class Pipeline:
         lambdas, aggregates = step_lambdas(stats, self.controllers, groups)
         return groups, advantages, lambdas, aggregates
 
-    def learn(self, step: int, groups: Sequence[Group], advantages: torch.Tensor, lambdas: Sequence[LambdaStep]) -> dict[str, float]:
+    def learn(
+        self, step: int, groups: Sequence[Group], advantages: torch.Tensor, lambdas: Sequence[LambdaStep]
+    ) -> dict[str, float]:
         """One learner step: WavAlign's (RL rows + SFT rows mixed by λ), or with algorithm.objective
         dpo, DPO's on the step's pairs. Rollouts older than the learner's weights (bounded staleness)
         carry their staleness, so the learner applies the clipped importance ratio. With
@@ -215,7 +236,12 @@ class Pipeline:
         self.step = step
         self._prompts_after_step = self.prompts.state_dict(give_back_last_step=self._prefetched is not None)
         row = step_metrics(
-            step=step, version=self.version, lambdas=lambdas, reward_aggregates=aggregates, learned=learned, timings=timings,
+            step=step,
+            version=self.version,
+            lambdas=lambdas,
+            reward_aggregates=aggregates,
+            learned=learned,
+            timings=timings,
             response_tokens=sum(len(r.response_token_ids) for g in groups for r in g.records),
             workers={"rollout": len(self.rollouts.members), "reward": len(self.rewards.members)},
         )
@@ -249,8 +275,12 @@ class Pipeline:
 
     def evaluate(self, step: int) -> dict[str, float]:
         """G samples per eval prompt from the current policy (seeded apart from training's)."""
-        records = self.rollouts.generate([(r.row_id, r.prompt_token_ids) for r in self.eval_rows], seed=step_seed(self.cfg, -step))
-        return {f"eval_{k}": v for k, v in evaluate(self.cfg, self.tokenizer, self.layout, self.eval_rows, records).items()}
+        records = self.rollouts.generate(
+            [(r.row_id, r.prompt_token_ids) for r in self.eval_rows], seed=step_seed(self.cfg, -step)
+        )
+        return {
+            f"eval_{k}": v for k, v in evaluate(self.cfg, self.tokenizer, self.layout, self.eval_rows, records).items()
+        }
 
     def stop_after_failure(self, err: Exception) -> None:
         """A worker failure the pools could not heal: checkpoint the last complete step (unless the
@@ -259,11 +289,17 @@ class Pipeline:
         self._prefetched = None  # sampled ahead by pools that failed: not waited for
         if self.step > 0 and self.learned_step == self.step:
             self.checkpoint()
-            print(f"stopped after step {self.step} (a worker failure); continue with: python launch.py --resume {self.run_dir}",
-                  flush=True)
+            print(
+                f"stopped after step {self.step} (a worker failure); "
+                f"continue with: python launch.py --resume {self.run_dir}",
+                flush=True,
+            )
         elif self.step > 0:
-            print(f"stopped during step {self.step + 1} after the learner took it; the newest checkpoint in "
-                  f"{self.run_dir / 'checkpoints'} is where a resume continues", flush=True)
+            print(
+                f"stopped during step {self.step + 1} after the learner took it; the newest checkpoint in "
+                f"{self.run_dir / 'checkpoints'} is where a resume continues",
+                flush=True,
+            )
         self.finish(export=False)
 
     def finish(self, export: bool) -> None:

@@ -37,7 +37,10 @@ class Group:
 
 
 def assemble_groups(
-    prompts: Sequence[PromptRow], records: Sequence[RolloutRecord], rewards: Mapping[tuple[str, int], RewardResult], group_size: int
+    prompts: Sequence[PromptRow],
+    records: Sequence[RolloutRecord],
+    rewards: Mapping[tuple[str, int], RewardResult],
+    group_size: int,
 ) -> list[Group]:
     """Every prompt's group, checked complete: G records, each scored once."""
     by_prompt: dict[str, list[RolloutRecord]] = {}
@@ -47,7 +50,9 @@ def assemble_groups(
     for index, row in enumerate(prompts):
         group = sorted(by_prompt.get(row.row_id, []), key=lambda r: r.sample_index)
         if [r.sample_index for r in group] != list(range(group_size)):
-            raise RuntimeError(f"prompt {row.row_id!r}: samples {[r.sample_index for r in group]}, expected 0..{group_size - 1}")
+            raise RuntimeError(
+                f"prompt {row.row_id!r}: samples {[r.sample_index for r in group]}, expected 0..{group_size - 1}"
+            )
         groups.append(Group(index, row, tuple(group), tuple(rewards[(row.row_id, r.sample_index)] for r in group)))
     return groups
 
@@ -119,7 +124,9 @@ def online_dpo_pairs(groups: Sequence[Group], min_gap: float, chosen_source: str
 
 def offline_dpo_pairs(rows: Sequence[PromptRow]) -> list[DpoPair]:
     """The data's own pairs: the reference is the chosen side, rejected_token_ids the rejected one."""
-    return [DpoPair(r.prompt_token_ids, r.reference_token_ids, r.rejected_token_ids) for r in rows if r.rejected_token_ids]
+    return [
+        DpoPair(r.prompt_token_ids, r.reference_token_ids, r.rejected_token_ids) for r in rows if r.rejected_token_ids
+    ]
 
 
 def dpo_batches(pairs: Sequence[DpoPair], world_size: int) -> list[DpoBatch]:
@@ -139,19 +146,21 @@ def rollout_rows(
     rows = []
     for g in groups:
         for record, result in zip(g.records, g.rewards):
-            rows.append({
-                "step": step,
-                "prompt_id": g.row.row_id,
-                "group_index": g.index,
-                "sample_index": record.sample_index,
-                "policy_version": record.policy_version,
-                "reward": result.total,
-                **{f"reward_{name}": value for name, value in sorted(result.scores.items())},
-                "advantage": float(advantages[g.index, record.sample_index]),
-                "n_text_tokens": sum(1 for m in record.modality if m == TEXT),
-                "n_speech_tokens": sum(1 for m in record.modality if m == SPEECH),
-                "finish_reason": record.finish_reason,
-                "text": decode_text(record),
-                "response_token_ids": list(record.response_token_ids),
-            })
+            rows.append(
+                {
+                    "step": step,
+                    "prompt_id": g.row.row_id,
+                    "group_index": g.index,
+                    "sample_index": record.sample_index,
+                    "policy_version": record.policy_version,
+                    "reward": result.total,
+                    **{f"reward_{name}": value for name, value in sorted(result.scores.items())},
+                    "advantage": float(advantages[g.index, record.sample_index]),
+                    "n_text_tokens": sum(1 for m in record.modality if m == TEXT),
+                    "n_speech_tokens": sum(1 for m in record.modality if m == SPEECH),
+                    "finish_reason": record.finish_reason,
+                    "text": decode_text(record),
+                    "response_token_ids": list(record.response_token_ids),
+                }
+            )
     return rows

@@ -8,8 +8,24 @@ from collections.abc import Sequence
 from learner.mixing import LambdaStep
 
 # Columns every row has (NaN where a step did not compute one), so the Parquet schema is stable.
-LEARNER_KEYS = ("rl_loss", "sft_loss", "loss", "text_entropy", "speech_entropy", "total_entropy", "kl_text", "kl_speech",
-                "clip_frac", "staleness", "grad_norm", "grad_norm_text", "grad_norm_speech", "lr", "skipped", "nonfinite_loss")
+LEARNER_KEYS = (
+    "rl_loss",
+    "sft_loss",
+    "loss",
+    "text_entropy",
+    "speech_entropy",
+    "total_entropy",
+    "kl_text",
+    "kl_speech",
+    "clip_frac",
+    "staleness",
+    "grad_norm",
+    "grad_norm_text",
+    "grad_norm_speech",
+    "lr",
+    "skipped",
+    "nonfinite_loss",
+)
 LAMBDA_KEYS = ("lambda_raw", "gate_reward", "gate_info", "reward_max_mean", "reward_var_mean", "zero_var_group_frac")
 
 
@@ -54,8 +70,11 @@ def progress_line(row: dict, total_steps: int, seconds_per_step: float) -> str:
     if "dpo_loss" in row:
         objective = f"dpo {row['dpo_loss']:.3f} (accuracy {row['dpo_accuracy']:.2f}, {row['dpo_pairs']:.0f} pairs)"
     else:
-        objective = f"λ {row['lambda']:.3f} | loss {row['loss']:.3f} (rl {row['rl_loss']:.3f}, sft {row['sft_loss']:.3f})"
+        objective = (
+            f"λ {row['lambda']:.3f} | loss {row['loss']:.3f} (rl {row['rl_loss']:.3f}, sft {row['sft_loss']:.3f})"
+        )
     return (
         f"step {row['step']}/{total_steps} | reward {row['reward_mean']:.2f} ± {row['reward_std']:.2f} | {objective} "
-        f"| {row['rollout_tokens_per_s']:.0f} tok/s | sync {row['sync_seconds']:.2f}s | step {row['step_seconds']:.1f}s | ETA {eta}"
+        f"| {row['rollout_tokens_per_s']:.0f} tok/s | sync {row['sync_seconds']:.2f}s "
+        f"| step {row['step_seconds']:.1f}s | ETA {eta}"
     )

@@ -25,8 +25,10 @@ def foreign_assets_dir(toy: ToyConfig) -> str | None:
     a cache it made, never a folder of the user's), or None."""
     root = Path(toy.assets_dir)
     if root.exists() and not (root / "fingerprint").is_file() and (not root.is_dir() or any(root.iterdir())):
-        return (f"toy.assets_dir: {root} exists and is not a toy asset cache (no fingerprint file); "
-                "it is left alone: choose a new or empty folder")
+        return (
+            f"toy.assets_dir: {root} exists and is not a toy asset cache (no fingerprint file); "
+            "it is left alone: choose a new or empty folder"
+        )
     return None
 
 

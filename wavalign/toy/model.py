@@ -67,7 +67,11 @@ def generate(
         width = max(len(p) for p in batch)
         ids = torch.tensor([[layout.pad_id] * (width - len(p)) + list(p) for p in batch])
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch])
-        sampling = {"do_sample": True, "temperature": temperature, "top_p": 1.0, "top_k": 0} if temperature else {"do_sample": False}
+        sampling = (
+            {"do_sample": True, "temperature": temperature, "top_p": 1.0, "top_k": 0}
+            if temperature
+            else {"do_sample": False}
+        )
         with torch.no_grad():
             out = model.generate(
                 input_ids=ids,

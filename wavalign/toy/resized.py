@@ -14,8 +14,13 @@ def resized_model(model_dir: str | Path, hidden: int, layers: int, out_dir: str 
     settings = AutoConfig.from_pretrained(model_dir).to_dict()
     settings.pop("layer_types", None)  # derived from the layer count
     heads = hidden // 64
-    settings.update(hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
-                    num_attention_heads=heads, num_key_value_heads=heads)
+    settings.update(
+        hidden_size=hidden,
+        intermediate_size=4 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+    )
     Qwen2ForCausalLM(Qwen2Config(**settings)).save_pretrained(out_dir)
     AutoTokenizer.from_pretrained(model_dir).save_pretrained(out_dir)
     return str(out_dir)

@@ -73,7 +73,9 @@ def all_questions(max_operand: int) -> list[Question]:
     return questions
 
 
-def split_questions(questions: list[Question], eval_fraction: float, seed: int) -> tuple[list[Question], list[Question]]:
+def split_questions(
+    questions: list[Question], eval_fraction: float, seed: int
+) -> tuple[list[Question], list[Question]]:
     """A seeded (train, eval) split; eval holds at least one question."""
     shuffled = list(questions)
     random.Random(seed).shuffle(shuffled)
