@@ -44,9 +44,9 @@ def main(argv: list[str] | None = None) -> int:
 
         return scale_main(argv[1:])
     args = parse_args(argv)
+    from driver.preflight import PreflightError, check_resume, preflight
     from wavalign.config import InvalidConfig
     from wavalign.config_file import config_yaml, read_config, save_config
-    from wavalign.pipeline.preflight import PreflightError, check_resume, preflight
 
     # 1. Resolve the config (file, or a resumed run's own snapshot, + overrides) as one tree, then
     #    run every check short of starting Ray: the pipeline runs it, its reward functions build,
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # 3. Policy, data, Ray and the workers: rollout pool, reward pool, learners, operator control.
     from actors.worker_pool import WorkerError
-    from wavalign.pipeline.run import Pipeline
+    from driver.pipeline import Pipeline
 
     try:
         pipe = Pipeline(cfg, run_dir, args.address, inputs)
@@ -98,30 +98,35 @@ def main(argv: list[str] | None = None) -> int:
             step = pipe.step + 1
             started = time.monotonic()
             pipe.apply_operator_requests()  # `launch.py scale --workers N`, between steps
-            # 5a. Prompts -> rollouts, each chunk of groups scored as soon as it is in (with
-            #     train.max_staleness: 1, sampled while the learner took the previous step).
-            prompts, records, scoring, generation_s = pipe.rollouts_for(step)
+            # 5a. Prompts -> rollouts, each chunk of groups scored as soon as it is in (unless 5c
+            #     sampled them during the previous step).
+            sampled = pipe.take_sampled_ahead() or pipe.sample(step)
             wait_started = time.monotonic()
-            results = scoring.finish(cfg.reward.timeout_s)
+            results = sampled.scoring.finish(cfg.reward.timeout_s)
             reward_wait_s = time.monotonic() - wait_started
             # 5b. Advantages per group; λ from the streamed group statistics.
-            groups, advantages, lambdas, aggregates = pipe.assemble(prompts, records, results, scoring.stats)
-            # 5c. One learner step on the RL rows (text tokens) and the SFT rows, mixed by λ.
+            scored = pipe.assemble(sampled, results)
+            # 5c. One learner step on the RL rows (text tokens) and the SFT rows, mixed by λ. Bounded
+            #     staleness (train.max_staleness: 1): while it runs, the next step's rollouts are
+            #     sampled from the weights it started from (one version old when they are trained on).
             learn_started = time.monotonic()
-            learned = pipe.learn(step, groups, advantages, lambdas)
+            learning = pipe.start_learning(scored)
+            if cfg.train.max_staleness and step < cfg.run.steps:
+                pipe.sample_ahead(step + 1)
+            learned = pipe.finish_learning(learning)
             learn_s = time.monotonic() - learn_started
             # 5d. The new weights into every rollout worker: the next step samples from them.
             #     The learner sends them itself; the driver names the workers and the version.
             sync = pipe.sync_weights()
             # 5e. Metrics, rollouts, evaluation, progress, checkpoint.
             timings = {
-                "generation_seconds": generation_s,
+                "generation_seconds": sampled.generation_seconds,
                 "reward_wait_seconds": reward_wait_s,
                 "learn_seconds": learn_s,
                 **sync,
                 "step_seconds": time.monotonic() - started,
             }
-            pipe.record_step(step, groups, advantages, lambdas, aggregates, learned, timings)
+            pipe.record_step(scored, learned, timings)
             last = step == cfg.run.steps or step == args.stop_after_step or stop["requested"]
             if last or (cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0):
                 pipe.checkpoint()

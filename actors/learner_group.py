@@ -8,15 +8,25 @@ continues from the last checkpoint with `--resume`.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
-from actors.learner import DpoBatch, LearnerWorker, TrainBatch
-from actors.weight_sync import SyncReport, Worker
+from actors.learner import LearnerWorker
+from actors.weight_sync import Worker
 from actors.worker_pool import WorkerError, first_line
 from wavalign.config import PipelineConfig
+from wavalign.messages import DpoBatch, SyncReport, TrainBatch
 from wavalign.ports import free_port
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A call under way on every rank: the method's name (for errors) and each rank's result ref."""
+
+    method: str
+    refs: list[ray.ObjectRef]
 
 
 class LearnerGroup:
@@ -34,17 +44,13 @@ class LearnerGroup:
             )
             for rank in range(self.world_size)
         ]
-        self._call("ready")  # up, or an error naming the rank that failed to start
+        # up, or an error naming the rank that failed to start
+        self._gather(Pending("ready", [w.ready.remote() for w in self.ranks]))
 
-    def _call(self, method: str, per_rank: Sequence[tuple] | None = None) -> list:
-        return self._gather(method, self._submit(method, per_rank))
-
-    def _submit(self, method: str, per_rank: Sequence[tuple] | None = None) -> list:
-        return [getattr(w, method).remote(*(per_rank[i] if per_rank else ())) for i, w in enumerate(self.ranks)]
-
-    def _gather(self, method: str, refs: list) -> list:
-        results = []
-        for rank, ref in enumerate(refs):
+    def _gather(self, pending: Pending) -> list:
+        """Every rank's result, in rank order; a failure or a missed deadline names the rank and the method."""
+        method, results = pending.method, []
+        for rank, ref in enumerate(pending.refs):
             try:
                 results.append(ray.get(ref, timeout=self.timeout_s))
             except GetTimeoutError:
@@ -59,19 +65,21 @@ class LearnerGroup:
         """One optimizer step; the ranks' statistics averaged (their shares of the batch are equal)."""
         return self.train_result(self.train_start(batches))
 
-    def train_start(self, batches: Sequence[TrainBatch | DpoBatch]) -> tuple[str, list]:
+    def train_start(self, batches: Sequence[TrainBatch | DpoBatch]) -> Pending:
         """Start the step (WavAlign's, or DPO's for DpoBatches) and return at once (the driver samples
         the next step meanwhile)."""
-        method = "dpo_step" if isinstance(batches[0], DpoBatch) else "train_step"
-        return method, self._submit(method, [(b,) for b in batches])
+        if isinstance(batches[0], DpoBatch):
+            return Pending("dpo_step", [w.dpo_step.remote(b) for w, b in zip(self.ranks, batches, strict=True)])
+        return Pending("train_step", [w.train_step.remote(b) for w, b in zip(self.ranks, batches, strict=True)])
 
-    def train_result(self, started: tuple[str, list]) -> dict[str, float]:
-        return _mean(self._gather(*started))
+    def train_result(self, pending: Pending) -> dict[str, float]:
+        return _mean(self._gather(pending))
 
     def send_weights(self, version: int, workers: Sequence[Worker]) -> SyncReport:
         """The learners' weights into the rollout workers, straight from learner rank 0 (never through
         the driver); rank 0's report."""
-        return self._call("send_weights", [(version, list(workers))] * self.world_size)[0]
+        workers = list(workers)
+        return self._gather(Pending("send_weights", [w.send_weights.remote(version, workers) for w in self.ranks]))[0]
 
     def bring_up(self, worker: Worker) -> ray.ObjectRef:
         """Starts handing the last version sent to a worker that came up since; the ref resolves to
@@ -79,15 +87,21 @@ class LearnerGroup:
         return self.ranks[0].bring_up_worker.options(concurrency_group="sync").remote(worker)
 
     def save_checkpoint(self, directory: str, tag: str) -> None:
-        self._call("save_checkpoint", [(directory, tag)] * self.world_size)
+        self._gather(Pending("save_checkpoint", [w.save_checkpoint.remote(directory, tag) for w in self.ranks]))
 
     def load_checkpoint(self, directory: str, tag: str) -> None:
-        self._call("load_checkpoint", [(directory, tag)] * self.world_size)
+        self._gather(Pending("load_checkpoint", [w.load_checkpoint.remote(directory, tag) for w in self.ranks]))
 
     def save_hf(self, directory: str) -> None:
-        self._call("save_hf", [(directory,)] * self.world_size)
+        self._gather(Pending("save_hf", [w.save_hf.remote(directory) for w in self.ranks]))
 
     def shutdown(self) -> None:
+        """The ranks go; first their weight region leaves shared memory (a killed process cannot remove
+        it; the next learner on this host would, as an orphan)."""
+        try:
+            ray.get([w.release_weight_region.remote() for w in self.ranks], timeout=30)
+        except (GetTimeoutError, RayActorError, RayTaskError):
+            pass  # a rank that is gone or stuck: its region is removed as an orphan later
         for worker in self.ranks:
             ray.kill(worker)
 

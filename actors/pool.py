@@ -11,17 +11,37 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 
 import ray
 
-from actors.rollout import RolloutRecord, RolloutWorker
-from actors.weight_sync import SyncReport, WeightSyncError, Worker, call_workers, named_failures
+from actors.rollout import RolloutWorker
+from actors.weight_sync import WeightSyncError, Worker, call_workers, named_failures
 from actors.worker_pool import Member, PoolSettings, WorkerPool
 from wavalign.config import PipelineConfig
+from wavalign.messages import RolloutRecord, SyncReport
 
 Prompt = tuple[str, Sequence[int]]  # (prompt id, prompt token ids): one group of G responses
 Send = Callable[[int, Sequence[Worker]], SyncReport]  # (version, workers) -> the learner's report
+
+
+def huge_page_malloc(tunables: str) -> str:
+    """glibc's malloc tunables for a rollout worker: `tunables` (the operator's) with transparent huge
+    pages for large allocations. vLLM's reload allocates every layer afresh at each weight sync; with
+    huge pages the 517 MiB model's reload takes ~0.4 s instead of ~0.62 s on a 2-core machine (fewer
+    page faults); generation is unchanged. An explicit glibc.malloc.hugetlb of the operator's stays.
+
+    >>> huge_page_malloc("")
+    'glibc.malloc.hugetlb=1'
+    >>> huge_page_malloc("glibc.malloc.arena_max=2")
+    'glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1'
+    >>> huge_page_malloc("glibc.malloc.hugetlb=0")
+    'glibc.malloc.hugetlb=0'
+    """
+    if "glibc.malloc.hugetlb=" in tunables:
+        return tunables
+    return ":".join(t for t in (tunables, "glibc.malloc.hugetlb=1") if t)
 
 
 class RolloutPool(WorkerPool):
@@ -46,6 +66,7 @@ class RolloutPool(WorkerPool):
             start_timeout_s=rc.start_timeout_s,
             call_timeout_s=rc.timeout_s,
             max_redispatch=rc.max_redispatch,
+            env_vars=(("GLIBC_TUNABLES", huge_page_malloc(os.environ.get("GLIBC_TUNABLES", ""))),),
         )
         super().__init__(settings, worker_cls, (model_path, cfg), log, on_dispatch)
         self.cfg = cfg

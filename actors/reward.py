@@ -12,8 +12,6 @@ import math
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any
 
 from rewards.registry import build_reward_functions
 from rewards.scores import checked_scores
@@ -22,25 +20,8 @@ from rewards.types import ScoredResponse
 from wavalign.config import PipelineConfig
 from wavalign.failpoints import failpoint
 from wavalign.interleave import response_channels, text_string
+from wavalign.messages import RewardRequest, RewardResult
 from wavalign.model_files import load_tokenizer_and_layout
-
-
-@dataclass(frozen=True)
-class RewardRequest:
-    prompt_id: str
-    sample_index: int
-    response_token_ids: tuple[int, ...]
-    question_text: str
-    reference_text: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)  # e.g. the toy task's `answer`
-
-
-@dataclass(frozen=True)
-class RewardResult:
-    prompt_id: str
-    sample_index: int
-    scores: dict[str, float]  # one column per reward function
-    total: float  # the weighted sum (weights sum to 1: stays on the scale)
 
 
 class RewardWorker:

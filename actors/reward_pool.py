@@ -9,9 +9,10 @@ from collections.abc import Callable, Sequence
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError
 
-from actors.reward import RewardRequest, RewardResult, RewardWorker
+from actors.reward import RewardWorker
 from actors.worker_pool import Member, PoolSettings, WorkerError, WorkerPool, first_line
 from wavalign.config import PipelineConfig
+from wavalign.messages import RewardRequest, RewardResult
 
 
 class RewardPool(WorkerPool):

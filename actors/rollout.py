@@ -10,7 +10,6 @@ import os
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import ray
 import torch
@@ -19,20 +18,8 @@ from actors.vllm_engine import VLLMEngine
 from learner.masks import modality_codes
 from wavalign.config import PipelineConfig
 from wavalign.failpoints import failpoint
+from wavalign.messages import RolloutRecord
 from wavalign.model_files import load_tokenizer_and_layout
-
-
-@dataclass(frozen=True)
-class RolloutRecord:
-    """One sampled response of one prompt."""
-
-    prompt_id: str
-    sample_index: int
-    response_token_ids: tuple[int, ...]
-    logprobs: tuple[float, ...]  # the sampler's logprob of each response token
-    modality: tuple[int, ...]  # learner.masks codes: 1 text, 2 speech, 3 BOA/EOA, 0 outside the completion
-    finish_reason: str
-    policy_version: int
 
 
 class RolloutWorker:
@@ -55,6 +42,7 @@ class RolloutWorker:
             eos_id=self.layout.eos_id,
         )
         self.stage_chunks = not self.engine.in_process  # vLLM's worker in another process reads a file
+        self.node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
 
     def ready(self) -> dict[str, int]:
         """Answers once the engine is up: the process id and the version served."""
@@ -63,6 +51,9 @@ class RolloutWorker:
     # The weight sync (actors/weight_sync.py): vLLM's weight-transfer phases, driven by the learner's
     # rank 0 through these methods, each with a deadline inside vLLM's RPC as well.
 
+    def node_id(self) -> str:
+        return self.node
+
     def weight_transfer_init(self, init_info: dict) -> None:
         self.engine.init_weight_transfer(init_info, self.update_timeout_s)
 
@@ -70,27 +61,34 @@ class RolloutWorker:
         self.engine.start_weight_update(self.update_timeout_s)
 
     def weight_transfer_update(self, update_info: dict) -> dict[str, float]:
-        """One chunk of an update. object_store: the chunk's object ref is resolved here (zero-copy on
-        this node; Ray fetches it from another) and handed to the vLLM worker by reference when its
-        engine core runs in this process, else through one file in shared memory. Returns seconds
-        spent fetching (transfer) and loading into vLLM (load)."""
+        """One chunk of an update. object_store: on the learner's node, vLLM's worker reads the
+        learner's weight region in place; elsewhere the chunk's object ref is resolved here (Ray
+        fetches it) and handed to the vLLM worker by reference when its engine core runs in this
+        process, else through one file in shared memory. Returns seconds spent fetching from the
+        object store (transfer) and loading into vLLM (load)."""
         failpoint("rollout.update_weights")
-        started = time.perf_counter()
-        staged = None
-        if update_info.get("chunk") is not None:
+        transfer, staged = 0.0, None
+        if update_info.get("chunk") is not None and update_info.get("node") != self.node:
+            started = time.perf_counter()
             parts = ray.get(update_info["chunk"], timeout=self.update_timeout_s)
             if self.stage_chunks:
                 staged = self._stage(parts)
-                update_info = {**update_info, "chunk": None, "path": staged}
+                update_info = {**update_info, "region": None, "path": staged}
             else:
-                update_info = {**update_info, "chunk": None, "buffers": parts}
-        fetched = time.perf_counter()
+                update_info = {**update_info, "region": None, "buffers": parts}
+            transfer = time.perf_counter() - started
+        elif update_info.get("region") is not None and update_info.get("node") != self.node:
+            raise RuntimeError(
+                f"the weights are in a region on node {update_info.get('node')} and this worker runs on "
+                f"{self.node}: the update carries no object ref"
+            )
+        loading = time.perf_counter()
         try:
-            self.engine.receive_weights(update_info, self.update_timeout_s)
+            self.engine.receive_weights({**update_info, "chunk": None}, self.update_timeout_s)
         finally:
             if staged:
                 os.unlink(staged)
-        return {"transfer": fetched - started, "load": time.perf_counter() - fetched}
+        return {"transfer": transfer, "load": time.perf_counter() - loading}
 
     def weight_transfer_finish(self, version: int) -> dict[str, int]:
         self.engine.finish_weight_update(self.update_timeout_s)

@@ -25,7 +25,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import ray
@@ -33,6 +32,7 @@ import torch
 from ray.exceptions import RayActorError, RayTaskError
 
 from actors.worker_pool import WorkerError, first_line
+from wavalign.messages import SyncReport
 from wavalign.ports import free_port
 
 Worker = tuple[str, Any]  # (name, Ray handle)
@@ -53,7 +53,14 @@ def call_workers(
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """submit(name, handle) on every worker at once, then wait for all of them until the deadline.
     Returns (results by name, failures by name: why each failed or stayed silent)."""
-    pending = {submit(name, handle): name for name, handle in workers}
+    return wait_workers({submit(name, handle): name for name, handle in workers}, what, timeout_s, timeout_key)
+
+
+def wait_workers(
+    pending: dict[ray.ObjectRef, str], what: str, timeout_s: float, timeout_key: str = "rollout.update_timeout_s"
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The answers of calls already submitted ({ref: worker name}), waited for until the deadline."""
+    pending = dict(pending)
     deadline = time.monotonic() + timeout_s
     results, failures = {}, {}
     while pending:
@@ -146,11 +153,20 @@ class RolloutClient:
         self.phase = "connect"
 
     def _call(self, what: str, submit: Callable[[str, Any], ray.ObjectRef]) -> dict[str, Any]:
-        self.phase = what
-        results, failures = call_workers(self.workers, what, submit, self.timeout_s)
-        self.failed.update(failures)
-        self.workers = [(name, handle) for name, handle in self.workers if name not in failures]
-        return results
+        return self._submit(what, submit)()
+
+    def _submit(self, what: str, submit: Callable[[str, Any], ray.ObjectRef]) -> Callable[[], dict[str, Any]]:
+        """Sends the call to every worker now; the returned function waits for the answers."""
+        pending = {submit(name, handle): name for name, handle in self.workers}
+
+        def answers() -> dict[str, Any]:
+            self.phase = what
+            results, failures = wait_workers(pending, what, self.timeout_s)
+            self.failed.update(failures)
+            self.workers = [(name, handle) for name, handle in self.workers if name not in failures]
+            return results
+
+        return answers
 
     def waiting_on(self) -> str:
         return f"rollout workers in {self.phase}: {', '.join(name for name, _ in self.workers) or 'none'}"
@@ -166,7 +182,16 @@ class RolloutClient:
         self._call("start_weight_update", lambda name, h: h.weight_transfer_start.remote())
 
     def update_weights(self, update_info: dict | list[dict]) -> dict[str, Any]:
-        return self._call("update_weights", lambda name, h: h.weight_transfer_update.remote(update_info))
+        return self.submit_update(update_info)()
+
+    def submit_update(self, update_info: dict | list[dict]) -> Callable[[], dict[str, Any]]:
+        """update_weights without waiting: the sender packs the next chunk while the workers load this
+        one. The returned function waits for their answers (each worker's transfer and load seconds)."""
+        return self._submit("update_weights", lambda name, h: h.weight_transfer_update.remote(update_info))
+
+    def worker_nodes(self) -> dict[str, str]:
+        """The Ray node of each worker (object_store: which of them can read the learner's region)."""
+        return self._call("node_id", lambda name, h: h.node_id.remote())
 
     def finish_weight_update(self, weight_version: str | None = None) -> None:
         version = self.version
@@ -176,27 +201,24 @@ class RolloutClient:
         self._call("shutdown_weight_transfer", lambda name, h: h.weight_transfer_shutdown.remote())
 
 
-@dataclass
-class SyncReport:
-    """One sync as the learner's rank 0 saw it: seconds per phase (the object_store backend: pack =
-    gather and serialise into the object store, transfer = workers fetching the chunks, load = vLLM
-    taking them in, finish), bytes sent, and the workers that finished or failed."""
-
-    phases: dict[str, float] = field(default_factory=dict)
-    bytes: int = 0
-    finished: dict[str, dict] = field(default_factory=dict)
-    failed: dict[str, str] = field(default_factory=dict)
-
-
 class LearnerSync:
     """One learner rank's side of the sync: vLLM's trainer engine for the configured backend, over the
     policy's weights, connected to a set of rollout workers (again whenever that set changes)."""
 
     def __init__(
-        self, backend: str, rank: int, weights: Callable, *, chunk_bytes: int, timeout_s: float, packed: bool = True
+        self,
+        backend: str,
+        rank: int,
+        weights: Callable,
+        *,
+        chunk_bytes: int,
+        timeout_s: float,
+        packed: bool = True,
+        region_dir: str = "/dev/shm",
     ) -> None:
         self.backend, self.rank, self.weights = backend, rank, weights
         self.chunk_bytes, self.timeout_s, self.packed = chunk_bytes, timeout_s, packed
+        self.region_dir = region_dir
         self.engine, self.client, self.connected = None, None, None
         self.sent_version = 0
         self.lock = threading.Lock()  # a late worker's bring-up waits for a sync under way
@@ -238,6 +260,13 @@ class LearnerSync:
                 raise WeightSyncError(f"{worker[0]}: {client.failed[worker[0]]}")
             return client.finished[worker[0]]
 
+    def release_region(self) -> None:
+        """Frees the object_store weight region's shared memory without a word to the workers (the run
+        ends and they go too; close() would wait on each of them)."""
+        region = getattr(self.engine, "region", None)
+        if region is not None:
+            region.remove()
+
     def close(self) -> None:
         """Release the transfer group on both sides. After a stall it is left alone: its NCCL calls
         may still be blocked, and tearing it down would block too."""
@@ -266,6 +295,7 @@ class LearnerSync:
             address=address,
             port=port,
             world_size=world_size,
+            region_dir=self.region_dir,
         )
         self.client = RolloutClient(workers, self.timeout_s, offsets)
         self.connected = [name for name, _ in workers]

@@ -4,20 +4,24 @@ init infos of every backend the pipeline drives (object_store, nccl, ipc). The o
 vLLM's weight-transfer API; the control plane around it (deadlines, which workers, versions) is
 actors/weight_sync.py, the same for every backend.
 
-object_store (CPU, any node): the sending learner rank packs the policy's tensors, as raw bytes,
-into chunks of at most `rollout.weight_bucket_mb` and puts each chunk into Ray's object store once
-(a copy into shared memory); each update carries the chunk's object ref and the tensors' names,
-dtypes and shapes. The rollout worker resolves the ref (zero-copy on its node; Ray moves it between
-nodes) and hands the bytes to its vLLM worker: by reference when vLLM's engine core runs in the
-worker's process, else through one file in a shared-memory staging folder. vLLM's worker engine
-loads them with its layerwise reload (as its nccl engine does). The last version's chunks stay in
-the store until the next version, so a worker that comes up meanwhile receives them without
-touching the learner's parameters.
+object_store (CPU, any node): the sending learner rank writes the policy's tensors, as raw bytes,
+into its weight region (actors/weight_region.py: one shared-memory file, made at connect, reused by
+every version) in chunks of at most `rollout.weight_bucket_mb`; each update names the chunk's tensors
+(names, dtypes, shapes, offsets). Rollout workers on the learner's node have their vLLM workers read
+the region in place. For workers on other nodes (or when the region's folder has no room) the chunk
+also goes into Ray's object store once, and the update carries its object ref: the rollout worker
+resolves it (Ray moves it between nodes) and hands the bytes to its vLLM worker, by reference when
+vLLM's engine core runs in the worker's process, else through one file in the staging folder. vLLM's
+worker engine loads each chunk with its layerwise reload (as its nccl engine does) while the learner
+writes the next. The last version stays in the region (and its chunks in the store) until the next
+version, so a worker that comes up meanwhile receives it without touching the learner's parameters.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -25,6 +29,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
 import numpy as np
+import ray
 import torch
 from vllm.distributed.weight_transfer import (
     ParamMeta,
@@ -35,6 +40,8 @@ from vllm.distributed.weight_transfer import (
     WeightTransferTrainerFactory,
 )
 from vllm.distributed.weight_transfer.base import TrainerInitInfo, WeightTransferInitInfo, WeightTransferUpdateInfo
+
+from actors.weight_region import MappedRegions, WeightRegion, region_size
 
 OBJECT_STORE = "object_store"
 NamedTensors = Callable[[], Iterable[tuple[str, torch.Tensor]]]  # a fresh pass over the policy's weights per call
@@ -49,13 +56,17 @@ class ObjectStoreInitInfo(WeightTransferInitInfo):
 @dataclass
 class ObjectStoreUpdateInfo(WeightTransferUpdateInfo):
     """One chunk: its tensors' names, dtypes and shapes, their byte sizes in order, and the bytes:
-    `buffers` (one uint8 array per tensor, held in this process) or `path` (one staging file)."""
+    `region` + `offsets` (the learner's weight region, on this node), `buffers` (one uint8 array per
+    tensor, held in this process) or `path` (one staging file, the tensors back to back)."""
 
     names: list[str]
     dtype_names: list[str]
     shapes: list[list[int]]
     sizes: list[int]
     total: int  # tensors in the whole version, checked when it is finished
+    region: str | None = None
+    offsets: list[int] | None = None
+    node: str | None = None  # the Ray node of the region
     buffers: list | None = None
     path: str | None = None
     chunk: Any = None  # the object ref, resolved by the rollout worker before vLLM sees the update
@@ -70,6 +81,7 @@ class ObjectStoreWorkerEngine(WeightTransferEngine[ObjectStoreInitInfo, ObjectSt
 
     def init_transfer_engine(self, init_info: ObjectStoreInitInfo) -> None:
         self.received, self.expected = 0, None
+        self.regions = MappedRegions()
 
     def start_weight_update(self) -> None:
         from vllm.model_executor.model_loader.reload import initialize_layerwise_reload
@@ -81,13 +93,15 @@ class ObjectStoreWorkerEngine(WeightTransferEngine[ObjectStoreInitInfo, ObjectSt
     def receive_weights(self, update_info: ObjectStoreUpdateInfo) -> None:
         from vllm.model_executor.model_loader.mtp_validation import disable_mtp_completeness_check
 
-        if update_info.buffers is not None:
+        if update_info.region is not None:
+            parts = self.regions.parts(update_info.region, update_info.offsets, update_info.sizes)
+        elif update_info.buffers is not None:
             parts = update_info.buffers
         elif update_info.path is not None:
             whole = np.memmap(update_info.path, dtype=np.uint8, mode="r")
             parts = np.split(whole, np.cumsum(update_info.sizes)[:-1]) if update_info.sizes else []
         else:
-            raise ValueError("an object_store update holds neither buffers nor a staging path")
+            raise ValueError("an object_store update holds neither a region, buffers nor a staging path")
         with disable_mtp_completeness_check():
             self.model.load_weights(unpacked(update_info, parts))
         self.received += len(update_info.names)
@@ -122,19 +136,26 @@ def unpacked(info: ObjectStoreUpdateInfo, parts: list) -> list[tuple[str, torch.
 class ObjectStoreTrainerInitInfo(TrainerInitInfo):
     backend: ClassVar[str] = OBJECT_STORE
     chunk_bytes: int = 64 * 2**20
+    region_dir: str = "/dev/shm"  # where the weight region is made (rollout.weight_staging_dir)
 
 
 @dataclass
 class SendTimings:
-    """Where a send's time went (seconds): gathering and packing the tensors into the object store,
-    the slowest worker's fetching of the chunks (transfer) and vLLM's taking them in (load), and the
-    finish (vLLM's layerwise reload ends: the reloaded layers are processed for its kernels)."""
+    """Where a send's time went (seconds): gathering the tensors and writing them into the region (and
+    the object store, for workers on other nodes), the slowest worker's fetching of the chunks from the
+    store (transfer) and vLLM's taking them in (load), and the finish (vLLM's layerwise reload ends).
+    vLLM loads a chunk while the learner writes the next, so pack and load overlap."""
 
     pack: float = 0.0
     transfer: float = 0.0
     load: float = 0.0
     finish: float = 0.0
     bytes: int = 0
+
+    def add_workers(self, said: dict[str, dict]) -> None:
+        """One chunk's answers: the slowest worker's fetch and load."""
+        self.transfer += max((s.get("transfer", 0.0) for s in said.values()), default=0.0)
+        self.load += max((s.get("load", 0.0) for s in said.values()), default=0.0)
 
 
 class ObjectStoreTrainerEngine(TrainerWeightTransferEngine[ObjectStoreTrainerInitInfo]):
@@ -143,7 +164,9 @@ class ObjectStoreTrainerEngine(TrainerWeightTransferEngine[ObjectStoreTrainerIni
     def __init__(self, *, client, source: WeightSource, is_sender: bool, chunk_bytes: int) -> None:
         super().__init__(client=client, source=source, is_sender=is_sender)
         self.chunk_bytes = chunk_bytes
-        self.last_chunks: list[dict] = []  # the last version's updates (object refs): for late workers
+        self.region: WeightRegion | None = None  # None: every chunk goes through the object store
+        self.node = ""
+        self.last_chunks: list[dict] = []  # the last version's updates: for late workers
         self.timings = SendTimings()
 
     @classmethod
@@ -152,14 +175,20 @@ class ObjectStoreTrainerEngine(TrainerWeightTransferEngine[ObjectStoreTrainerIni
             raise ValueError("the object_store weight transfer needs a WeightSource")
         engine = cls(client=client, source=source, is_sender=init_info.is_sender, chunk_bytes=init_info.chunk_bytes)
         if engine.is_sender:
+            engine.node = ray.get_runtime_context().get_node_id()
+            sizes = [meta.dtype.itemsize * int(np.prod(meta.shape)) for meta in source.metadata()]
+            folder = init_info.region_dir if os.path.isdir(init_info.region_dir) else tempfile.gettempdir()
+            try:
+                engine.region = WeightRegion.create(folder, region_size(sizes))
+            except OSError as err:
+                print(f"warning: weight sync: {err}; the weights go through Ray's object store", flush=True)
             client.init_weight_transfer_engine(asdict(ObjectStoreInitInfo()))
         return engine
 
     def send_weights(self) -> None:
-        """Every rank iterates the source (a collective gather under ZeRO-3); the sender puts each
-        chunk into the object store and has the workers load it, then finish."""
-        import ray
-
+        """Every rank iterates the source (a collective gather under ZeRO-3); the sender writes each
+        chunk into the region (and the store, where a worker needs it) and has the workers load it
+        while it writes the next, then finish."""
         self.last_chunks = []  # the previous version leaves the store before this one goes in
         timings, chunks = SendTimings(), []
         if not self.is_sender:
@@ -168,43 +197,68 @@ class ObjectStoreTrainerEngine(TrainerWeightTransferEngine[ObjectStoreTrainerIni
             self.timings = timings
             return
         self.client.start_weight_update()
-        total = len(self.source.metadata())
+        total, offset, loading = len(self.source.metadata()), 0, None
+        store_too = self._store_needed(self.client)
         pending = _chunks(iter(self.source), self.chunk_bytes)
         while True:
             started = time.perf_counter()
             chunk = next(pending, None)  # the gather (ZeRO-3) happens here
             if chunk is None:
                 break
-            names, tensors = chunk
-            parts = [t.detach().to("cpu").contiguous().view(-1).view(torch.uint8).numpy() for t in tensors]
-            update = {
-                "names": names,
-                "dtype_names": [str(t.dtype).removeprefix("torch.") for t in tensors],
-                "shapes": [list(t.shape) for t in tensors],
-                "sizes": [p.nbytes for p in parts],
-                "total": total,
-                "chunk": ray.put(parts),
-            }
+            update, offset = self._pack(*chunk, total, offset, store_too)
             timings.pack += time.perf_counter() - started
-            # every worker fetches and loads the chunk at once; each says how long each part took
-            said = self.client.update_weights(update) or {}
-            timings.transfer += max((s.get("transfer", 0.0) for s in said.values()), default=0.0)
-            timings.load += max((s.get("load", 0.0) for s in said.values()), default=0.0)
+            if loading is not None:
+                timings.add_workers(loading())  # the previous chunk, loaded while this one was packed
+            loading = self.client.submit_update(update)
             timings.bytes += sum(update["sizes"])
             chunks.append(update)
+        if loading is not None:
+            timings.add_workers(loading())
         finishing = time.perf_counter()
         self.client.finish_weight_update()
         timings.finish = time.perf_counter() - finishing
         self.timings, self.last_chunks = timings, chunks
 
+    def _pack(self, names: list[str], tensors: list[torch.Tensor], total: int, offset: int, store_too: bool):
+        """One chunk's update (and the offset after it in the region)."""
+        update = {
+            "names": names,
+            "dtype_names": [str(t.dtype).removeprefix("torch.") for t in tensors],
+            "shapes": [list(t.shape) for t in tensors],
+            "sizes": [t.numel() * t.element_size() for t in tensors],
+            "total": total,
+            "chunk": None,
+        }
+        if self.region is None:
+            parts = [t.detach().to("cpu").contiguous().view(-1).view(torch.uint8).numpy() for t in tensors]
+            return {**update, "chunk": ray.put(parts)}, offset
+        offsets, offset = self.region.write(tensors, offset)
+        update.update(region=str(self.region.path), offsets=offsets, node=self.node)
+        if store_too:
+            update["chunk"] = ray.put(self.region.read(offsets, update["sizes"]))
+        return update, offset
+
+    def _store_needed(self, client) -> bool:
+        """Whether a chunk must go into the object store too: a worker of `client` on another node."""
+        return self.region is not None and any(node != self.node for node in client.worker_nodes().values())
+
     def replay(self, client) -> None:
-        """The last version again, to the workers of `client` (sender only; the parameters are not read)."""
+        """The last version again, to the workers of `client` (sender only; the parameters are not read:
+        a worker on another node gets the region's bytes through the object store)."""
         if not self.last_chunks:
             raise RuntimeError("no version has been sent yet")
+        store_too = self._store_needed(client)
         client.start_weight_update()
         for update in self.last_chunks:
+            if store_too and update["chunk"] is None:
+                update["chunk"] = ray.put(self.region.read(update["offsets"], update["sizes"]))
             client.update_weights(update)
         client.finish_weight_update()
+
+    def shutdown(self) -> None:
+        if self.region is not None:
+            self.region.remove()
+            self.region = None
 
 
 def _chunks(
@@ -252,10 +306,11 @@ def trainer_init_info(
     address: str = "",
     port: int = 0,
     world_size: int = 0,
+    region_dir: str = "/dev/shm",
 ) -> TrainerInitInfo:
     """The trainer side's init info of `backend` for learner rank `rank` (rank 0 sends)."""
     if backend == OBJECT_STORE:
-        return ObjectStoreTrainerInitInfo(rank=rank, chunk_bytes=chunk_bytes)
+        return ObjectStoreTrainerInitInfo(rank=rank, chunk_bytes=chunk_bytes, region_dir=region_dir)
     if backend == "nccl":
         from vllm.distributed.weight_transfer.nccl_engine import NCCLTrainerInitInfo
 

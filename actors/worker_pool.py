@@ -38,6 +38,7 @@ class PoolSettings:
     start_timeout_s: float
     call_timeout_s: float
     max_redispatch: int
+    env_vars: tuple[tuple[str, str], ...] = ()  # set in each worker's process before it starts
 
 
 @dataclass(eq=False)  # identity: two members are never equal
@@ -77,7 +78,8 @@ class WorkerPool:
     ) -> None:
         self.settings, self.worker_args, self.log = settings, worker_args, log
         self.on_dispatch = on_dispatch  # called with (member, chunk index) as a chunk is sent (tests, metrics)
-        self._remote_cls = ray.remote(num_cpus=settings.num_cpus, num_gpus=settings.num_gpus, max_restarts=0)(
+        env = {"runtime_env": {"env_vars": dict(settings.env_vars)}} if settings.env_vars else {}
+        self._remote_cls = ray.remote(num_cpus=settings.num_cpus, num_gpus=settings.num_gpus, max_restarts=0, **env)(
             worker_cls
         )
         self._pool_id = uuid.uuid4().hex[:6]

@@ -92,10 +92,11 @@ def main() -> None:
     import random
     import tempfile
 
-    from actors.learner import LearnerWorker, TrainBatch
+    from actors.learner import LearnerWorker
     from learner.advantages import group_advantages
     from wavalign.config_file import read_config
     from wavalign.data import read_rows
+    from wavalign.messages import TrainBatch
     from wavalign.model_files import load_tokenizer_and_layout
     from wavalign.toy.assets import ensure_toy_assets
     from wavalign.toy.resized import resized_model

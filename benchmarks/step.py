@@ -81,8 +81,8 @@ class ReferenceLoop:
     def __init__(self, cfg, model_dir: str, prompts_per_call: int = 1) -> None:
         from actors.learner import LearnerWorker
         from actors.reward import RewardWorker
+        from driver.pipeline import lambda_settings
         from learner.mixing import LambdaController
-        from wavalign.pipeline.run import lambda_settings
         from wavalign.ports import free_port
 
         self.cfg, self.prompts_per_call = cfg, prompts_per_call  # 0 = all of the step's prompts in one call
@@ -135,9 +135,9 @@ class ReferenceLoop:
     def step(self, rows) -> dict[str, float]:
         import torch
 
-        from actors.learner import TrainBatch
+        from driver.reward_stream import reward_request
         from learner.advantages import group_advantages
-        from wavalign.pipeline.reward_stream import reward_request
+        from wavalign.messages import TrainBatch
 
         started = time.perf_counter()
         groups = self.generate(rows)
@@ -197,10 +197,10 @@ def main() -> None:
 
 
 def measure(args, tmp: Path) -> None:
+    from driver.inputs import read_prompt_rows, resolve_inputs
+    from driver.prompts import PromptStream
     from wavalign.config_file import read_config
     from wavalign.model_files import load_tokenizer_and_layout
-    from wavalign.pipeline.inputs import read_prompt_rows, resolve_inputs
-    from wavalign.pipeline.prompts import PromptStream
 
     if args.pipeline_run:
         cfg = read_config(Path(args.pipeline_run) / "config.yaml")

@@ -234,7 +234,11 @@ class RolloutConfig(Section):
         120, gt=0, le=MAX_TIMEOUT_S, description="a weight update that takes longer is an error"
     )
     weight_bucket_mb: float = Field(64, gt=0, description="weights stream to workers in buckets of this size")
-    weight_staging_dir: str = Field("/dev/shm", description="shared memory where a worker hands weights to vLLM")
+    weight_staging_dir: str = Field(
+        "/dev/shm",
+        description="shared memory: the learner's weight region, read in place by the workers on its node "
+        "(it needs the policy's size free; else the object store carries the weights), and staged chunks",
+    )
     groups_per_call: int = Field(
         0, ge=0, description="prompt groups per generate call; 0 = spread evenly, one call per worker"
     )

@@ -13,12 +13,12 @@ import time
 
 import pytest
 
-from tests.gpu.conftest import ROOT, policy_sets
+from tests.gpu.conftest import ROOT, gpu_count, policy_sets
 
 CASES = [
     pytest.param("ipc", 2, id="ipc-zero2"),
     pytest.param("ipc", 3, id="ipc-zero3"),
-    pytest.param("nccl", 2, id="nccl-zero2", marks=pytest.mark.skipif("gpu_count() < 2", reason="nccl needs 2 GPUs")),
+    pytest.param("nccl", 2, id="nccl-zero2", marks=pytest.mark.skipif(gpu_count() < 2, reason="nccl needs 2 GPUs")),
 ]
 
 
@@ -68,7 +68,7 @@ def mean_abs(a, b) -> float:
 def step_batch(cfg, prompt, continuation):
     """One group of G rows on the toy sequence (the reference rewarded, its truncations not) and its
     SFT row: a learner step on it moves every layer."""
-    from actors.learner import TrainBatch
+    from wavalign.messages import TrainBatch
 
     G = cfg.rollout.group_size
     responses = [continuation] + [continuation[: 4 + 4 * g] for g in range(1, G)]
@@ -121,7 +121,7 @@ def test_after_a_sync_vllm_scores_like_the_learner(
         seconds, learned = [], []
         for version in (1, 2, 3):
             if colocated:
-                pool.sleep()  # where a learner step runs (wavalign/pipeline/run.py: learn)
+                pool.sleep()  # where a learner step runs (driver/pipeline.py: start_learning)
             ray.get(
                 learner.train_step.remote(step_batch(cfg, prompt, continuation)), timeout=600
             )  # new weights each time

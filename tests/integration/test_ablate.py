@@ -16,7 +16,7 @@ def test_ablation_command_writes_the_table_and_the_curves(tmp_path, address, toy
         [
             sys.executable,
             "-m",
-            "wavalign.ablate",
+            "driver.ablate",
             "--task",
             "default",
             "--arms",

@@ -15,7 +15,7 @@ from wavalign.model_files import load_tokenizer_and_layout
 
 
 def make_batch(toy_assets, cfg, lam):
-    from actors.learner import TrainBatch
+    from wavalign.messages import TrainBatch
 
     tokenizer, layout = load_tokenizer_and_layout(toy_assets.model_dir, cfg.model.layout)
     rows = read_rows(toy_assets.data_file("train"), vocab_size=len(tokenizer), max_prompt_tokens=128).rows[:2]
@@ -104,7 +104,8 @@ def test_exported_hf_directory_holds_the_learners_weights(toy_assets, cfg, dist_
 
 
 def test_two_data_parallel_workers_equal_one(toy_assets, cfg, dist_port, ray_cluster):
-    from actors.learner import LearnerWorker, TrainBatch
+    from actors.learner import LearnerWorker
+    from wavalign.messages import TrainBatch
     from wavalign.ports import free_port
 
     ray = ray_cluster
@@ -192,7 +193,7 @@ def test_kl_to_the_frozen_reference(toy_assets, cfg, dist_port):
 
 
 def test_dpo_steps_learn_the_preference(toy_assets, cfg, dist_port):
-    from actors.learner import DpoBatch
+    from wavalign.messages import DpoBatch
 
     batch = make_batch(toy_assets, cfg, lam=0.5)
     G = cfg.rollout.group_size

@@ -21,6 +21,8 @@ import pytest
 import torch
 import yaml
 
+from driver.outputs import write_parquet_atomic
+from driver.pipeline import lambda_settings
 from learner.advantages import group_advantages
 from learner.mixing import LambdaController
 from learner.schedule import lr_factor
@@ -36,8 +38,6 @@ from tests.integration.pipeline_jobs import (
     submit_job,
 )
 from tests.integration.test_benchmarks import run_benchmark
-from wavalign.pipeline.outputs import write_parquet_atomic
-from wavalign.pipeline.run import lambda_settings
 
 STEP_COLUMNS = (
     "step policy_version reward_mean reward_std reward_max_mean zero_var_group_frac lambda_raw lambda gate_reward "
@@ -231,7 +231,7 @@ def test_step_metrics_and_worker_counts_reach_the_ray_metrics_endpoint(main_job)
 
 def test_report_renders_the_curves_to_png(main_job, tmp_path):
     out = subprocess.run(
-        [sys.executable, "-m", "wavalign.report", str(main_job[0]), "--out", str(tmp_path)],
+        [sys.executable, "-m", "driver.report", str(main_job[0]), "--out", str(tmp_path)],
         cwd=ROOT,
         capture_output=True,
         text=True,

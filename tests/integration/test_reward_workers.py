@@ -8,10 +8,10 @@ import time
 
 import pytest
 
-from actors.reward import RewardRequest
 from rewards.types import ScoredResponse
 from tests.integration.judge_server import JudgeServer
 from wavalign.data import read_rows
+from wavalign.messages import RewardRequest
 from wavalign.model_files import load_tokenizer_and_layout
 
 

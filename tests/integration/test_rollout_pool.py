@@ -111,6 +111,13 @@ class HFLearner:
     def bring_up(self, worker):
         return self.side.bring_up(worker)
 
+    def close(self) -> None:
+        self.side.close()
+
+    def region(self) -> str | None:
+        region = getattr(self.side.engine, "region", None)
+        return str(region.path) if region else None
+
     def logprobs(self, row) -> list[float]:
         return hf_continuation_logprobs(self.model, row.prompt_token_ids, row.reference_token_ids)
 
@@ -144,10 +151,14 @@ def assert_serves(handle, learner, row):
 
 
 def test_weight_update_matches_hf_forward_and_advances_version(setup, learner):
+    """On the learner's node the worker's vLLM reads the learner's weight region in place (nothing
+    through the object store: no transfer time); the region is gone when the learner closes."""
     import ray
 
     pool, _, rows, _ = setup
     report = pool.sync_weights(pool.version + 1, send_with(learner))
+    region = ray.get(learner.region.remote())
+    assert region and os.path.exists(region) and report.phases["transfer"] == 0
     assert set(pool.versions().values()) == {pool.version} and not report.failed
     assert report.bytes == ray.get(learner.nbytes.remote())
     assert set(report.phases) == {"pack", "transfer", "load", "finish"} and all(v >= 0 for v in report.phases.values())
@@ -160,6 +171,8 @@ def test_weight_update_matches_hf_forward_and_advances_version(setup, learner):
     pool.sync_weights(pool.version + 1, send_with(learner))
     assert_serves(pool.members[0].handle, learner, rows[0])
     assert set(pool.versions().values()) == {pool.version}
+    ray.get(learner.close.remote())
+    assert not os.path.exists(region)
 
 
 def test_a_worker_that_comes_up_later_gets_the_last_version_without_the_learner_stepping(setup, learner, toy_assets):
@@ -188,26 +201,36 @@ def test_a_worker_that_comes_up_later_gets_the_last_version_without_the_learner_
         ray.kill(other)
 
 
-def test_weight_update_through_the_staging_directory_matches_hf_forward(setup, learner):
-    """The update path of rollout.reproducible: false (vLLM's engine core in a process of its own):
-    each chunk is written into the shared-memory staging directory, which the vLLM worker reads; it
+def test_a_worker_on_another_node_gets_the_weights_through_the_object_store_and_staging(setup, learner):
+    """A worker on another node than the learner cannot read its region: each chunk goes through
+    Ray's object store too, and with rollout.reproducible: false (vLLM's engine core in a process of
+    its own) through one file in the shared-memory staging directory, which the vLLM worker reads. It
     serves exactly the weights sent, and the staging files are gone afterwards. Driven on the shared
-    engine by switching its worker to staging: starting the multiprocess engine core for it would
-    cost the suite half a minute."""
+    engine, whose worker reports another node and stages (a second node or a multiprocess engine core
+    would cost the suite half a minute)."""
     import ray
 
     pool, _, rows, _ = setup
     staging = pool.cfg.rollout.weight_staging_dir
     before = set(os.listdir(staging))
     handle = pool.members[0].handle
-    ray.get(handle.__ray_call__.remote(lambda worker: setattr(worker, "stage_chunks", True)), timeout=60)
+
+    def elsewhere(worker) -> None:
+        worker.stage_chunks, worker.node = True, "another-node"
+
+    ray.get(handle.__ray_call__.remote(elsewhere), timeout=60)
     try:
-        pool.sync_weights(pool.version + 1, send_with(learner))
+        report = pool.sync_weights(pool.version + 1, send_with(learner))
         assert_serves(handle, learner, rows[0])
+        assert report.phases["transfer"] > 0  # the worker fetched every chunk from the store
     finally:
-        ray.get(
-            handle.__ray_call__.remote(
-                lambda worker: setattr(worker, "stage_chunks", worker.engine.in_process is False)
-            )
-        )
+        ray.get(learner.close.remote(), timeout=60)  # the next learner connects to the worker where it is
+        ray.get(handle.__ray_call__.remote(restore_node), timeout=60)
     assert not [name for name in set(os.listdir(staging)) - before if name.startswith("wavalign-chunk-")]
+
+
+def restore_node(worker) -> None:
+    import ray
+
+    worker.stage_chunks = worker.engine.in_process is False
+    worker.node = ray.get_runtime_context().get_node_id()

@@ -54,6 +54,9 @@ class HangingUpdate(StandIn):
     def __init__(self, model_path: str, cfg) -> None:
         super().__init__()
 
+    def node_id(self) -> str:
+        return "standin-node"
+
     def weight_transfer_init(self, init_info: dict) -> None:
         pass
 

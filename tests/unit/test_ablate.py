@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from wavalign.ablate import ARMS, results_table, smoothed, summarise, warm_start_row
+from driver.ablate import ARMS, results_table, smoothed, summarise, warm_start_row
 
 NAN = float("nan")
 

@@ -15,6 +15,8 @@ MODULES = [
     "learner.schedule",
     "learner.dpo_pairs",
     "learner.masks",
+    "actors.weight_region",
+    "actors.pool",
 ]
 
 

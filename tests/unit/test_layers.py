@@ -1,10 +1,29 @@
-"""Layering: pure modules import no heavy dependency; the installed stack imports."""
+"""Layering: every import runs one way, down the layers (CONTRIBUTING.md); pure modules import no heavy
+dependency; the installed stack imports."""
 
+import ast
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+# What each folder (or top-level file) may import of the project, besides itself, top to bottom:
+# driver (launch.py, driver/, benchmarks/) -> actors/ -> learner/, rewards/ (side by side, neither
+# imports the other) -> the wavalign/ base. tests/ sit above everything and are not scanned.
+BASE, CORE = {"wavalign"}, {"wavalign", "learner", "rewards"}
+LAYERS = {
+    "wavalign": set(),
+    "learner": BASE,
+    "rewards": BASE,
+    "actors": CORE,
+    "driver": CORE | {"actors"},
+    "benchmarks": CORE | {"actors", "driver"},
+    "launch.py": CORE | {"actors", "driver"},
+}
+PROJECT = {"wavalign", "learner", "rewards", "actors", "driver", "benchmarks", "launch", "tests"}
 
 PURE_MODULES = [
     "wavalign.config",
@@ -27,7 +46,9 @@ PURE_MODULES = [
     "learner.diagnostics",
     "learner.schedule",
     "learner.step_stats",
-    "wavalign.pipeline.prompts",
+    "learner.step",
+    "wavalign.messages",
+    "driver.prompts",
     "rewards.types",
     "rewards.toy",
     "rewards.scores",
@@ -82,3 +103,51 @@ def test_asset_cache_key_follows_settings_not_location():
     assert fingerprint(ToyConfig(seed=7), LayoutConfig()) != base
     assert fingerprint(ToyConfig(warm_start={"min_steps": 10}), LayoutConfig()) != base
     assert fingerprint(ToyConfig(), LayoutConfig(interleave_ratio=[1, 4])) != base
+
+
+def imported_modules(path: Path, root: Path) -> list[tuple[int, str]]:
+    """(line, module) of every import in a file, function-level (lazy) ones included; relative
+    imports resolved against the file's package."""
+    package = path.relative_to(root).parent.parts
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else ()
+            found.append((node.lineno, ".".join([*base, *([node.module] if node.module else [])])))
+    return found
+
+
+def layer_violations(root: Path) -> list[str]:
+    """One line per import that runs against the layers: file, line, the import, what the layer may import."""
+    violations = []
+    for layer, allowed in LAYERS.items():
+        own = layer.removesuffix(".py")
+        files = [root / layer] if layer.endswith(".py") else sorted((root / layer).rglob("*.py"))
+        for path in files:
+            for line, module in imported_modules(path, root):
+                top = module.split(".")[0]
+                if top in PROJECT and top != own and top not in allowed:
+                    may = ", ".join(sorted(allowed | {own}))
+                    violations.append(
+                        f"{path.relative_to(root)}:{line} imports {module} ({layer} may import only {may})"
+                    )
+    return violations
+
+
+def test_imports_run_down_the_layers():
+    violations = layer_violations(ROOT)
+    assert not violations, violations[0] + (f" (and {len(violations) - 1} more)" if len(violations) > 1 else "")
+
+
+def test_the_layer_scan_finds_a_lazy_import_against_the_layers(tmp_path):
+    for layer in LAYERS:
+        (tmp_path / layer).mkdir() if not layer.endswith(".py") else (tmp_path / layer).write_text("")
+    (tmp_path / "wavalign" / "config.py").write_text("import torch\nfrom . import layout\n")
+    (tmp_path / "learner" / "loss.py").write_text("def f():\n    from actors.learner import LearnerWorker\n")
+    (tmp_path / "actors" / "pool.py").write_text("from ..driver import pipeline\n")
+    assert layer_violations(tmp_path) == [
+        "learner/loss.py:2 imports actors.learner (learner may import only learner, wavalign)",
+        "actors/pool.py:1 imports driver (actors may import only actors, learner, rewards, wavalign)",
+    ]

@@ -3,11 +3,10 @@
 import pytest
 import torch
 
-from actors.reward import RewardResult
-from actors.rollout import RolloutRecord
+from driver.prompts import PromptStream
+from driver.step_data import advantages_of, assemble_groups, learner_batches
 from wavalign.data import PromptRow
-from wavalign.pipeline.prompts import PromptStream
-from wavalign.pipeline.step_data import advantages_of, assemble_groups, learner_batches
+from wavalign.messages import RewardResult, RolloutRecord
 
 
 def rows(n):
@@ -62,7 +61,7 @@ def test_checkpoint_random_states_are_json_and_restore_exactly():
     import numpy as np
     import torch
 
-    from wavalign.pipeline.checkpoint import random_states, set_random_states
+    from driver.checkpoint import random_states, set_random_states
 
     random.seed(3), np.random.seed(4), torch.manual_seed(5)
     random.gauss(0, 1), np.random.randn()  # cached Gaussians are part of the state
@@ -74,8 +73,8 @@ def test_checkpoint_random_states_are_json_and_restore_exactly():
 
 @pytest.mark.parametrize("pointer", ["../../elsewhere", "/etc", "step-1", "step-000010/../../x", ""])
 def test_a_latest_pointer_that_is_not_a_checkpoint_name_is_refused(tmp_path, pointer):
-    from wavalign.pipeline.checkpoint import latest_checkpoint
-    from wavalign.pipeline.preflight import PreflightError, check_resume
+    from driver.checkpoint import latest_checkpoint
+    from driver.preflight import PreflightError, check_resume
 
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "latest").write_text(pointer)

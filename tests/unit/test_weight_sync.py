@@ -175,3 +175,65 @@ def test_only_the_expected_reload_warnings_are_dropped():
     assert not expected.filter(warning("RotaryEmbedding"))  # no weights of its own
     # a layer left without weights would serve stale ones: a tied head too (it gets its own copy)
     assert expected.filter(warning("ParallelLMHead")) and expected.filter(warning("QKVParallelLinear"))
+
+
+def test_the_weight_region_hands_over_every_dtype_in_place(tmp_path):
+    from actors.weight_region import ALIGN, MappedRegions, WeightRegion, region_size
+
+    tensors = [
+        torch.arange(6, dtype=torch.float32).view(2, 3),
+        torch.tensor([1.5, -2.0, 3.0], dtype=torch.bfloat16),  # 6 bytes: the next tensor is realigned
+        torch.arange(5, dtype=torch.int64),
+    ]
+    sizes = [t.numel() * t.element_size() for t in tensors]
+    region = WeightRegion.create(str(tmp_path), region_size(sizes))
+    first, after_first = region.write(tensors[:2], 0)  # two chunks, as the sender writes them
+    second, _ = region.write(tensors[2:], after_first)
+    offsets = first + second
+    assert all(o % ALIGN == 0 for o in offsets) and offsets == sorted(set(offsets))
+    info = weight_transfer.ObjectStoreUpdateInfo(
+        names=["a", "b", "c"],
+        dtype_names=[str(t.dtype).removeprefix("torch.") for t in tensors],
+        shapes=[list(t.shape) for t in tensors],
+        sizes=sizes,
+        total=3,
+    )
+    reader = MappedRegions()
+    got = [t for _, t in weight_transfer.unpacked(info, reader.parts(str(region.path), offsets, sizes))]
+    assert all(torch.equal(a, b) and a.dtype == b.dtype for a, b in zip(got, tensors))
+    # the next version is written into the same file and read through the same mapping
+    region.write([tensors[0] * 2], 0)
+    again = reader.parts(str(region.path), offsets[:1], sizes[:1])
+    assert torch.equal(torch.from_numpy(again[0].copy()).view(torch.float32).view(2, 3), tensors[0] * 2)
+    with pytest.raises(ValueError, match="outgrew"):
+        region.write([torch.zeros(1000)], 0)
+    region.remove()
+    assert not region.path.exists()
+
+
+def test_a_weight_region_that_does_not_fit_is_one_line_and_leaves_nothing(tmp_path):
+    from actors.weight_region import WeightRegion
+
+    with pytest.raises(OSError, match=rf"{tmp_path}: cannot reserve .* MiB for the weights \(.* MiB free\)"):
+        WeightRegion.create(str(tmp_path), 1 << 50)  # a petabyte
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_only_regions_of_dead_learners_of_this_host_are_removed(tmp_path):
+    import os
+    import socket
+
+    from actors.weight_region import PREFIX, remove_orphans
+
+    host = socket.gethostname()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    names = {
+        "dead": f"{PREFIX}{host}-{dead.stdout.strip()}-abc",
+        "alive": f"{PREFIX}{host}-{os.getpid()}-abc",
+        "other host": f"{PREFIX}elsewhere-{dead.stdout.strip()}-abc",
+        "not ours": "wavalign-chunk-123",
+    }
+    for name in names.values():
+        (tmp_path / name).write_bytes(b"x")
+    assert remove_orphans(tmp_path) == [tmp_path / names["dead"]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(v for k, v in names.items() if k != "dead")

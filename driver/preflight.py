@@ -51,8 +51,8 @@ def preflight(cfg: PipelineConfig, build_toy: bool = True, log=print) -> Inputs 
     """Run every check; build the toy assets first when the config uses them and they are missing
     (with build_toy=False, as a dry run: say so and skip the policy and data checks, None)."""
     check_reward_functions(cfg)
+    from driver.inputs import read_prompt_rows, resolve_inputs
     from wavalign.model_files import load_tokenizer_and_layout
-    from wavalign.pipeline.inputs import read_prompt_rows, resolve_inputs
     from wavalign.toy.cache import foreign_assets_dir, toy_assets_ready
 
     if cfg.model.path is None and (problem := foreign_assets_dir(cfg.toy)):
@@ -105,7 +105,7 @@ def preflight(cfg: PipelineConfig, build_toy: bool = True, log=print) -> Inputs 
 
 def check_resume(run_dir: Path) -> None:
     """A run directory to resume: its `latest` pointer names one of its complete checkpoints."""
-    from wavalign.pipeline.checkpoint import latest_checkpoint
+    from driver.checkpoint import latest_checkpoint
 
     try:
         latest_checkpoint(run_dir)

@@ -1,7 +1,7 @@
 """The paper's ablation in miniature (method §12-13): the same warm-started policy, the same budget,
 several seeds, one arm per objective.
 
-    python -m wavalign.ablate [--config pipeline.yaml] [--task hard|default] [--arms a,b,c,d,e]
+    python -m driver.ablate [--config pipeline.yaml] [--task hard|default] [--arms a,b,c,d,e]
                               [--seeds 1,2,3] [--steps 30] [--out runs/ablation-<time>] [--set k=v ...]
                               [--address GCS_ADDRESS]
 
@@ -157,7 +157,7 @@ def smoothed(points: list[tuple[float, float]], window: int) -> list[tuple[float
 
 
 def plot_curves(results: list[dict], runs: dict[str, list[dict]], out: Path, window: int = 5) -> list[Path]:
-    from wavalign.report import finite_points, line_chart
+    from driver.report import finite_points, line_chart
 
     written = []
     for axis in CURVES:
@@ -179,7 +179,7 @@ def plot_curves(results: list[dict], runs: dict[str, list[dict]], out: Path, win
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m wavalign.ablate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m driver.ablate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--config", default="pipeline.yaml")
     parser.add_argument("--task", choices=sorted(TASKS), default="hard")
@@ -210,10 +210,10 @@ def main(argv: list[str] | None = None) -> int:
     import pyarrow.parquet as pq
     import ray
 
+    from driver.inputs import connect_ray
+    from driver.outputs import write_parquet_atomic
     from wavalign.atomic import write_text_atomic
     from wavalign.config_file import read_config
-    from wavalign.pipeline.inputs import connect_ray
-    from wavalign.pipeline.outputs import write_parquet_atomic
     from wavalign.toy.assets import ensure_toy_assets
 
     cfg = read_config(args.config, sets)  # a bad --set fails here, before any run

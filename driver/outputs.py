@@ -18,8 +18,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from driver.step_metrics import finite_numbers
 from wavalign.atomic import atomic_path
-from wavalign.pipeline.step_metrics import finite_numbers
 
 _PART = re.compile(r"^step-(\d{6})\.parquet$")
 

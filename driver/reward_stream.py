@@ -12,10 +12,9 @@ import queue
 import threading
 from collections.abc import Mapping, Sequence
 
-from actors.reward import RewardRequest, RewardResult
-from actors.rollout import RolloutRecord
 from learner.step_stats import StepStats
 from wavalign.data import PromptRow
+from wavalign.messages import RewardRequest, RewardResult, RolloutRecord
 
 _DONE = object()
 

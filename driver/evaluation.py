@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from actors.rollout import RolloutRecord
 from wavalign.config import PipelineConfig
 from wavalign.data import PromptRow
+from wavalign.messages import RolloutRecord
 
 
 def scored_by_toy_task(cfg: PipelineConfig, rows: Sequence[PromptRow]) -> bool:

@@ -17,15 +17,13 @@ from dataclasses import dataclass
 
 import torch
 
-from actors.learner import DpoBatch, TrainBatch
-from actors.reward import RewardResult
-from actors.rollout import RolloutRecord
 from learner.advantages import group_advantages
 from learner.dpo_pairs import best_and_worst
 from learner.masks import SPEECH, TEXT
 from learner.mixing import LambdaController, LambdaStep
 from learner.step_stats import StepStats
 from wavalign.data import PromptRow
+from wavalign.messages import DpoBatch, RewardResult, RolloutRecord, TrainBatch
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 
 It owns the workers (rollout pool, reward pool, data-parallel learners, the operator's control
 worker), the prompt stream, the λ controller(s), the step counter and the policy version, and the
-run's outputs. Every method is one narrated step of the loop; none of them loops over steps.
+run's outputs. Every method is one narrated step of the loop; none of them loops over steps. The
+phases hand each other the records of driver/step_records.py.
 """
 
 from __future__ import annotations
@@ -10,32 +11,23 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-
-import torch
 
 from actors.control import apply_requests, start_control
 from actors.learner_group import LearnerGroup
 from actors.pool import RolloutPool
 from actors.reward_pool import RewardPool
 from actors.weight_sync import SYNC_PHASES, WeightSyncError
-from learner.masks import modality_counts
-from learner.mixing import LambdaController, LambdaSettings, LambdaStep
-from learner.step_stats import StepStats
-from wavalign.config import PipelineConfig
-from wavalign.data import PromptRow
-from wavalign.failpoints import failpoint
-from wavalign.interleave import response_channels, text_string
-from wavalign.pipeline.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from wavalign.pipeline.dashboard import DashboardMetrics
-from wavalign.pipeline.evaluation import evaluate, scored_by_toy_task
-from wavalign.pipeline.inputs import connect_ray
-from wavalign.pipeline.outputs import RunOutputs
-from wavalign.pipeline.preflight import Inputs
-from wavalign.pipeline.prompts import PromptStream
-from wavalign.pipeline.reward_stream import RewardStream
-from wavalign.pipeline.step_data import (
+from driver.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from driver.dashboard import DashboardMetrics
+from driver.evaluation import evaluate, scored_by_toy_task
+from driver.inputs import connect_ray
+from driver.outputs import RunOutputs
+from driver.preflight import Inputs
+from driver.prompts import PromptStream
+from driver.reward_stream import RewardStream
+from driver.step_data import (
     Group,
     advantages_of,
     assemble_groups,
@@ -46,7 +38,15 @@ from wavalign.pipeline.step_data import (
     rollout_rows,
     step_lambdas,
 )
-from wavalign.pipeline.step_metrics import progress_line, step_metrics
+from driver.step_metrics import progress_line, step_metrics
+from driver.step_records import LearningStep, SampledStep, ScoredStep
+from learner.masks import modality_counts
+from learner.mixing import LambdaController, LambdaSettings
+from learner.step_stats import StepStats
+from wavalign.config import PipelineConfig
+from wavalign.failpoints import failpoint
+from wavalign.interleave import response_channels, text_string
+from wavalign.messages import RewardResult
 
 # A DPO run's own columns, in every one of its rows (NaN where a step had no pairs)
 DPO_NAN = {key: math.nan for key in ("dpo_loss", "dpo_accuracy", "dpo_margin", "sft_loss")}
@@ -102,7 +102,7 @@ class Pipeline:
         self.step, self.version = 0, 0
         self.learned_step = 0  # the last step the learner has taken (one ahead of self.step mid-step)
         self._prompts_after_step = self.prompts.state_dict()  # the cursor as of the last complete step
-        self._prefetched: tuple | None = None  # the next step's rollouts, sampled while the learner trained
+        self._ahead: SampledStep | None = None  # the next step, sampled while the learner took this one
         self.outputs: RunOutputs | None = None
         self._step_seconds: list[float] = []
 
@@ -145,53 +145,62 @@ class Pipeline:
         apply_requests(self.control, self.rollouts)
 
     # ------------------------------------------------------------------------------ one step
-    def rollouts_for(self, step: int):
+    def sample(self, step: int) -> SampledStep:
         """The step's prompts and their G responses each; every chunk goes to the reward pool the
-        moment it is in. With train.max_staleness: 1 they were sampled during the previous step."""
-        if self._prefetched is not None:
-            prefetched, self._prefetched = self._prefetched, None
-            return prefetched
-        return self._sample_and_score(step, self.prompts.next_step())
-
-    def _sample_and_score(self, step: int, prompts: Sequence[PromptRow]):
+        moment it is in."""
+        prompts = self.prompts.next_step()
         stats = StepStats(self.controllers[0].settings, self.group_size)
         scoring = RewardStream(self.rewards, {r.row_id: r for r in prompts}, stats)
         started = time.monotonic()
         records = self.rollouts.generate(
             [(r.row_id, r.prompt_token_ids) for r in prompts], seed=step_seed(self.cfg, step), on_chunk=scoring.submit
         )
-        return prompts, records, scoring, time.monotonic() - started
+        return SampledStep(step, prompts, records, scoring, time.monotonic() - started)
 
-    def assemble(self, prompts, records, results, stats: StepStats):
-        groups = assemble_groups(prompts, records, results, self.group_size)
+    def sample_ahead(self, step: int) -> None:
+        """Bounded staleness (train.max_staleness: 1): `step` sampled now, from the weights the
+        learner is updating, while it works; `take_sampled_ahead` hands it to the next iteration."""
+        self._ahead = self.sample(step)
+
+    def take_sampled_ahead(self) -> SampledStep | None:
+        ahead, self._ahead = self._ahead, None
+        return ahead
+
+    def assemble(self, sampled: SampledStep, results: Mapping[tuple[str, int], RewardResult]) -> ScoredStep:
+        groups = assemble_groups(sampled.prompts, sampled.records, results, self.group_size)
         advantages = advantages_of(groups, unbiased_std=self.cfg.algorithm.advantage_std == "unbiased")
-        lambdas, aggregates = step_lambdas(stats, self.controllers, groups)
-        return groups, advantages, lambdas, aggregates
+        lambdas, aggregates = step_lambdas(sampled.scoring.stats, self.controllers, groups)
+        return ScoredStep(sampled.step, groups, advantages, lambdas, aggregates)
 
-    def learn(
-        self, step: int, groups: Sequence[Group], advantages: torch.Tensor, lambdas: Sequence[LambdaStep]
-    ) -> dict[str, float]:
-        """One learner step: WavAlign's (RL rows + SFT rows mixed by λ), or with algorithm.objective
-        dpo, DPO's on the step's pairs. Rollouts older than the learner's weights (bounded staleness)
-        carry their staleness, so the learner applies the clipped importance ratio. With
-        train.max_staleness: 1 the next step's rollouts are sampled while the learner works."""
+    def start_learning(self, scored: ScoredStep) -> LearningStep:
+        """Starts one learner step and returns at once: WavAlign's (RL rows + SFT rows mixed by λ), or
+        with algorithm.objective dpo, DPO's on the step's pairs. Rollouts older than the learner's
+        weights (bounded staleness) carry their staleness, so the learner applies the clipped
+        importance ratio."""
+        groups = scored.groups
         staleness = self.version - min(r.policy_version for g in groups for r in g.records)
         if self.cfg.algorithm.objective == "dpo":
             batches, extra = self._dpo_batches(groups)
         else:
-            lams = [s.lam for s in lambdas]
-            batches, extra = learner_batches(groups, advantages, lams, self.cfg.learner.num_workers, staleness), {}
+            lams = [s.lam for s in scored.lambdas]
+            batches = learner_batches(groups, scored.advantages, lams, self.cfg.learner.num_workers, staleness)
+            extra = {}
         if self.cfg.rollout.colocate:  # the learner gets the GPUs that vLLM shares with it
             self.rollouts.sleep()
-        started = self.learners.train_start(batches) if batches else None
+        pending = self.learners.train_start(batches) if batches else None
         failpoint("driver.learning")
-        if self.cfg.train.max_staleness and step < self.cfg.run.steps:
-            self._prefetched = self._sample_and_score(step + 1, self.prompts.next_step())
-        learned = self.learners.train_result(started) if started else {"skipped": 1.0, "dpo_pairs": 0.0}
-        self.learned_step = step
+        return LearningStep(scored.step, pending, staleness, extra)
+
+    def finish_learning(self, learning: LearningStep) -> dict[str, float]:
+        """Waits for the learner step; its statistics (the ranks' mean) and the rollouts' staleness."""
+        if learning.pending is None:
+            learned = {"skipped": 1.0, "dpo_pairs": 0.0}
+        else:
+            learned = self.learners.train_result(learning.pending)
+        self.learned_step = learning.step
         if self.cfg.algorithm.objective == "dpo":
-            learned = {**DPO_NAN, **learned, **extra}
-        return {**learned, "staleness": float(staleness)}
+            learned = {**DPO_NAN, **learned, **learning.extra}
+        return {**learned, "staleness": float(learning.staleness)}
 
     def _dpo_batches(self, groups: Sequence[Group]):
         """The step's DPO pairs split over the ranks, and the pairs' sides measured (mean text and speech
@@ -232,14 +241,15 @@ class Pipeline:
         timings.update({f"sync_{phase}_seconds": phases.get(phase, math.nan) for phase in SYNC_PHASES})
         return timings
 
-    def record_step(self, step, groups, advantages, lambdas, aggregates, learned, timings) -> None:
+    def record_step(self, scored: ScoredStep, learned: dict[str, float], timings: dict[str, float]) -> None:
+        step, groups = scored.step, scored.groups
         self.step = step
-        self._prompts_after_step = self.prompts.state_dict(give_back_last_step=self._prefetched is not None)
+        self._prompts_after_step = self.prompts.state_dict(give_back_last_step=self._ahead is not None)
         row = step_metrics(
             step=step,
             version=self.version,
-            lambdas=lambdas,
-            reward_aggregates=aggregates,
+            lambdas=scored.lambdas,
+            reward_aggregates=scored.reward_aggregates,
             learned=learned,
             timings=timings,
             response_tokens=sum(len(r.response_token_ids) for g in groups for r in g.records),
@@ -249,7 +259,7 @@ class Pipeline:
         row.update(self.rollout_quality(groups))
         if self.eval_rows and step % self.cfg.train.eval_every == 0:
             row.update(self.evaluate(step))
-        self._outputs().add_step(row, rollout_rows(step, groups, advantages, self._decode_text))
+        self._outputs().add_step(row, rollout_rows(step, groups, scored.advantages, self._decode_text))
         self.dashboard.report_step(row)
         self.dashboard.report_workers({"rollout": self.rollouts.states(), "reward": self.rewards.states()})
         self._step_seconds.append(timings["step_seconds"])
@@ -286,7 +296,7 @@ class Pipeline:
         """A worker failure the pools could not heal: checkpoint the last complete step (unless the
         learner has already moved past it), say how to go on, stop every worker."""
         print(f"error: {err}", file=sys.stderr, flush=True)
-        self._prefetched = None  # sampled ahead by pools that failed: not waited for
+        self._ahead = None  # sampled ahead by pools that failed: not waited for
         if self.step > 0 and self.learned_step == self.step:
             self.checkpoint()
             print(
@@ -303,8 +313,8 @@ class Pipeline:
         self.finish(export=False)
 
     def finish(self, export: bool) -> None:
-        if self._prefetched is not None:  # sampled ahead for a step this run will not take
-            self._prefetched[2].finish(self.cfg.reward.timeout_s)
+        if self._ahead is not None:  # sampled ahead for a step this run will not take
+            self._ahead.scoring.finish(self.cfg.reward.timeout_s)
         self._outputs().merge_rollouts()
         if export:
             self.learners.save_hf(str(self.run_dir / "policy"))

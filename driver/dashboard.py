@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from wavalign.pipeline.step_metrics import finite_numbers
+from driver.step_metrics import finite_numbers
 
 
 class DashboardMetrics:

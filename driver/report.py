@@ -1,4 +1,4 @@
-"""Render a run's curves to PNG: `python -m wavalign.report RUN_DIR [--out DIR]`.
+"""Render a run's curves to PNG: `python -m driver.report RUN_DIR [--out DIR]`.
 
 Panels (one PNG each, in RUN_DIR/report/ unless --out): rewards, λ and its gates, losses,
 per-modality entropy, per-modality gradient norms, and the toy task's semantic accuracy and
@@ -77,7 +77,7 @@ def render(run_dir: Path, out_dir: Path) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m wavalign.report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m driver.report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--out", type=Path, default=None, help="default: RUN_DIR/report")
