@@ -16,7 +16,6 @@ import functools
 import signal
 import sys
 import time
-from pathlib import Path
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -44,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return scale_main(argv[1:])
     args = parse_args(argv)
-    from driver.preflight import PreflightError, check_resume, preflight
+    from driver.preflight import PreflightError, check_resume, new_run_store, preflight, resumed_run_store
     from wavalign.config import InvalidConfig
     from wavalign.config_file import config_yaml, read_config, save_config
 
@@ -55,10 +54,12 @@ def main(argv: list[str] | None = None) -> int:
         print, file=sys.stderr if args.dry_run else sys.stdout, flush=True
     )  # a dry run prints the config
     try:
-        cfg = read_config(args.config or Path(args.resume) / "config.yaml", args.set)
+        resumed, saved_config = resumed_run_store(args.resume) if args.resume else (None, None)
+        cfg = read_config(args.config or saved_config, args.set)
         inputs = preflight(cfg, build_toy=not args.dry_run, log=note)
-        if args.resume:
-            check_resume(Path(args.resume))
+        if resumed:
+            check_resume(resumed)
+        store = resumed or new_run_store(cfg, time.strftime("%Y%m%d-%H%M%S"))
     except (InvalidConfig, PreflightError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -66,22 +67,19 @@ def main(argv: list[str] | None = None) -> int:
         print(config_yaml(cfg), end="")
         return 0
 
-    # 2. The run directory (new, or the resumed run's) with the resolved config in it.
-    run_dir = (
-        Path(args.resume)
-        if args.resume
-        else Path(cfg.run.output_dir) / f"{cfg.run.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    )
-    run_dir.mkdir(parents=True, exist_ok=bool(args.resume))
-    save_config(cfg, run_dir / "config.yaml")
-    print(f"run dir: {run_dir}", flush=True)
+    # 2. The run's folder (new, or the resumed run's) with the resolved config in it: a path, or a
+    #    URI (s3://...) written through a local staging folder (wavalign/storage.py).
+    store.local.mkdir(parents=True, exist_ok=bool(resumed) or store.remote)
+    save_config(cfg, store.local / "config.yaml")
+    store.publish("config.yaml")
+    print(f"run dir: {store.location}", flush=True)
 
     # 3. Policy, data, Ray and the workers: rollout pool, reward pool, learners, operator control.
     from actors.worker_pool import WorkerError
     from driver.pipeline import Pipeline
 
     try:
-        pipe = Pipeline(cfg, run_dir, args.address, inputs)
+        pipe = Pipeline(cfg, store, args.address, inputs)
     except WorkerError as err:  # workers that cannot start (their replacements neither)
         print(f"error: {err}", file=sys.stderr, flush=True)
         return 1
@@ -133,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
             if last and step < cfg.run.steps:
                 why = "SIGTERM" if stop["requested"] else f"--stop-after-step {step}"
                 print(
-                    f"stopped after step {step} ({why}); continue with: python launch.py --resume {run_dir}", flush=True
+                    f"stopped after step {step} ({why}); continue with: python launch.py --resume {store.location}",
+                    flush=True,
                 )
                 break
     except WorkerError as err:
@@ -142,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # 6. Close: the merged rollouts, the final policy as an HF directory, the workers.
     pipe.finish(export=pipe.step == cfg.run.steps)
-    print(f"done: {pipe.step} steps; outputs in {run_dir}", flush=True)
+    print(f"done: {pipe.step} steps; outputs in {store.location}", flush=True)
     return 0
 
 

@@ -12,6 +12,7 @@ a Ray worker at the call site.
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Sequence
 
 import torch
@@ -22,6 +23,7 @@ from learner.step import DpoStep, MixedStep
 from wavalign.config import PipelineConfig
 from wavalign.messages import DpoBatch, SyncReport, TrainBatch
 from wavalign.model_files import load_tokenizer_and_layout
+from wavalign.storage import RunStore
 
 
 class LearnerWorker:
@@ -29,7 +31,7 @@ class LearnerWorker:
         self, model_path: str, cfg: PipelineConfig, rank: int = 0, world_size: int = 1, master_port: int = 29500
     ) -> None:
         _, self.layout = load_tokenizer_and_layout(model_path, cfg.model.layout)
-        self.cfg, self.model_path = cfg, model_path
+        self.cfg, self.model_path, self.rank = cfg, model_path, rank
         if cfg.learner.torch_threads:
             torch.set_num_threads(cfg.learner.torch_threads)
         self.engine = DeepSpeedEngine(
@@ -114,12 +116,35 @@ class LearnerWorker:
         logp = torch.log_softmax(logits[len(prompt) - 1 : -1], dim=-1)  # position t-1 predicts token t
         return logp.gather(-1, ids[0, len(prompt) :, None]).squeeze(-1).tolist()
 
-    def save_hf(self, directory: str) -> None:
-        self.engine.save_hf(directory, self.model_path)
+    # The run's storage (wavalign/storage.py): this rank writes where it runs, then publishes; with a
+    # URI through a staging folder of its own, dropped once the files are stored.
 
-    def save_checkpoint(self, directory: str, tag: str) -> None:
+    def check_storage(self, store: RunStore) -> None:
+        """The run's folder must be the driver's: a path that is not shared would split the run."""
+        if not store.exists("config.yaml"):
+            raise RuntimeError(
+                f"run.output_dir: {store.location} is not the driver's folder on this node "
+                f"({socket.gethostname()}, pid {os.getpid()}): use a folder every node mounts at the same path, "
+                "or a URI (s3://...)"
+            )
+
+    def save_hf(self, store: RunStore, relative: str) -> None:
+        """The policy as an HF directory; every rank calls it (ZeRO-3 gathers), rank 0 writes it."""
+        mine = store.private(f"rank{self.rank}")
+        self.engine.save_hf(str(mine.local / relative), self.model_path)
+        if self.rank == 0:
+            mine.publish(relative)
+        mine.drop_local(relative)
+
+    def save_checkpoint(self, store: RunStore, relative: str, tag: str) -> None:
         """DeepSpeed state (weights, optimizer, schedule) of this rank; every rank calls it."""
-        self.engine.save_checkpoint(directory, tag, {"steps_done": self.steps_done})
+        mine = store.private(f"rank{self.rank}")
+        self.engine.save_checkpoint(str(mine.local / relative), tag, {"steps_done": self.steps_done})
+        mine.publish(relative)
+        mine.drop_local(relative)
 
-    def load_checkpoint(self, directory: str, tag: str) -> None:
-        self.steps_done = int(self.engine.load_checkpoint(directory, tag).get("steps_done", 0))
+    def load_checkpoint(self, store: RunStore, relative: str, tag: str) -> None:
+        mine = store.private(f"rank{self.rank}")
+        local = mine.fetch(relative)
+        self.steps_done = int(self.engine.load_checkpoint(str(local), tag).get("steps_done", 0))
+        mine.drop_local(relative)

@@ -15,10 +15,11 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from actors.learner import LearnerWorker
 from actors.weight_sync import Worker
-from actors.worker_pool import WorkerError, first_line
+from actors.worker_pool import WorkerError, first_line, placed, reserve
 from wavalign.config import PipelineConfig
 from wavalign.messages import DpoBatch, SyncReport, TrainBatch
 from wavalign.ports import free_port
+from wavalign.storage import RunStore
 
 
 @dataclass(frozen=True)
@@ -38,12 +39,20 @@ class LearnerGroup:
             num_cpus=lc.cpus_per_worker, num_gpus=lc.gpus_per_worker, max_restarts=0, concurrency_groups={"sync": 1}
         )(LearnerWorker)
         port = free_port()  # ranks meet on this node (multi-node learners: the GPU issue)
+        # the ranks reserve one placement group together, packed onto as few nodes as offer it
+        bundle = lc.placement.bundle(lc.cpus_per_worker, lc.gpus_per_worker)
+        self.placement = reserve([bundle] * self.world_size, f"learner-{cfg.run.name}", strategy="PACK")
         self.ranks = [
-            remote.options(name=f"learner-{cfg.run.name}-{rank}-{port}").remote(
+            remote.options(name=f"learner-{cfg.run.name}-{rank}-{port}", **placed(self.placement, rank)).remote(
                 model_path, cfg, rank=rank, world_size=self.world_size, master_port=port
             )
             for rank in range(self.world_size)
         ]
+        if not ray.wait([self.placement.ready()], timeout=self.timeout_s)[0]:
+            raise WorkerError(
+                f"learner: no room for its placement group ({self.world_size} x {bundle}: learner.placement, "
+                f"cpus_per_worker, gpus_per_worker) within learner.timeout_s={self.timeout_s:g}s"
+            )
         # up, or an error naming the rank that failed to start
         self._gather(Pending("ready", [w.ready.remote() for w in self.ranks]))
 
@@ -86,14 +95,18 @@ class LearnerGroup:
         what the worker said (its pid and version) or raises naming it."""
         return self.ranks[0].bring_up_worker.options(concurrency_group="sync").remote(worker)
 
-    def save_checkpoint(self, directory: str, tag: str) -> None:
-        self._gather(Pending("save_checkpoint", [w.save_checkpoint.remote(directory, tag) for w in self.ranks]))
+    def check_storage(self, store: RunStore) -> None:
+        """Every rank reaches the run's folder (an error naming the rank where a path is not shared)."""
+        self._gather(Pending("check_storage", [w.check_storage.remote(store) for w in self.ranks]))
 
-    def load_checkpoint(self, directory: str, tag: str) -> None:
-        self._gather(Pending("load_checkpoint", [w.load_checkpoint.remote(directory, tag) for w in self.ranks]))
+    def save_checkpoint(self, store: RunStore, relative: str, tag: str) -> None:
+        self._gather(Pending("save_checkpoint", [w.save_checkpoint.remote(store, relative, tag) for w in self.ranks]))
 
-    def save_hf(self, directory: str) -> None:
-        self._gather(Pending("save_hf", [w.save_hf.remote(directory) for w in self.ranks]))
+    def load_checkpoint(self, store: RunStore, relative: str, tag: str) -> None:
+        self._gather(Pending("load_checkpoint", [w.load_checkpoint.remote(store, relative, tag) for w in self.ranks]))
+
+    def save_hf(self, store: RunStore, relative: str) -> None:
+        self._gather(Pending("save_hf", [w.save_hf.remote(store, relative) for w in self.ranks]))
 
     def shutdown(self) -> None:
         """The ranks go; first their weight region leaves shared memory (a killed process cannot remove
@@ -104,6 +117,7 @@ class LearnerGroup:
             pass  # a rank that is gone or stuck: its region is removed as an orphan later
         for worker in self.ranks:
             ray.kill(worker)
+        ray.util.remove_placement_group(self.placement)
 
 
 def _mean(stats: list[dict[str, float]]) -> dict[str, float]:

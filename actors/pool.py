@@ -67,6 +67,7 @@ class RolloutPool(WorkerPool):
             call_timeout_s=rc.timeout_s,
             max_redispatch=rc.max_redispatch,
             env_vars=(("GLIBC_TUNABLES", huge_page_malloc(os.environ.get("GLIBC_TUNABLES", ""))),),
+            bundle=tuple(rc.placement.bundle(rc.cpus_per_worker, rc.gpus_per_worker).items()),
         )
         super().__init__(settings, worker_cls, (model_path, cfg), log, on_dispatch)
         self.cfg = cfg

@@ -33,6 +33,7 @@ class RewardPool(WorkerPool):
             start_timeout_s=cfg.rollout.start_timeout_s,
             call_timeout_s=rc.timeout_s,
             max_redispatch=cfg.rollout.max_redispatch,
+            bundle=tuple(rc.placement.bundle(rc.cpus_per_worker, 0).items()),
         )
         super().__init__(settings, RewardWorker, (model_path, cfg), log, on_dispatch)
         self._last_counts: dict[str, dict[str, int]] = {}  # each live worker's last counters

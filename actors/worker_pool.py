@@ -39,6 +39,7 @@ class PoolSettings:
     call_timeout_s: float
     max_redispatch: int
     env_vars: tuple[tuple[str, str], ...] = ()  # set in each worker's process before it starts
+    bundle: tuple[tuple[str, float], ...] = ()  # each worker's placement group (its CPUs, GPUs, resources)
 
 
 @dataclass(eq=False)  # identity: two members are never equal
@@ -48,6 +49,7 @@ class Member:
     state: str = "starting"  # starting -> idle <-> busy; removed when dead
     pid: int | None = None
     start_deadline: float = 0.0
+    placement: Any = None  # its placement group (removed with it)
     info: dict = field(default_factory=dict)  # what the worker said when it came up
 
 
@@ -122,7 +124,8 @@ class WorkerPool:
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.0, nearest - time.monotonic()))
             if not ready:
                 names = ", ".join(m.name for m in pending.values() if m.start_deadline <= nearest)
-                raise WorkerError(f"{names}: not up after start_timeout_s={self.settings.start_timeout_s:g}s")
+                needs = f" (each needs {dict(self.settings.bundle)} on one node)" if self.settings.bundle else ""
+                raise WorkerError(f"{names}: not up after start_timeout_s={self.settings.start_timeout_s:g}s{needs}")
             member = pending.pop(ready[0])
             if (again := self._take_in(member, ready[0])) is not None:
                 pending[self.bring_up(again)] = again
@@ -130,8 +133,10 @@ class WorkerPool:
     def _start_member(self) -> Member:
         name = f"{self.settings.kind}-{self._pool_id}-{self._serial}"
         self._serial += 1
-        handle = self._remote_cls.options(name=name).remote(*self.worker_args)
+        placement = reserve([dict(self.settings.bundle)], name, log=self.log) if self.settings.bundle else None
+        handle = self._remote_cls.options(name=name, **placed(placement)).remote(*self.worker_args)
         member = Member(name=name, handle=handle, start_deadline=time.monotonic() + self.settings.start_timeout_s)
+        member.placement = placement
         self.members.append(member)
         return member
 
@@ -185,6 +190,8 @@ class WorkerPool:
             self.members.remove(member)
         self._starting = {ref: m for ref, m in self._starting.items() if m is not member}
         ray.kill(member.handle)
+        if member.placement is not None:
+            ray.util.remove_placement_group(member.placement)
 
     def pids(self) -> dict[str, int]:
         return {m.name: m.pid for m in self.members}
@@ -279,3 +286,31 @@ def _process_died(err: RayTaskError) -> bool:
 def first_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return text[-1] if text else type(err).__name__
+
+
+def reserve(bundles: list[dict[str, float]], name: str, strategy: str = "STRICT_PACK", log=print):
+    """A placement group of `bundles` (Ray schedules it when some node, or nodes, offer them; a worker
+    placed in it waits until then, within its start deadline). Says so at once when no node of the
+    cluster could ever hold a bundle (an autoscaler may still add one)."""
+    from ray.util.placement_group import placement_group
+
+    if missing := unoffered(bundles[0]):
+        log(f"warning: {name}: no node of the cluster offers {missing}; waiting for one to join")
+    return placement_group(bundles, strategy=strategy, name=f"{name}-placement")
+
+
+def unoffered(bundle: dict[str, float]) -> dict[str, float]:
+    """The part of `bundle` that no live node has in total (empty when some node can hold it)."""
+    totals = [node["Resources"] for node in ray.nodes() if node["Alive"]]
+    if any(all(total.get(k, 0) >= v for k, v in bundle.items()) for total in totals):
+        return {}
+    return {k: v for k, v in bundle.items() if not any(total.get(k, 0) >= v for total in totals)} or bundle
+
+
+def placed(group, index: int = 0) -> dict:
+    """Actor options that put a worker into bundle `index` of `group` (none without a group)."""
+    if group is None:
+        return {}
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    return {"scheduling_strategy": PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=index)}

@@ -6,6 +6,9 @@ checkpoints/step-NNNNNN/
     driver.json   step, policy version, λ controller state(s), the prompt stream's cursor, ...
 checkpoints/latest   the name of the newest complete checkpoint
 
+in the run's storage (wavalign/storage.py: a folder, or a URI such as s3://...), each file complete or
+absent there.
+
 driver.json is written last and `latest` after it (both atomically), so a checkpoint that a crash
 cut short is never picked up. Only the newest `keep` checkpoints are kept.
 
@@ -19,31 +22,38 @@ from __future__ import annotations
 import json
 import random
 import re
-import shutil
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from wavalign.atomic import write_text_atomic
+from wavalign.storage import RunStore
+
+_NAME = re.compile(r"step-\d{6}")
 
 
-def _root(run_dir: str | Path) -> Path:
-    return Path(run_dir) / "checkpoints"
-
-
-def save_checkpoint(run_dir: str | Path, step: int, learners, state: dict, keep: int) -> Path:
-    directory = _root(run_dir) / f"step-{step:06d}"
-    if directory.exists():
-        shutil.rmtree(directory)  # a leftover of a run that died while writing it
-    learners.save_checkpoint(str(directory / "learner"), "state")
-    write_text_atomic(directory / "rng.json", json.dumps(random_states()))
-    write_text_atomic(directory / "driver.json", json.dumps({"step": step, **state}, indent=2))
-    write_text_atomic(_root(run_dir) / "latest", directory.name)
-    complete = sorted(p for p in _root(run_dir).glob("step-*") if (p / "driver.json").exists())
+def save_checkpoint(store: RunStore, step: int, learners, state: dict, keep: int) -> str:
+    """Writes checkpoints/step-NNNNNN (every learner rank its own state, into the run's storage from
+    whichever node it is on), then `latest`; prunes to the newest `keep` complete checkpoints, in the
+    storage and here. Returns where the checkpoint is."""
+    name = f"step-{step:06d}"
+    folder = f"checkpoints/{name}"
+    store.remove(folder)  # a leftover of a run that died while writing it
+    learners.save_checkpoint(store, f"{folder}/learner", "state")
+    for file, text in (
+        ("rng.json", json.dumps(random_states())),
+        ("driver.json", json.dumps({"step": step, **state}, indent=2)),
+    ):
+        write_text_atomic(store.local / folder / file, text)
+        store.publish(f"{folder}/{file}")  # driver.json last: it marks the checkpoint complete
+    write_text_atomic(store.local / "checkpoints" / "latest", name)
+    store.publish("checkpoints/latest")
+    complete = [
+        n for n in store.list("checkpoints") if _NAME.fullmatch(n) and store.exists(f"checkpoints/{n}/driver.json")
+    ]
     for old in complete[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    return directory
+        store.remove(f"checkpoints/{old}")
+    return store.uri(folder)
 
 
 def random_states() -> dict:
@@ -65,21 +75,25 @@ def set_random_states(states: dict) -> None:
     torch.set_rng_state(torch.tensor(states["torch"], dtype=torch.uint8))
 
 
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    pointer = _root(run_dir) / "latest"
-    if not pointer.exists():
+def latest_checkpoint(store: RunStore) -> str | None:
+    """The name of the run's newest complete checkpoint (None before the first one)."""
+    if not store.exists("checkpoints/latest"):
         return None
+    pointer = store.fetch("checkpoints/latest")
     name = pointer.read_text().strip()
-    if not re.fullmatch(r"step-\d{6}", name):  # a pointer is a folder name of this run, nothing else
-        raise ValueError(f"{pointer}: expected a checkpoint name like step-000010, got {name[:80]!r}")
-    directory = _root(run_dir) / name
-    if not (directory / "driver.json").exists():
-        raise FileNotFoundError(f"{pointer} names {directory.name}, which is incomplete or missing")
-    return directory
+    if not _NAME.fullmatch(name):  # a pointer is a folder name of this run, nothing else
+        raise ValueError(
+            f"{store.uri('checkpoints/latest')}: expected a checkpoint name like step-000010, got {name[:80]!r}"
+        )
+    if not store.exists(f"checkpoints/{name}/driver.json"):
+        raise FileNotFoundError(f"{store.uri('checkpoints/latest')} names {name}, which is incomplete or missing")
+    return name
 
 
-def load_checkpoint(directory: Path, learners) -> dict:
-    """Restores the learners and the driver's random states; returns driver.json's state."""
-    learners.load_checkpoint(str(directory / "learner"), "state")
-    set_random_states(json.loads((directory / "rng.json").read_text()))
-    return json.loads((directory / "driver.json").read_text())
+def load_checkpoint(store: RunStore, name: str, learners) -> dict:
+    """Restores the learners (each rank fetches its own state) and the driver's random states;
+    returns driver.json's state."""
+    folder = f"checkpoints/{name}"
+    learners.load_checkpoint(store, f"{folder}/learner", "state")
+    set_random_states(json.loads(store.fetch(f"{folder}/rng.json").read_text()))
+    return json.loads(store.fetch(f"{folder}/driver.json").read_text())

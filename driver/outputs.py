@@ -6,7 +6,9 @@
 - tensorboard/: event files with every numeric step metric.
 
 On resume, everything after the checkpoint's step is dropped first, so the continued run writes
-exactly the rows an uninterrupted run would have.
+exactly the rows an uninterrupted run would have. Each file goes to the run's storage
+(wavalign/storage.py) as soon as it is written; TensorBoard's event files, which grow, at each
+checkpoint and at the end.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import pyarrow.parquet as pq
 
 from driver.step_metrics import finite_numbers
 from wavalign.atomic import atomic_path
+from wavalign.storage import RunStore
 
 _PART = re.compile(r"^step-(\d{6})\.parquet$")
 
@@ -30,10 +33,10 @@ def write_parquet_atomic(path: Path, table: pa.Table) -> None:
 
 
 class RunOutputs:
-    def __init__(self, run_dir: str | Path, resume_step: int | None = None) -> None:
+    def __init__(self, store: RunStore, resume_step: int | None = None) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        self.run_dir = Path(run_dir)
+        self.store, self.run_dir = store, store.local
         self.metrics_path = self.run_dir / "metrics.parquet"
         self.rollouts_dir = self.run_dir / "rollouts"
         self.rollouts_dir.mkdir(parents=True, exist_ok=True)
@@ -46,12 +49,16 @@ class RunOutputs:
         )
 
     def _truncate(self, step: int) -> None:
+        for stored in ("metrics.parquet", "rollouts", "tensorboard"):
+            if self.store.exists(stored):
+                self.store.fetch(stored)  # a fresh node's mirror holds nothing yet
         if self.metrics_path.exists():
             self.metrics = [row for row in pq.read_table(self.metrics_path).to_pylist() if row["step"] <= step]
             write_parquet_atomic(self.metrics_path, _table(self.metrics))
+            self.store.publish("metrics.parquet")
         for part in self._parts():
             if int(_PART.match(part.name)[1]) > step:
-                part.unlink()
+                self.store.remove(f"rollouts/{part.name}")
 
     def _parts(self) -> list[Path]:
         return sorted(p for p in self.rollouts_dir.iterdir() if _PART.match(p.name))
@@ -59,9 +66,12 @@ class RunOutputs:
     def add_step(self, metrics: dict, rollouts: Sequence[dict]) -> None:
         """The step's rollouts first, then its metrics row: a metrics row implies its rollouts exist."""
         step = int(metrics["step"])
-        write_parquet_atomic(self.rollouts_dir / f"step-{step:06d}.parquet", pa.Table.from_pylist(list(rollouts)))
+        part = f"rollouts/step-{step:06d}.parquet"
+        write_parquet_atomic(self.run_dir / part, pa.Table.from_pylist(list(rollouts)))
+        self.store.publish(part)
         self.metrics.append(metrics)
         write_parquet_atomic(self.metrics_path, _table(self.metrics))
+        self.store.publish("metrics.parquet")
         for key, value in finite_numbers(metrics).items():
             if key != "step":
                 self.tensorboard.add_scalar(key, value, global_step=step)
@@ -73,10 +83,13 @@ class RunOutputs:
         target = self.run_dir / "rollouts.parquet"
         if tables:
             write_parquet_atomic(target, pa.concat_tables(tables, promote_options="default"))
+            self.store.publish("rollouts.parquet")
+        self.store.publish("tensorboard")
         return target
 
     def close(self) -> None:
         self.tensorboard.close()
+        self.store.publish("tensorboard")
 
 
 def _table(rows: list[dict]) -> pa.Table:

@@ -12,7 +12,6 @@ import math
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 from actors.control import apply_requests, start_control
 from actors.learner_group import LearnerGroup
@@ -47,6 +46,7 @@ from wavalign.config import PipelineConfig
 from wavalign.failpoints import failpoint
 from wavalign.interleave import response_channels, text_string
 from wavalign.messages import RewardResult
+from wavalign.storage import RunStore
 
 # A DPO run's own columns, in every one of its rows (NaN where a step had no pairs)
 DPO_NAN = {key: math.nan for key in ("dpo_loss", "dpo_accuracy", "dpo_margin", "sft_loss")}
@@ -71,9 +71,10 @@ def step_seed(cfg: PipelineConfig, step: int) -> int:
 
 
 class Pipeline:
-    def __init__(self, cfg: PipelineConfig, run_dir: Path, address: str | None, inputs: Inputs) -> None:
-        """`inputs`: what preflight(cfg) checked and loaded (policy, tokenizer, layout, data)."""
-        self.cfg, self.run_dir = cfg, run_dir
+    def __init__(self, cfg: PipelineConfig, store: RunStore, address: str | None, inputs: Inputs) -> None:
+        """`store`: the run's storage (its config.yaml written); `inputs`: what preflight(cfg) checked
+        and loaded (policy, tokenizer, layout, data)."""
+        self.cfg, self.store, self.run_dir = cfg, store, store.local
         self.group_size = cfg.rollout.group_size
         model_path, self.tokenizer, self.layout = inputs.model_path, inputs.tokenizer, inputs.layout
         self.eval_rows = inputs.eval_rows
@@ -91,6 +92,7 @@ class Pipeline:
         )
         self.rewards = RewardPool(cfg, str(model_path), wait=False)
         self.learners = LearnerGroup(cfg, str(model_path))
+        self.learners.check_storage(store)  # a path that the learners' nodes do not share is an error now
         self.rollouts.wait_until_up()
         self.rewards.wait_until_up()
         self.control = start_control(cfg.run.name)
@@ -108,11 +110,11 @@ class Pipeline:
 
     # ------------------------------------------------------------------------------ run state
     def resume(self) -> None:
-        checkpoint = latest_checkpoint(self.run_dir)
+        checkpoint = latest_checkpoint(self.store)
         if checkpoint is None:
             print("resume: no checkpoint yet; starting from step 0", flush=True)
         else:
-            state = load_checkpoint(checkpoint, self.learners)
+            state = load_checkpoint(self.store, checkpoint, self.learners)
             self.step, self.version = state["step"], state["policy_version"]
             self.learned_step = self.step
             self.prompts.load_state_dict(state["prompts"])
@@ -120,8 +122,8 @@ class Pipeline:
             for controller, saved in zip(self.controllers, state["lambda"], strict=True):
                 controller.load_state_dict(saved)
             self.sync_weights(advance=False)
-            print(f"resumed from {checkpoint.name}: step {self.step}, policy version {self.version}", flush=True)
-        self.outputs = RunOutputs(self.run_dir, resume_step=self.step)
+            print(f"resumed from {checkpoint}: step {self.step}, policy version {self.version}", flush=True)
+        self.outputs = RunOutputs(self.store, resume_step=self.step)
 
     def checkpoint(self) -> None:
         state = {
@@ -132,13 +134,13 @@ class Pipeline:
             "prompts": self._prompts_after_step,
             "lambda": [c.state_dict() for c in self.controllers],
         }
-        directory = save_checkpoint(self.run_dir, self.step, self.learners, state, self.cfg.train.keep_checkpoints)
+        directory = save_checkpoint(self.store, self.step, self.learners, state, self.cfg.train.keep_checkpoints)
         self._outputs().merge_rollouts()
         print(f"checkpoint: {directory}", flush=True)
 
     def _outputs(self) -> RunOutputs:
         if self.outputs is None:
-            self.outputs = RunOutputs(self.run_dir)
+            self.outputs = RunOutputs(self.store)
         return self.outputs
 
     def apply_operator_requests(self) -> None:
@@ -301,13 +303,13 @@ class Pipeline:
             self.checkpoint()
             print(
                 f"stopped after step {self.step} (a worker failure); "
-                f"continue with: python launch.py --resume {self.run_dir}",
+                f"continue with: python launch.py --resume {self.store.location}",
                 flush=True,
             )
         elif self.step > 0:
             print(
                 f"stopped during step {self.step + 1} after the learner took it; the newest checkpoint in "
-                f"{self.run_dir / 'checkpoints'} is where a resume continues",
+                f"{self.store.uri('checkpoints')} is where a resume continues",
                 flush=True,
             )
         self.finish(export=False)
@@ -317,7 +319,7 @@ class Pipeline:
             self._ahead.scoring.finish(self.cfg.reward.timeout_s)
         self._outputs().merge_rollouts()
         if export:
-            self.learners.save_hf(str(self.run_dir / "policy"))
+            self.learners.save_hf(self.store, "policy")
         self._outputs().close()
         for pool in (self.rollouts, self.rewards, self.learners):
             pool.shutdown()

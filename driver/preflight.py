@@ -13,6 +13,7 @@ from typing import Any
 from wavalign.config import ConfigError, PipelineConfig
 from wavalign.data import DataError, PromptRow
 from wavalign.layout import SpeechLayout
+from wavalign.storage import RunStore, StorageError, join, resolve_output_dir, running_as_submitted_job
 
 
 class PreflightError(ValueError):
@@ -103,12 +104,32 @@ def preflight(cfg: PipelineConfig, build_toy: bool = True, log=print) -> Inputs 
     return Inputs(Path(model_path), tokenizer, layout, rows["train"], rows["eval"])
 
 
-def check_resume(run_dir: Path) -> None:
-    """A run directory to resume: its `latest` pointer names one of its complete checkpoints."""
+def new_run_store(cfg: PipelineConfig, stamp: str) -> RunStore:
+    """A new run's storage: run.output_dir/<run.name>-<stamp>, a path made absolute or a URI (a
+    relative path in a submitted job is an error with the fix)."""
+    try:
+        return RunStore(
+            join(resolve_output_dir(cfg.run.output_dir, running_as_submitted_job()), f"{cfg.run.name}-{stamp}")
+        )
+    except StorageError as err:
+        raise PreflightError(str(err)) from None
+
+
+def resumed_run_store(location: str) -> tuple[RunStore, Path]:
+    """The storage of a run to resume (a folder or a URI) and its config.yaml, fetched here."""
+    try:
+        store = RunStore(resolve_output_dir(location, running_as_submitted_job(), key="--resume"))
+        return store, store.fetch("config.yaml")
+    except (OSError, ValueError) as err:  # StorageError is a ValueError
+        raise PreflightError(f"--resume: {_one_line(err)}") from None
+
+
+def check_resume(store: RunStore) -> None:
+    """A run to resume: its `latest` pointer names one of its complete checkpoints."""
     from driver.checkpoint import latest_checkpoint
 
     try:
-        latest_checkpoint(run_dir)
+        latest_checkpoint(store)
     except (OSError, ValueError) as err:
         raise PreflightError(f"--resume: {_one_line(err)}") from None
 

@@ -214,10 +214,43 @@ class DataConfig(Section):
     )
 
 
+class PlacementConfig(Section):
+    """Where a role's workers run, besides the CPUs and GPUs each takes: custom Ray resources (a node
+    offers them when started with `ray start --resources '{"rollout_node": 4}'`) and an accelerator
+    type. Each rollout or reward worker reserves its own placement group (so a pool grows and shrinks
+    one worker at a time); the learner ranks reserve one group together, packed."""
+
+    resources: dict[str, float] = Field(
+        default_factory=dict, description="custom Ray resources each worker needs, e.g. {rollout_node: 1}"
+    )
+    accelerator_type: str | None = Field(None, description="Ray accelerator type each worker needs, e.g. H100")
+
+    @field_validator("resources")
+    @classmethod
+    def _custom_and_positive(cls, resources: dict[str, float]) -> dict[str, float]:
+        for name, amount in resources.items():
+            if name in ("CPU", "GPU", "memory", "object_store_memory") or name.startswith("accelerator_type:"):
+                raise ValueError(f"{name}: set through cpus_per_worker, gpus_per_worker or accelerator_type")
+            if amount <= 0:
+                raise ValueError(f"{name}: {amount} is not > 0")
+        return resources
+
+    def bundle(self, cpus: float, gpus: float) -> dict[str, float]:
+        """One worker's placement-group bundle (resources of amount 0 left out, as Ray requires).
+
+        >>> PlacementConfig(resources={"rollout_node": 1}, accelerator_type="H100").bundle(1, 0)
+        {'CPU': 1, 'rollout_node': 1.0, 'accelerator_type:H100': 0.001}
+        """
+        accelerator = {f"accelerator_type:{self.accelerator_type}": 0.001} if self.accelerator_type else {}
+        bundle = {"CPU": cpus, "GPU": gpus, **self.resources, **accelerator}
+        return {name: amount for name, amount in bundle.items() if amount > 0}
+
+
 class RolloutConfig(Section):
     num_workers: int = Field(1, ge=1, description="vLLM rollout workers; scalable while a run goes")
     cpus_per_worker: float = Field(1, gt=0)
     gpus_per_worker: float = Field(0, ge=0)
+    placement: PlacementConfig = PlacementConfig()
     group_size: int = Field(4, ge=2, description="G responses per prompt (method: 4)")
     temperature: float = Field(0.7, gt=0)
     top_p: float = Field(0.9, gt=0, le=1, description="method §15 item 4: stated explicitly")
@@ -334,6 +367,7 @@ class RewardConfig(Section):
     toy_flip_prob: float = Field(0.0, ge=0, le=1, description="... and the chance its right/wrong verdict is reversed")
     num_workers: int = Field(1, ge=1, description="reward workers")
     cpus_per_worker: float = Field(0.5, gt=0, description="mostly waiting on HTTP; little CPU")
+    placement: PlacementConfig = PlacementConfig()
     timeout_s: float = Field(
         900, gt=0, le=MAX_TIMEOUT_S, description="a scoring call that takes longer is an error naming the worker"
     )
@@ -419,6 +453,7 @@ class LearnerConfig(Section):
     num_workers: int = Field(1, ge=1, description="data-parallel learner workers")
     cpus_per_worker: float = Field(1, gt=0)
     gpus_per_worker: float = Field(0, ge=0)
+    placement: PlacementConfig = PlacementConfig()
     zero_stage: int = Field(2, ge=0, le=3, description="method: ZeRO-2")
     precision: Literal["float32", "bfloat16"] = Field("bfloat16", description="method: bf16; CPU runs use float32")
     learning_rate: float = Field(1e-6, gt=0, description="method: 1e-6")

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -165,3 +166,108 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if here in Path(item.path).resolve().parents:
             item.add_marker(pytest.mark.integration)
+
+
+@dataclass(frozen=True)
+class S3Server:
+    """An S3-compatible server on 127.0.0.1 (moto's, installed with the test extra) with one bucket."""
+
+    port: int
+    bucket: str
+    env: dict[str, str]  # the credentials, as an operator's shell would hold them
+
+    def uri(self, path: str) -> str:
+        """s3://bucket/path, with the endpoint to use (pyarrow.fs reads it from the URI)."""
+        return f"s3://{self.bucket}/{path}?endpoint_override=127.0.0.1:{self.port}&scheme=http"
+
+    def filesystem(self):
+        import pyarrow.fs as pafs
+
+        return pafs.S3FileSystem(
+            access_key=self.env["AWS_ACCESS_KEY_ID"],
+            secret_key=self.env["AWS_SECRET_ACCESS_KEY"],
+            region=self.env["AWS_DEFAULT_REGION"],
+            endpoint_override=f"127.0.0.1:{self.port}",
+            scheme="http",
+            allow_bucket_creation=True,
+        )
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    import socket
+
+    port = free_port()
+    env = {"AWS_ACCESS_KEY_ID": "wavalign", "AWS_SECRET_ACCESS_KEY": "wavalign-test", "AWS_DEFAULT_REGION": "us-east-1"}
+    log = tmp_path_factory.mktemp("s3") / "moto.log"
+    with open(log, "w") as out:
+        server = subprocess.Popen(
+            [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"the S3 server did not come up: {log.read_text()[-2000:]}")
+                time.sleep(0.2)
+        s3 = S3Server(port, "wavalign", env)
+        s3.filesystem().create_dir(s3.bucket)
+        yield s3
+    finally:
+        stop_process_group(server)
+
+
+@contextmanager
+def second_node(gcs_address: str, resources: dict[str, float], num_cpus: int = 2):
+    """Another node of the session cluster, on this machine: `ray start --address` with a temporary
+    folder of its own (so a relative path resolves differently there than on the head), offering
+    `resources`. Yields its node id; stopped (and its processes gone) on exit."""
+    import json
+    import shutil
+    import tempfile
+
+    import ray
+
+    temp = tempfile.mkdtemp(prefix="rn2-", dir="/tmp")  # short: Ray's socket paths live under it
+    ports = [free_port() for _ in range(6)]
+    command = [
+        RAY,
+        "start",
+        "--block",
+        f"--address={gcs_address}",
+        f"--temp-dir={temp}",
+        f"--num-cpus={num_cpus}",
+        f"--resources={json.dumps(resources)}",
+        f"--node-manager-port={ports[0]}",
+        f"--object-manager-port={ports[1]}",
+        f"--metrics-export-port={ports[2]}",
+        f"--dashboard-agent-listen-port={ports[3]}",
+        f"--dashboard-agent-grpc-port={ports[4]}",
+        f"--runtime-env-agent-port={ports[5]}",
+        "--disable-usage-stats",
+    ]
+    log = Path(temp) / "start.log"
+    with open(log, "w") as out:
+        node = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            found = [
+                n for n in ray.nodes() if n["Alive"] and all(n["Resources"].get(k) == v for k, v in resources.items())
+            ]
+            if found:
+                break
+            if node.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"the second node did not join: {log.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield found[0]["NodeID"]
+    finally:
+        stop_process_group(node)
+        shutil.rmtree(temp, ignore_errors=True)

@@ -85,14 +85,20 @@ def test_mixed_steps_report_what_they_did_and_lower_the_objective(toy_assets, cf
 
 
 def test_exported_hf_directory_holds_the_learners_weights(toy_assets, cfg, dist_port, tmp_path):
-    """save_hf writes an HF directory (safetensors, config, tokenizer) whose weights are the learner's.
-    (vLLM serving such a directory: the stale run in test_pipeline.py starts from the main job's.)"""
+    """save_hf writes an HF directory (safetensors, config, tokenizer) whose weights are the learner's,
+    into the run's storage: here a `file://` URI, so through the rank's staging folder, published
+    file by file and then dropped. (vLLM serving such a directory: the stale run in test_pipeline.py
+    starts from the main job's.)"""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from wavalign.storage import RunStore
 
     w = worker(toy_assets, cfg, 8, dist_port)
     w.train_step(make_batch(toy_assets, cfg, lam=0.5))
+    store = RunStore(f"file://{tmp_path}")
+    w.save_hf(store, "policy-v1")
     export = tmp_path / "policy-v1"
-    w.save_hf(str(export))
+    assert not (store.private("rank0").local / "policy-v1").exists()
     assert (export / "model.safetensors").is_file() and (export / "tokenizer.json").is_file()
     assert len(AutoTokenizer.from_pretrained(export)) == len(AutoTokenizer.from_pretrained(toy_assets.model_dir))
     reloaded = AutoModelForCausalLM.from_pretrained(export)

@@ -26,7 +26,7 @@ from driver.pipeline import lambda_settings
 from learner.advantages import group_advantages
 from learner.mixing import LambdaController
 from learner.schedule import lr_factor
-from tests.integration.conftest import ROOT
+from tests.integration.conftest import ROOT, second_node
 from tests.integration.judge_server import JudgeServer
 from tests.integration.pipeline_jobs import (
     Failpoints,
@@ -81,13 +81,32 @@ def gauge_lines(port: int) -> list[str]:
     return [line for line in body.splitlines() if line.startswith("ray_wavalign_") and f'run="{RUN}"' in line]
 
 
+LEARNER_NODE = {"learner_node": 1.0}  # what only the second node offers
+
+
 @pytest.fixture(scope="module")
-def main_job(tmp_path_factory, job_server, toy_assets, metrics_port):
-    """The README's main job, uninterrupted, submitted to the session cluster; while it goes the
-    cluster's Prometheus endpoint is read every half second (gauge name -> the values seen)."""
+def main_job(tmp_path_factory, job_server, toy_assets, metrics_port, address):
+    """The README's main job, uninterrupted, submitted to the session cluster grown to two nodes for
+    it: the head and a second node (a temporary folder of its own) that alone offers `learner_node`,
+    where the learner is placed by resource (learner.placement.resources). While it goes the
+    cluster's Prometheus endpoint is read every half second (gauge name -> the values seen). Returns
+    (run folder, output, gauges, the learner's node, the second node)."""
+    from ray.util.state import list_actors
+
     root = tmp_path_factory.mktemp("main")
     log = root / "job.log"
-    job = submit_job(job_server, main_job_args(root, toy_assets), log)
+    with second_node(address, LEARNER_NODE) as node2:
+        placed = "learner.placement.resources={learner_node: 1}"
+        job = submit_job(job_server, main_job_args(root, toy_assets, "--set", placed), log)
+        seen = watch_until_done(job, metrics_port)
+        learners = list_actors(filters=[("class_name", "=", "LearnerWorker")], detail=True, limit=10_000)
+    output = log.read_text()
+    assert job.returncode == 0 and "succeeded" in output, output[-4000:]
+    ours = [a for a in learners if a.name and a.name.startswith(f"learner-{RUN}-0-")]
+    return run_dir_of(root, RUN), output, seen, {a.node_id for a in ours}, node2
+
+
+def watch_until_done(job, metrics_port: int) -> dict[str, set[float]]:
     seen: dict[str, set[float]] = defaultdict(set)
 
     def watch():
@@ -105,13 +124,11 @@ def main_job(tmp_path_factory, job_server, toy_assets, metrics_port):
         if job.poll() is None:
             job.kill()
     watcher.join(30)
-    output = log.read_text()
-    assert job.returncode == 0 and "succeeded" in output, output[-4000:]
-    return run_dir_of(root, RUN), output, seen
+    return seen
 
 
 def test_the_main_job_trains_every_step_and_the_toy_reward_rises(main_job, cfg):
-    run_dir, output, _ = main_job
+    run_dir, output, *_ = main_job
     rows, steps = metrics_rows(run_dir), cfg.run.steps
     assert [r["step"] for r in rows] == list(range(1, steps + 1)) and [r["policy_version"] for r in rows] == list(
         range(1, steps + 1)
@@ -119,9 +136,10 @@ def test_the_main_job_trains_every_step_and_the_toy_reward_rises(main_job, cfg):
     for step in range(1, steps + 1):
         assert f"step {step}/{steps} | reward" in output
     assert "ETA" in output and f"done: {steps} steps" in output
-    assert yaml.safe_load((run_dir / "config.yaml").read_text()) == cfg.model_dump(mode="json") | {
-        "run": {**cfg.run.model_dump(mode="json"), "output_dir": str(run_dir.parent)}
-    }
+    expected = cfg.model_dump(mode="json")
+    expected["run"]["output_dir"] = str(run_dir.parent)
+    expected["learner"]["placement"]["resources"] = LEARNER_NODE
+    assert yaml.safe_load((run_dir / "config.yaml").read_text()) == expected
     quarter = steps // 4
     first = statistics.mean(r["reward_mean"] for r in rows[:quarter])
     last = statistics.mean(r["reward_mean"] for r in rows[-quarter:])
@@ -131,7 +149,7 @@ def test_the_main_job_trains_every_step_and_the_toy_reward_rises(main_job, cfg):
 def test_metrics_rows_hold_the_values_their_rollouts_imply(main_job, cfg):
     """Every column is present and finite, and the reward, λ and loss columns equal what the step's
     rollouts (rollouts.parquet) give when recomputed with the pure math."""
-    run_dir, _, _ = main_job
+    run_dir, *_ = main_job
     rows, rollouts = metrics_rows(run_dir), rollout_rows(run_dir)
     G, micro = cfg.rollout.group_size, cfg.learner.micro_batch_rows
     controller = LambdaController(lambda_settings(cfg))
@@ -174,7 +192,7 @@ def test_metrics_rows_hold_the_values_their_rollouts_imply(main_job, cfg):
 
 
 def test_rollouts_hold_every_group_once_with_scores_and_versions(main_job, cfg):
-    run_dir, _, _ = main_job
+    run_dir, *_ = main_job
     rollouts = rollout_rows(run_dir)
     assert set(ROLLOUT_COLUMNS) <= set(rollouts[0])
     G, P, steps = cfg.rollout.group_size, cfg.train.rollout_batch_size // cfg.rollout.group_size, cfg.run.steps
@@ -192,10 +210,13 @@ def test_rollouts_hold_every_group_once_with_scores_and_versions(main_job, cfg):
 
 
 def test_tensorboard_checkpoints_and_the_final_policy(main_job, toy_assets, cfg):
+    """All in the run's one folder, though the learner, which writes the checkpoints' DeepSpeed state
+    and the policy, ran on the second node (placed there by resource; its own temporary folder)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from transformers import AutoModelForCausalLM
 
-    run_dir, output, _ = main_job
+    run_dir, output, _, learner_nodes, second = main_job
+    assert learner_nodes == {second}
     events = EventAccumulator(str(run_dir / "tensorboard"))
     events.Reload()
     rows = metrics_rows(run_dir)
@@ -219,7 +240,7 @@ def test_tensorboard_checkpoints_and_the_final_policy(main_job, toy_assets, cfg)
 
 
 def test_step_metrics_and_worker_counts_reach_the_ray_metrics_endpoint(main_job):
-    run_dir, _, seen = main_job
+    run_dir, _, seen, *_ = main_job
     rows = metrics_rows(run_dir)
     reward = [values for key, values in seen.items() if key.startswith("ray_wavalign_reward_mean{")]
     assert reward, f"no ray_wavalign_reward_mean for the run; seen: {sorted(seen)[:20]}"
@@ -249,35 +270,51 @@ def test_the_step_benchmark_measures_the_main_job_against_the_reference_loop(mai
     run_benchmark(["benchmarks/step.py", "--pipeline-run", str(main_job[0]), "--steps", "2"], "pipeline step ", address)
 
 
-def test_a_run_resumed_from_a_checkpoint_continues_exactly_as_the_uninterrupted_run(main_job, tmp_path):
-    """The main job as if it had died during step 35: its run directory up to then (rows and rollouts
-    to step 35, the checkpoint of step 30 the newest). `--resume` drops what came after the checkpoint
-    and continues; stopped after step 32 (`--stop-after-step`), its rows equal the uninterrupted run's,
-    timings aside, and so do its rollouts. It runs as the README's commands do: `launch.py` alone,
-    which starts a local Ray cluster of its own."""
+def test_a_run_resumed_from_its_storage_alone_continues_exactly_as_the_uninterrupted_run(main_job, tmp_path, s3_server):
+    """The main job as if it had died during step 35, its run folder in an S3 bucket (an S3-compatible
+    server on 127.0.0.1): rows and rollouts to step 35, the checkpoints of steps 10-30. `--resume
+    s3://...` on a fresh cluster (`launch.py` alone starts a local Ray of its own, as the README's
+    commands do) with nothing of the run on local disk: the driver fetches the config, the pointer,
+    the metrics and rollouts, the learner its DeepSpeed state. It drops what came after the checkpoint
+    and continues; stopped after step 32 (`--stop-after-step`), the rows and rollouts in the bucket
+    equal the uninterrupted run's, timings aside, and pruning (keep_checkpoints 2) removed step 20 there."""
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
+
     original = main_job[0]
-    run_dir = tmp_path / original.name
-    shutil.copytree(original, run_dir, ignore=shutil.ignore_patterns("policy", "step-000040", "rollouts.parquet"))
-    for part in (run_dir / "rollouts").glob("step-*.parquet"):
+    staged = tmp_path / original.name
+    shutil.copytree(original, staged, ignore=shutil.ignore_patterns("policy", "step-000040", "rollouts.parquet"))
+    for part in (staged / "rollouts").glob("step-*.parquet"):
         if int(part.stem.split("-")[1]) > 35:
             part.unlink()
     expected = metrics_rows(original)
-    write_parquet_atomic(run_dir / "metrics.parquet", pa.Table.from_pylist(expected[:35]))
-    (run_dir / "checkpoints" / "latest").write_text("step-000030\n")
+    write_parquet_atomic(staged / "metrics.parquet", pa.Table.from_pylist(expected[:35]))
+    (staged / "checkpoints" / "latest").write_text("step-000030\n")
+    fs, stored = s3_server.filesystem(), f"{s3_server.bucket}/runs/{original.name}"
+    pafs.copy_files(str(staged), stored, destination_filesystem=fs)
+    shutil.rmtree(staged)
 
-    output = Job(tmp_path / "resumed.log", ["--resume", str(run_dir), "--stop-after-step", "32"], address=None).finish()
+    location = s3_server.uri(f"runs/{original.name}")
+    # a fresh cluster of one node: the learner goes where it can (the main job's needed the second node)
+    sets = ["train.keep_checkpoints=2", "learner.placement.resources={}"]
+    args = ["--resume", location, "--stop-after-step", "32", *(a for s in sets for a in ("--set", s))]
+    output = Job(tmp_path / "resumed.log", args, address=None, env=s3_server.env).finish()
     assert "Started a local Ray instance" in output
     assert "resumed from step-000030: step 30" in output and "stopped after step 32 (--stop-after-step 32)" in output
-    got = metrics_rows(run_dir)
+    got = pq.read_table(f"{stored}/metrics.parquet", filesystem=fs).to_pylist()
     assert [r["step"] for r in got] == list(range(1, 33))
     for want, have in zip(expected[:32], got):
         for key in DETERMINED:
             assert have[key] == pytest.approx(want[key], rel=1e-6, abs=1e-7, nan_ok=True), (want["step"], key)
     assert math.isfinite(got[30]["grad_norm_text"])  # step 31: the learner's step count resumed too (norms every 10)
-    assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step-000032" and not (
-        run_dir / "policy"
-    ).exists()
-    texts = [(r["step"], r["text"]) for r in rollout_rows(run_dir)]
+    checkpoints = sorted(e.base_name for e in fs.get_file_info(pafs.FileSelector(f"{stored}/checkpoints")))
+    assert checkpoints == ["latest", "step-000030", "step-000032"]
+    with fs.open_input_stream(f"{stored}/checkpoints/latest") as pointer:
+        assert pointer.read().decode().strip() == "step-000032"
+    learner_files = fs.get_file_info(pafs.FileSelector(f"{stored}/checkpoints/step-000032/learner", recursive=True))
+    assert any(e.base_name.endswith(".pt") for e in learner_files)  # the learner's state, from its own node
+    assert fs.get_file_info(f"{stored}/policy").type == pafs.FileType.NotFound
+    texts = [(r["step"], r["text"]) for r in pq.read_table(f"{stored}/rollouts.parquet", filesystem=fs).to_pylist()]
     assert texts == [(r["step"], r["text"]) for r in rollout_rows(original) if r["step"] <= 32]
 
 

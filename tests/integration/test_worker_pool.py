@@ -105,6 +105,36 @@ def test_a_worker_not_up_by_start_timeout_is_an_error_naming_it(ray_cluster):
         pool.shutdown()
 
 
+def test_a_worker_that_no_node_can_hold_is_said_at_once_then_an_error_naming_what_it_needs(ray_cluster):
+    """Each worker reserves a placement group of its own (its CPUs and the role's placement
+    resources); a bundle that no node offers is a warning at once and, at the start deadline, an
+    error naming the worker and the bundle. The same pool on a resource the cluster has comes up."""
+    lines: list[str] = []
+    bundle = (("CPU", 0.1), ("nowhere_node", 1.0))
+    pool = WorkerPool(settings(start_timeout_s=2, bundle=bundle), StandIn, (), log=lines.append)
+    try:
+        with pytest.raises(
+            WorkerError,
+            match=r"standin-\w+-0: not up after start_timeout_s=2s \(each needs "
+            r"\{'CPU': 0\.1, 'nowhere_node': 1\.0\} on one node\)",
+        ):
+            pool.resize(1)
+        assert (
+            lines[0].startswith("warning: standin-")
+            and "no node of the cluster offers {'nowhere_node': 1.0}" in lines[0]
+        )
+    finally:
+        pool.shutdown()
+    placed = WorkerPool(settings(bundle=(("CPU", 0.1),)), StandIn, (), log=lambda line: None)
+    try:
+        placed.resize(1)
+        assert placed.members[0].placement is not None and placed.map_chunks([[1]], lambda h, c: h.work.remote(c)) == [
+            [2]
+        ]
+    finally:
+        placed.shutdown()
+
+
 def test_work_past_its_deadline_is_an_error_naming_the_worker(ray_cluster):
     pool = WorkerPool(settings(call_timeout_s=2), StandIn, (False, True), log=lambda line: None)
     try:

@@ -17,6 +17,8 @@ MODULES = [
     "learner.masks",
     "actors.weight_region",
     "actors.pool",
+    "wavalign.storage",
+    "wavalign.config",
 ]
 
 

@@ -48,6 +48,7 @@ PURE_MODULES = [
     "learner.step_stats",
     "learner.step",
     "wavalign.messages",
+    "wavalign.storage",
     "driver.prompts",
     "rewards.types",
     "rewards.toy",

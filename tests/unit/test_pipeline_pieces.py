@@ -75,13 +75,14 @@ def test_checkpoint_random_states_are_json_and_restore_exactly():
 def test_a_latest_pointer_that_is_not_a_checkpoint_name_is_refused(tmp_path, pointer):
     from driver.checkpoint import latest_checkpoint
     from driver.preflight import PreflightError, check_resume
+    from wavalign.storage import RunStore
 
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "latest").write_text(pointer)
     with pytest.raises(ValueError, match="expected a checkpoint name like step-000010"):
-        latest_checkpoint(tmp_path)
+        latest_checkpoint(RunStore(str(tmp_path)))
     with pytest.raises(PreflightError, match="^--resume: .*latest: expected a checkpoint name"):
-        check_resume(tmp_path)
+        check_resume(RunStore(str(tmp_path)))
 
 
 def test_the_toy_build_never_replaces_a_folder_it_did_not_make(tmp_path):
