@@ -296,3 +296,44 @@ def test_a_failure_the_pools_cannot_heal_ends_the_run_after_a_checkpoint(tmp_pat
     assert f"stopped after step {step} (a worker failure); continue with: python launch.py --resume {run_dir}" in output
     assert (run_dir / "checkpoints" / "latest").read_text().strip() == f"step-{step:06d}"
     assert [r["step"] for r in metrics_rows(run_dir)] == list(range(1, step + 1))
+
+
+def test_a_killed_driver_leaves_no_worker_of_its_job_on_the_cluster(tmp_path, address, toy_assets, ray_cluster):
+    """SIGKILL to the driver mid-run (no handler of the project's runs): Ray ends the job's workers
+    with it. Its rollout, reward, learner and control workers, alive on the session cluster while it
+    ran, are all gone within a deadline; no process of theirs is left."""
+    import time
+
+    from ray.util.state import list_actors
+
+    sets = {"run.steps": "20", "train.eval_every": "0", "train.checkpoint_every": "0", "learner.grad_norm_every": "0"}
+    job = Job(tmp_path / "run.log", launch_args(tmp_path, "orphans", toy_assets, sets), address)
+    try:
+        wait_until(lambda: rows_so_far(tmp_path, "orphans"), job, "step 1")
+        alive = list_actors(filters=[("state", "=", "ALIVE")], detail=True, limit=10_000)
+        (job_id,) = {a.job_id for a in alive if (a.name or "").startswith("learner-orphans-")}
+        ours = [a for a in alive if a.job_id == job_id]
+        assert {"LearnerWorker", "RolloutWorker", "RewardWorker"} <= {a.class_name for a in ours}, ours
+        job.process.send_signal(signal.SIGKILL)
+        job.process.wait(30)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            left = list_actors(filters=[("job_id", "=", job_id), ("state", "=", "ALIVE")], limit=10_000)
+            if not left:
+                break
+            time.sleep(0.5)
+        assert not left, [(a.class_name, a.name) for a in left]
+        while time.monotonic() < deadline and any(running(a.pid) for a in ours if a.pid):
+            time.sleep(0.5)
+        assert not [a.pid for a in ours if a.pid and running(a.pid)]
+    finally:
+        job.kill()
+
+
+def running(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

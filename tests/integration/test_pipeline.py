@@ -21,6 +21,7 @@ import pytest
 import torch
 import yaml
 
+from driver.grafana import metric_names
 from driver.outputs import write_parquet_atomic
 from driver.pipeline import lambda_settings
 from learner.advantages import group_advantages
@@ -248,6 +249,9 @@ def test_step_metrics_and_worker_counts_reach_the_ray_metrics_endpoint(main_job)
     workers = {key: values for key, values in seen.items() if key.startswith("ray_wavalign_workers{")}
     rollout_idle = [values for key, values in workers.items() if 'pool="rollout"' in key and 'state="idle"' in key]
     assert rollout_idle and rollout_idle[0] == {1.0}, workers
+    # every metric the Grafana dashboard in the repo plots (dashboards/wavalign.json) reached the endpoint
+    exported = {key.split("{")[0] for key in seen}
+    assert set(metric_names()) <= exported, sorted(set(metric_names()) - exported)
 
 
 def test_report_renders_the_curves_to_png(main_job, tmp_path):
