@@ -3,6 +3,7 @@
     python launch.py --config pipeline.yaml [--set a.b=c ...] [--dry-run] [--address ADDR]
     python launch.py --resume RUN_DIR [--set run.steps=N]    continue a run from its latest checkpoint
     python launch.py scale --workers N [--run NAME]          resize a running job's rollout pool
+    python launch.py status [--run NAME]                     a running job's last step, workers, outputs
 
 Each step: the next prompts -> G responses each from the rollout pool, every chunk of groups scored
 by the reward pool as soon as it is in (streamed statistics) -> advantages and λ -> one learner step
@@ -38,10 +39,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["scale"]:  # operator command against a running job
-        from actors.control import scale_main
+    if argv[:1] in (["scale"], ["status"]):  # operator commands against a running job
+        from actors.control import scale_main, status_main
 
-        return scale_main(argv[1:])
+        return (scale_main if argv[0] == "scale" else status_main)(argv[1:])
     args = parse_args(argv)
     from driver.preflight import PreflightError, check_resume, new_run_store, preflight, resumed_run_store
     from wavalign.config import InvalidConfig

@@ -266,7 +266,11 @@ class Pipeline:
         self.dashboard.report_workers({"rollout": self.rollouts.states(), "reward": self.rewards.states()})
         self._step_seconds.append(timings["step_seconds"])
         recent = self._step_seconds[-5:]
-        print(progress_line(row, self.cfg.run.steps, sum(recent) / len(recent)), flush=True)
+        progress = progress_line(row, self.cfg.run.steps, sum(recent) / len(recent))
+        print(progress, flush=True)
+        # what `launch.py status` shows (the control worker keeps the driver's last report)
+        pools = {"rollout": self.rollouts.states(), "reward": self.rewards.states()}
+        self.control.report.remote({"progress": progress, "workers": pools, "storage": self.store.location})
         failpoint("driver.step_done")
 
     def _judge_counters(self) -> dict[str, float]:

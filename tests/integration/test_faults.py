@@ -103,6 +103,7 @@ class FaultRun:
     run_dir: Path
     output: str  # the run's log
     scale_output: str
+    status_output: str  # `launch.py status` once the pool had grown
     fault_steps: dict[str, int]  # failpoint -> the step during which it fired
     idle_kill_step: int  # the step whose learner phase the idle workers were killed in
     stopped: int  # the step after which SIGTERM stopped the run
@@ -150,7 +151,7 @@ def faults(tmp_path_factory, address, toy_assets) -> FaultRun:
         )
         assert scale.returncode == 0, scale.stdout + scale.stderr
         missing = subprocess.run(
-            [sys.executable, "launch.py", "scale", "--workers", "1", "--run", "nope", "--address", address],
+            [sys.executable, "launch.py", "status", "--run", "nope", "--address", address],
             cwd=ROOT,
             capture_output=True,
             text=True,
@@ -158,6 +159,14 @@ def faults(tmp_path_factory, address, toy_assets) -> FaultRun:
         )
         assert missing.returncode == 1, missing.stdout + missing.stderr
         wait_until(lambda: any(r["rollout_workers"] == 2 for r in rows()), job, "a step with 2 rollout workers")
+        status = subprocess.run(
+            [sys.executable, "launch.py", "status", "--run", "faults", "--address", address],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert status.returncode == 0, status.stdout + status.stderr
         kill_paused("rollout.update_weights", lambda pid: [pid])
         inject("rollout.generate", "rollout.start", "reward.score", "reward.counters", action="exit", then_steps=0)
         wait_until(lambda: came_up_after_failed_start(job.output()), job, "the replacement's replacement up")
@@ -176,13 +185,20 @@ def faults(tmp_path_factory, address, toy_assets) -> FaultRun:
         job.kill()
         server.close()
     fault_steps = {point: step_of(output, words) for point, words in FAULT_LINES.items()}
-    return FaultRun(run_dir, output, scale.stdout + missing.stdout, fault_steps, idle_kill_step, stopped)
+    return FaultRun(run_dir, output, scale.stdout + missing.stdout, status.stdout, fault_steps, idle_kill_step, stopped)
 
 
 def test_operator_scales_the_rollout_pool_between_steps(faults):
     rows = metrics_rows(faults.run_dir)
     assert "requested 2 rollout workers for run 'faults'" in faults.scale_output
     assert "error: no running job named 'nope' on this cluster" in faults.scale_output
+    # `launch.py status`: the last step's progress line, the workers of both pools, where the outputs go
+    assert re.search(r"^run 'faults': step \d+/\d+ \| reward .* \| ETA ", faults.status_output, re.M), (
+        faults.status_output
+    )
+    assert re.search(r"^  rollout workers \(2\): rollout-\w+-\d+ (idle|busy), ", faults.status_output, re.M)
+    assert re.search(r"^  reward workers \(\d\): reward-", faults.status_output, re.M)
+    assert f"  outputs: {faults.run_dir}" in faults.status_output
     assert "operator request: rollout workers 1 -> 2" in faults.output
     assert rows[0]["rollout_workers"] == 1
     before_faults = [r["rollout_workers"] for r in rows if r["step"] < faults.fault_steps["rollout.update_weights"]]

@@ -19,6 +19,7 @@ MODULES = [
     "actors.pool",
     "wavalign.storage",
     "wavalign.config",
+    "actors.control",
 ]
 
 
