@@ -15,6 +15,7 @@ import ray
 import torch
 
 from actors.vllm_engine import VLLMEngine
+from actors.weight_region import shared_folder
 from learner.masks import modality_codes
 from wavalign.config import PipelineConfig
 from wavalign.failpoints import failpoint
@@ -29,8 +30,7 @@ class RolloutWorker:
         _, self.layout = load_tokenizer_and_layout(model_path, cfg.model.layout)
         self.group_size = cfg.rollout.group_size
         self.update_timeout_s = cfg.rollout.update_timeout_s
-        shm = cfg.rollout.weight_staging_dir
-        self.staging_dir = shm if os.path.isdir(shm) else tempfile.gettempdir()
+        self.staging_dir = shared_folder(cfg.rollout.weight_staging_dir)
         self.policy_version = 0
         failpoint("rollout.start")  # fault tests: a worker (a replacement) that dies while its engine starts
         self.engine = VLLMEngine(
@@ -68,7 +68,8 @@ class RolloutWorker:
         object store (transfer) and loading into vLLM (load)."""
         failpoint("rollout.update_weights")
         transfer, staged = 0.0, None
-        if update_info.get("chunk") is not None and update_info.get("node") != self.node:
+        elsewhere = update_info.get("node") != self.node  # the learner's region is not on this node
+        if elsewhere and update_info.get("chunk") is not None:
             started = time.perf_counter()
             parts = ray.get(update_info["chunk"], timeout=self.update_timeout_s)
             if self.stage_chunks:
@@ -77,7 +78,7 @@ class RolloutWorker:
             else:
                 update_info = {**update_info, "region": None, "buffers": parts}
             transfer = time.perf_counter() - started
-        elif update_info.get("region") is not None and update_info.get("node") != self.node:
+        elif elsewhere and update_info.get("region") is not None:
             raise RuntimeError(
                 f"the weights are in a region on node {update_info.get('node')} and this worker runs on "
                 f"{self.node}: the update carries no object ref"

@@ -16,6 +16,7 @@ from __future__ import annotations
 import atexit
 import os
 import socket
+import tempfile
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +26,12 @@ import torch
 
 PREFIX = "wavalign-weights-"
 ALIGN = 64  # every tensor starts on a cache line (and on its dtype's alignment)
+
+
+def shared_folder(configured: str) -> str:
+    """rollout.weight_staging_dir when it exists (shared memory, /dev/shm), else the temporary folder:
+    where the learner's region and the workers' staging files go."""
+    return configured if os.path.isdir(configured) else tempfile.gettempdir()
 
 
 def aligned(nbytes: int) -> int:
@@ -79,8 +86,7 @@ class WeightRegion:
 
     def read(self, offsets: Sequence[int], sizes: Sequence[int]) -> list[np.ndarray]:
         """Views of the bytes at offsets (for `ray.put`, which copies them into the object store)."""
-        whole = self.memory.numpy()
-        return [whole[o : o + s] for o, s in zip(offsets, sizes, strict=True)]
+        return slices(self.memory.numpy(), offsets, sizes)
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)  # mappings that workers still hold stay valid until released
@@ -127,5 +133,9 @@ class MappedRegions:
     def parts(self, path: str, offsets: Sequence[int], sizes: Sequence[int]) -> list[np.ndarray]:
         if path != self.path:
             self.path, self.memory = path, np.memmap(path, dtype=np.uint8, mode="r")
-        whole = self.memory
-        return [whole[o : o + s] for o, s in zip(offsets, sizes, strict=True)]
+        return slices(self.memory, offsets, sizes)
+
+
+def slices(memory: np.ndarray, offsets: Sequence[int], sizes: Sequence[int]) -> list[np.ndarray]:
+    """Views of a region's bytes, one per tensor."""
+    return [memory[o : o + s] for o, s in zip(offsets, sizes, strict=True)]

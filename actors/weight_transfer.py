@@ -20,8 +20,6 @@ version, so a worker that comes up meanwhile receives it without touching the le
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -41,7 +39,7 @@ from vllm.distributed.weight_transfer import (
 )
 from vllm.distributed.weight_transfer.base import TrainerInitInfo, WeightTransferInitInfo, WeightTransferUpdateInfo
 
-from actors.weight_region import MappedRegions, WeightRegion, region_size
+from actors.weight_region import MappedRegions, WeightRegion, region_size, shared_folder
 
 OBJECT_STORE = "object_store"
 NamedTensors = Callable[[], Iterable[tuple[str, torch.Tensor]]]  # a fresh pass over the policy's weights per call
@@ -166,6 +164,7 @@ class ObjectStoreTrainerEngine(TrainerWeightTransferEngine[ObjectStoreTrainerIni
         self.chunk_bytes = chunk_bytes
         self.region: WeightRegion | None = None  # None: every chunk goes through the object store
         self.node = ""
+        self.store_too = False  # a connected worker is on another node: chunks go into the object store too
         self.last_chunks: list[dict] = []  # the last version's updates: for late workers
         self.timings = SendTimings()
 
@@ -177,11 +176,11 @@ class ObjectStoreTrainerEngine(TrainerWeightTransferEngine[ObjectStoreTrainerIni
         if engine.is_sender:
             engine.node = ray.get_runtime_context().get_node_id()
             sizes = [meta.dtype.itemsize * int(np.prod(meta.shape)) for meta in source.metadata()]
-            folder = init_info.region_dir if os.path.isdir(init_info.region_dir) else tempfile.gettempdir()
             try:
-                engine.region = WeightRegion.create(folder, region_size(sizes))
+                engine.region = WeightRegion.create(shared_folder(init_info.region_dir), region_size(sizes))
             except OSError as err:
                 print(f"warning: weight sync: {err}; the weights go through Ray's object store", flush=True)
+            engine.store_too = engine._store_needed(client)  # the workers are fixed until the next connect
             client.init_weight_transfer_engine(asdict(ObjectStoreInitInfo()))
         return engine
 
@@ -198,14 +197,13 @@ class ObjectStoreTrainerEngine(TrainerWeightTransferEngine[ObjectStoreTrainerIni
             return
         self.client.start_weight_update()
         total, offset, loading = len(self.source.metadata()), 0, None
-        store_too = self._store_needed(self.client)
         pending = _chunks(iter(self.source), self.chunk_bytes)
         while True:
             started = time.perf_counter()
             chunk = next(pending, None)  # the gather (ZeRO-3) happens here
             if chunk is None:
                 break
-            update, offset = self._pack(*chunk, total, offset, store_too)
+            update, offset = self._pack(*chunk, total, offset, self.store_too)
             timings.pack += time.perf_counter() - started
             if loading is not None:
                 timings.add_workers(loading())  # the previous chunk, loaded while this one was packed

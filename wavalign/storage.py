@@ -18,6 +18,7 @@ pyarrow is imported only when a URI is used.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shutil
@@ -206,12 +207,19 @@ class RunStore:
         return fs.get_file_info(_under(base, relative)).type != pafs.FileType.NotFound
 
     def _filesystem(self):
-        import pyarrow.fs as pafs
+        return _opened(self.location)
 
-        try:
-            return pafs.FileSystem.from_uri(self.location)
-        except (ValueError, OSError) as err:  # pyarrow's ArrowInvalid is a ValueError
-            raise StorageError(f"{self.location}: {' '.join(str(err).split())}") from None
+
+@functools.cache
+def _opened(location: str):
+    """(pyarrow filesystem, base path) of a URI, opened once per process: every publish of every step
+    goes through it, and opening an object store builds a client."""
+    import pyarrow.fs as pafs
+
+    try:
+        return pafs.FileSystem.from_uri(location)
+    except (ValueError, OSError) as err:  # pyarrow's ArrowInvalid is a ValueError
+        raise StorageError(f"{location}: {' '.join(str(err).split())}") from None
 
 
 def _under(base: str, relative: str | Path) -> str:

@@ -142,31 +142,10 @@ def faults(tmp_path_factory, address, toy_assets) -> FaultRun:
 
     try:
         wait_until(lambda: rows(), job, "step 1")
-        scale = subprocess.run(
-            [sys.executable, "launch.py", "scale", "--workers", "2", "--run", "faults", "--address", address],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert scale.returncode == 0, scale.stdout + scale.stderr
-        missing = subprocess.run(
-            [sys.executable, "launch.py", "status", "--run", "nope", "--address", address],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert missing.returncode == 1, missing.stdout + missing.stderr
+        scale = operator_command(address, 0, "scale", "--workers", "2", "--run", "faults")
+        missing = operator_command(address, 1, "status", "--run", "nope")
         wait_until(lambda: any(r["rollout_workers"] == 2 for r in rows()), job, "a step with 2 rollout workers")
-        status = subprocess.run(
-            [sys.executable, "launch.py", "status", "--run", "faults", "--address", address],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert status.returncode == 0, status.stdout + status.stderr
+        status = operator_command(address, 0, "status", "--run", "faults")
         kill_paused("rollout.update_weights", lambda pid: [pid])
         inject("rollout.generate", "rollout.start", "reward.score", "reward.counters", action="exit", then_steps=0)
         wait_until(lambda: came_up_after_failed_start(job.output()), job, "the replacement's replacement up")
@@ -186,6 +165,20 @@ def faults(tmp_path_factory, address, toy_assets) -> FaultRun:
         server.close()
     fault_steps = {point: step_of(output, words) for point, words in FAULT_LINES.items()}
     return FaultRun(run_dir, output, scale.stdout + missing.stdout, status.stdout, fault_steps, idle_kill_step, stopped)
+
+
+def operator_command(address: str, returncode: int, *args: str) -> subprocess.CompletedProcess:
+    """`launch.py <command> ... --address <the session cluster>`, as an operator runs it; it must exit
+    with `returncode`."""
+    done = subprocess.run(
+        [sys.executable, "launch.py", *args, "--address", address],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == returncode, done.stdout + done.stderr
+    return done
 
 
 def test_operator_scales_the_rollout_pool_between_steps(faults):
