@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"run dir: {store.location}", flush=True)
 
     # 3. Policy, data, Ray and the workers: rollout pool, reward pool, learners, operator control.
+    from actors.learner_group import LearnerLost
     from actors.worker_pool import WorkerError
     from driver.pipeline import Pipeline
 
@@ -92,10 +93,10 @@ def main(argv: list[str] | None = None) -> int:
 
     # 5. The loop. A worker failure the pools cannot heal (replacements that keep dying, a chunk
     #    lost max_redispatch times, a deadline passed) ends it after a checkpoint of the last step.
-    try:
-        while pipe.step < cfg.run.steps:
-            step = pipe.step + 1
-            started = time.monotonic()
+    while pipe.step < cfg.run.steps:
+        step = pipe.step + 1
+        started = time.monotonic()
+        try:
             pipe.apply_operator_requests()  # `launch.py scale --workers N`, between steps
             # 5a. Prompts -> rollouts, each chunk of groups scored as soon as it is in (unless 5c
             #     sampled them during the previous step).
@@ -129,16 +130,21 @@ def main(argv: list[str] | None = None) -> int:
             last = step == cfg.run.steps or step == args.stop_after_step or stop["requested"]
             if last or (cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0):
                 pipe.checkpoint()
-            if last and step < cfg.run.steps:
-                why = "SIGTERM" if stop["requested"] else f"--stop-after-step {step}"
-                print(
-                    f"stopped after step {step} ({why}); continue with: python launch.py --resume {store.location}",
-                    flush=True,
-                )
-                break
-    except WorkerError as err:
-        pipe.stop_after_failure(err)
-        return 1
+        except LearnerLost as err:
+            # 5f. A learner rank died or hung (node lost, OOM): new learners from the last
+            #     checkpoint, the driver and the rollout workers rewound to it; the lost steps are
+            #     taken again, exactly (learner.max_restarts per job, each counted).
+            if pipe.rebuild_learner(err):
+                continue
+            return 1
+        except WorkerError as err:
+            pipe.stop_after_failure(err)
+            return 1
+        if last and step < cfg.run.steps:
+            why = "SIGTERM" if stop["requested"] else f"--stop-after-step {step}"
+            how = f"continue with: python launch.py --resume {store.location}"
+            print(f"stopped after step {step} ({why}); {how}", flush=True)
+            break
 
     # 6. Close: the merged rollouts, the final policy as an HF directory, the workers.
     pipe.finish(export=pipe.step == cfg.run.steps)

@@ -1,8 +1,10 @@
 """LearnerGroup: the run's data-parallel LearnerWorkers as Ray workers (one per rank).
 
 Every call goes to all ranks at once (DeepSpeed's collectives need each of them) and has a
-deadline; a failure or a hang is an error naming the rank. A learner that dies ends the run: it
-continues from the last checkpoint with `--resume`.
+deadline; a failure or a hang is an error naming the rank. A rank that dies (node lost, OOM) or
+hangs past the deadline is LearnerLost: the driver rebuilds the group from the run's last
+checkpoint (driver/pipeline.py). An exception inside a rank's method is not: a new group would
+raise it again.
 """
 
 from __future__ import annotations
@@ -20,6 +22,10 @@ from wavalign.config import PipelineConfig
 from wavalign.messages import DpoBatch, SyncReport, TrainBatch
 from wavalign.ports import free_port
 from wavalign.storage import RunStore
+
+
+class LearnerLost(WorkerError):
+    """A learner rank is gone or stuck: the group's state (weights, optimizer) went with it."""
 
 
 @dataclass(frozen=True)
@@ -63,10 +69,13 @@ class LearnerGroup:
             try:
                 results.append(ray.get(ref, timeout=self.timeout_s))
             except GetTimeoutError:
-                raise WorkerError(
+                raise LearnerLost(
                     f"learner rank {rank}: no answer to {method} within learner.timeout_s={self.timeout_s:g}s"
                 ) from None
-            except (RayActorError, RayTaskError) as err:
+            except RayActorError as err:
+                why = first_line(err).split(". ")[0]  # Ray's own advice follows; the log has it
+                raise LearnerLost(f"learner rank {rank}: died during {method} ({why})") from None
+            except RayTaskError as err:
                 raise WorkerError(f"learner rank {rank}: {method} failed: {first_line(err)}") from None
         return results
 

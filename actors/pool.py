@@ -93,10 +93,11 @@ class RolloutPool(WorkerPool):
     def up_workers(self) -> list[Worker]:
         return [(m.name, m.handle) for m in self.members if m.state != "starting"]
 
-    def sync_weights(self, version: int, send: Send) -> SyncReport:
+    def sync_weights(self, version: int, send: Send, rewind: bool = False) -> SyncReport:
         """The new weights into every worker that is up, sent by the learner; workers still starting
-        get this version when they are up. A worker that failed is removed and named in the error."""
-        if version <= self.version:
+        get this version when they are up. A worker that failed is removed and named in the error.
+        rewind: a learner rebuilt from a checkpoint sends that checkpoint's (older) version."""
+        if version <= self.version and not rewind:
             raise ValueError(f"policy version must increase: {version} <= {self.version}")
         self.version = version
         sent_to = self.up_workers()

@@ -30,7 +30,7 @@ PANELS: list[tuple[str, str, list[str]]] = [
     ),
     ("Rollout throughput", "none", ["rollout_tokens_per_s", "response_tokens"]),
     ("Samples (toy task)", "percentunit", ["rollout_semantic_accuracy", "eval_semantic_accuracy"]),
-    ("Workers per pool", "none", ["rollout_workers", "reward_workers"]),
+    ("Workers per pool, learner rebuilds", "none", ["rollout_workers", "reward_workers", "learner_restarts"]),
 ]
 WORKERS = f'{PREFIX}workers{{run=~"$run"}}'  # live workers by pool and state
 JUDGE = f'{{__name__=~"{PREFIX}judge_.*", run=~"$run"}}'  # the judge's counters, when a judge scores

@@ -3,6 +3,7 @@ model and toy task), and the Ray cluster it runs on."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -67,7 +68,10 @@ def connect_ray(address: str | None) -> None:
     from wavalign.failpoints import forwarded_env
 
     address = address or os.environ.get("RAY_ADDRESS")
-    env = forwarded_env()  # fault tests' failpoints reach the workers (empty in real runs)
+    # fault tests' failpoints reach the workers (empty in real runs), unless the submitted job's own
+    # runtime env sets them already (Ray refuses a variable set twice)
+    job_env = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")).get("runtime_env", {}).get("env_vars", {})
+    env = {key: value for key, value in forwarded_env().items() if key not in job_env}
     runtime_env = {"env_vars": env} if env else None
     if address:
         ray.init(address=address, runtime_env=runtime_env)

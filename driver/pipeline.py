@@ -14,11 +14,12 @@ import time
 from collections.abc import Mapping, Sequence
 
 from actors.control import apply_requests, start_control
-from actors.learner_group import LearnerGroup
+from actors.learner_group import LearnerGroup, LearnerLost
 from actors.pool import RolloutPool
 from actors.reward_pool import RewardPool
 from actors.weight_sync import SYNC_PHASES, WeightSyncError
-from driver.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from actors.worker_pool import WorkerError
+from driver.checkpoint import latest_checkpoint, load_checkpoint, random_states, save_checkpoint, set_random_states
 from driver.dashboard import DashboardMetrics
 from driver.evaluation import evaluate, scored_by_toy_task
 from driver.inputs import connect_ray
@@ -76,11 +77,12 @@ class Pipeline:
         and loaded (policy, tokenizer, layout, data)."""
         self.cfg, self.store, self.run_dir = cfg, store, store.local
         self.group_size = cfg.rollout.group_size
-        model_path, self.tokenizer, self.layout = inputs.model_path, inputs.tokenizer, inputs.layout
+        self.model_path, self.tokenizer, self.layout = str(inputs.model_path), inputs.tokenizer, inputs.layout
         self.eval_rows = inputs.eval_rows
         self.prompts = PromptStream(inputs.train_rows, cfg.run.seed, cfg.train.rollout_batch_size // self.group_size)
         print(
-            f"data: {len(inputs.train_rows)} train prompts, {len(self.eval_rows)} eval prompts; policy: {model_path}",
+            f"data: {len(inputs.train_rows)} train prompts, {len(self.eval_rows)} eval prompts; "
+            f"policy: {self.model_path}",
             flush=True,
         )
 
@@ -88,11 +90,10 @@ class Pipeline:
         # every worker starts at once (the learners are waited for first, then the pools)
         # a rollout worker that comes up after the first sync gets the last version from the learner
         self.rollouts = RolloutPool(
-            cfg, str(model_path), wait=False, bring_up_weights=lambda w: self.learners.bring_up(w)
+            cfg, self.model_path, wait=False, bring_up_weights=lambda w: self.learners.bring_up(w)
         )
-        self.rewards = RewardPool(cfg, str(model_path), wait=False)
-        self.learners = LearnerGroup(cfg, str(model_path))
-        self.learners.check_storage(store)  # a path that the learners' nodes do not share is an error now
+        self.rewards = RewardPool(cfg, self.model_path, wait=False)
+        self.learners = self._start_learners()
         self.rollouts.wait_until_up()
         self.rewards.wait_until_up()
         self.control = start_control(cfg.run.name)
@@ -107,6 +108,14 @@ class Pipeline:
         self._ahead: SampledStep | None = None  # the next step, sampled while the learner took this one
         self.outputs: RunOutputs | None = None
         self._step_seconds: list[float] = []
+        self.learner_restarts = 0  # learner groups rebuilt in this run (resumed runs included)
+        self._restarts_left = cfg.learner.max_restarts  # in this job
+        self._start = {"rng": random_states(), **self._run_state()}  # what a rebuild before any checkpoint rewinds to
+
+    def _start_learners(self) -> LearnerGroup:
+        learners = LearnerGroup(self.cfg, self.model_path)
+        learners.check_storage(self.store)  # a path that the learners' nodes do not share is an error now
+        return learners
 
     # ------------------------------------------------------------------------------ run state
     def resume(self) -> None:
@@ -114,26 +123,78 @@ class Pipeline:
         if checkpoint is None:
             print("resume: no checkpoint yet; starting from step 0", flush=True)
         else:
-            state = load_checkpoint(self.store, checkpoint, self.learners)
-            self.step, self.version = state["step"], state["policy_version"]
-            self.learned_step = self.step
-            self.prompts.load_state_dict(state["prompts"])
-            self._prompts_after_step = self.prompts.state_dict()
-            for controller, saved in zip(self.controllers, state["lambda"], strict=True):
-                controller.load_state_dict(saved)
-            self.sync_weights(advance=False)
+            state = self._restore(checkpoint)
+            self.learner_restarts = state.get("learner_restarts", 0)
             print(f"resumed from {checkpoint}: step {self.step}, policy version {self.version}", flush=True)
         self.outputs = RunOutputs(self.store, resume_step=self.step)
 
-    def checkpoint(self) -> None:
-        state = {
+    def _run_state(self) -> dict:
+        """The driver's part of a checkpoint. The prompt cursor is the last complete step's: rollouts
+        sampled ahead are not saved, and a resumed run samples that step again (from the saved weights,
+        so bounded-staleness runs resume close to, not exactly like, the original)."""
+        return {
+            "step": self.step,
             "policy_version": self.version,
-            # as of the last complete step; rollouts sampled ahead are not saved: a resumed run samples
-            # that step again (from the saved weights, so bounded-staleness runs resume close to, not
-            # exactly like, the original)
             "prompts": self._prompts_after_step,
             "lambda": [c.state_dict() for c in self.controllers],
         }
+
+    def _restore(self, checkpoint: str | None) -> dict:
+        """The learners' state (a checkpoint's, or the policy they started from when None), the
+        driver's (step, policy version, prompt cursor, λ, random states) to match, and the rollout
+        workers back on that version. Returns the driver's saved state."""
+        if checkpoint is None:
+            state = self._start
+            set_random_states(state["rng"])
+        else:
+            state = load_checkpoint(self.store, checkpoint, self.learners)
+        self.step, self.version = state["step"], state["policy_version"]
+        self.learned_step = self.step
+        self.prompts.load_state_dict(state["prompts"])
+        self._prompts_after_step = self.prompts.state_dict()
+        for controller, saved in zip(self.controllers, state["lambda"], strict=True):
+            controller.load_state_dict(saved)
+        self.sync_weights(advance=False)
+        return state
+
+    def rebuild_learner(self, err: LearnerLost) -> bool:
+        """A learner rank died or hung: a new learner group from the last checkpoint in the run's
+        storage (or the starting policy before the first), the driver rewound to it (data cursor, λ,
+        step, policy version; what was written after it dropped), the rollout workers re-synced; the
+        run then repeats the lost steps exactly. At most learner.max_restarts times per job, each
+        said and counted (learner_restarts); past that, or when the rebuild fails, the run stops
+        (False)."""
+        while True:
+            if self._restarts_left == 0:
+                limit = self.cfg.learner.max_restarts
+                self.stop_after_failure(LearnerLost(f"{err} (learner.max_restarts={limit} rebuilds used)"))
+                return False
+            self._restarts_left -= 1
+            self.learner_restarts += 1
+            checkpoint = latest_checkpoint(self.store)
+            print(
+                f"warning: {err}; rebuilding the learners from {checkpoint or 'the starting policy'} "
+                f"(rebuild {self.learner_restarts}, {self._restarts_left} more allowed in this job)",
+                flush=True,
+            )
+            self._drop_sampled_ahead()
+            self.learners.shutdown()
+            try:
+                self.learners = self._start_learners()
+                self._restore(checkpoint)
+            except LearnerLost as again:
+                err = again
+                continue
+            except WorkerError as failed:  # the new group cannot start at all
+                self.stop_after_failure(failed)
+                return False
+            self._outputs().close()
+            self.outputs = RunOutputs(self.store, resume_step=self.step)
+            print(f"learners rebuilt: continuing after step {self.step}, policy version {self.version}", flush=True)
+            return True
+
+    def checkpoint(self) -> None:
+        state = {**self._run_state(), "learner_restarts": self.learner_restarts}
         directory = save_checkpoint(self.store, self.step, self.learners, state, self.cfg.train.keep_checkpoints)
         self._outputs().merge_rollouts()
         print(f"checkpoint: {directory}", flush=True)
@@ -222,9 +283,10 @@ class Pipeline:
         return batches, sides
 
     def sync_weights(self, advance: bool = True) -> dict[str, float]:
-        """The learner's weights into every rollout worker, as the next policy version, sent by the
-        learner itself. Seconds from the end of the learner step to the last worker ready, and the
-        learner's split of them (NaN where the transfer backend does not report one)."""
+        """The learner's weights into every rollout worker, as the next policy version (advance=False:
+        as the current one, after a restore), sent by the learner itself. Seconds from the end of the
+        learner step to the last worker ready, and the learner's split of them (NaN where the transfer
+        backend does not report one)."""
         if advance:
             self.version += 1
         started = time.monotonic()
@@ -232,7 +294,7 @@ class Pipeline:
         try:
             if self.cfg.rollout.colocate:
                 self.rollouts.wake_up(["weights"])
-            phases = self.rollouts.sync_weights(self.version, self.learners.send_weights).phases
+            phases = self.rollouts.sync_weights(self.version, self.learners.send_weights, rewind=not advance).phases
             if self.cfg.rollout.colocate:
                 self.rollouts.wake_up(["kv_cache"])
         except WeightSyncError as err:
@@ -257,6 +319,7 @@ class Pipeline:
             response_tokens=sum(len(r.response_token_ids) for g in groups for r in g.records),
             workers={"rollout": len(self.rollouts.members), "reward": len(self.rewards.members)},
         )
+        row["learner_restarts"] = float(self.learner_restarts)
         row.update(self._judge_counters())
         row.update(self.rollout_quality(groups))
         if self.eval_rows and step % self.cfg.train.eval_every == 0:
@@ -303,7 +366,8 @@ class Pipeline:
         learner has already moved past it), say how to go on, stop every worker."""
         print(f"error: {err}", file=sys.stderr, flush=True)
         self._ahead = None  # sampled ahead by pools that failed: not waited for
-        if self.step > 0 and self.learned_step == self.step:
+        learner_gone = isinstance(err, LearnerLost)  # its state with it: nothing newer to save
+        if self.step > 0 and self.learned_step == self.step and not learner_gone:
             self.checkpoint()
             print(
                 f"stopped after step {self.step} (a worker failure); "
@@ -312,15 +376,20 @@ class Pipeline:
             )
         elif self.step > 0:
             print(
-                f"stopped during step {self.step + 1} after the learner took it; the newest checkpoint in "
+                f"stopped during step {self.step + 1}; the newest checkpoint in "
                 f"{self.store.uri('checkpoints')} is where a resume continues",
                 flush=True,
             )
         self.finish(export=False)
 
+    def _drop_sampled_ahead(self) -> None:
+        """A step sampled ahead that this run will not take (now): its scores are waited for, unused."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            ahead.scoring.finish(self.cfg.reward.timeout_s)
+
     def finish(self, export: bool) -> None:
-        if self._ahead is not None:  # sampled ahead for a step this run will not take
-            self._ahead.scoring.finish(self.cfg.reward.timeout_s)
+        self._drop_sampled_ahead()
         self._outputs().merge_rollouts()
         if export:
             self.learners.save_hf(self.store, "policy")

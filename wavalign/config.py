@@ -469,6 +469,9 @@ class LearnerConfig(Section):
         1800, gt=0, le=MAX_TIMEOUT_S, description="a learner call that takes longer is an error naming the rank"
     )
     torch_threads: int = Field(0, ge=0, description="CPU threads of each learner's torch; 0 = Ray's setting (its CPUs)")
+    max_restarts: int = Field(
+        2, ge=0, description="learner groups rebuilt from the last checkpoint after a rank dies or hangs, per job"
+    )
 
     @field_validator("adam_betas", mode="before")
     @classmethod

@@ -33,8 +33,8 @@ class HeadNode:
     log: Path
 
 
-def _start_head(log: Path) -> tuple[subprocess.Popen, HeadNode]:
-    port, dashboard, agent, metrics = free_port(), free_port(), free_port(), free_port()
+def _start_head(log: Path, temp_dir: str | None) -> tuple[subprocess.Popen, HeadNode]:
+    port, dashboard, metrics = free_port(), free_port(), free_port()
     # Every port chosen here: Ray's defaults (e.g. the dashboard agent's 52365) may be taken by
     # another cluster on this machine, e.g. the one the README's main command starts on its own.
     command = [
@@ -47,13 +47,41 @@ def _start_head(log: Path) -> tuple[subprocess.Popen, HeadNode]:
         "--include-dashboard=true",
         "--dashboard-host=127.0.0.1",
         f"--dashboard-port={dashboard}",
-        f"--dashboard-agent-listen-port={agent}",
         f"--metrics-export-port={metrics}",
+        *node_ports(),
+        *([f"--temp-dir={temp_dir}"] if temp_dir else []),
         "--disable-usage-stats",
     ]
+    env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}  # its own cluster
     with open(log, "w") as out:
-        head = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        head = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     return head, HeadNode(f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard}", metrics, log)
+
+
+def node_ports() -> list[str]:
+    """A node's own ports, each free now (two clusters' nodes run on this machine at once)."""
+    names = (
+        "node-manager-port object-manager-port dashboard-agent-listen-port dashboard-agent-grpc-port "
+        "runtime-env-agent-port"
+    ).split()
+    return [f"--{name}={free_port()}" for name in names]
+
+
+@contextmanager
+def ray_cluster_head(log: Path, temp_dir: str | None = None):
+    """`ray start --head --block` (its own temporary folder if given); yields the HeadNode once `ray
+    status` answers; stopped, its processes gone, on exit."""
+    for _ in range(3):  # a port picked free may be taken before Ray binds it: start again
+        head, node = _start_head(log, temp_dir)
+        if _wait_for_gcs(head, node, timeout=120):
+            break
+        stop_process_group(head)
+    else:
+        pytest.fail(f"ray start --head did not come up: {log.read_text()[-3000:]}")
+    try:
+        yield node
+    finally:
+        stop_process_group(head)
 
 
 def stop_process_group(process: subprocess.Popen, grace: float = 5) -> None:
@@ -88,19 +116,12 @@ def head_node(tmp_path_factory, toy_assets) -> HeadNode:
     # in token mode (tests/conftest.py) sends it.
     token = subprocess.run([RAY, "get-auth-token", "--generate"], capture_output=True, text=True, timeout=120)
     assert token.returncode == 0, token.stderr[-2000:]
-    for _ in range(3):  # a port picked free may be taken before Ray binds it: start again
-        head, node = _start_head(log)
-        if _wait_for_gcs(head, node, timeout=120):
-            ray.init(address=node.gcs_address, logging_level="ERROR")
-            break
-        stop_process_group(head)
-    else:
-        pytest.fail(f"ray start --head did not come up: {log.read_text()[-3000:]}")
-    try:
-        yield node
-    finally:
-        ray.shutdown()
-        stop_process_group(head)
+    with ray_cluster_head(log) as node:
+        ray.init(address=node.gcs_address, logging_level="ERROR")
+        try:
+            yield node
+        finally:
+            ray.shutdown()
 
 
 def _wait_for_gcs(head: subprocess.Popen, node: HeadNode, timeout: float) -> bool:
@@ -137,18 +158,23 @@ def metrics_port(head_node) -> int:
 
 @pytest.fixture(scope="session")
 def job_server(head_node) -> str:
-    """The session cluster's job server, once it takes jobs: the dashboard answers before the node's
-    job agent has registered ("No available agent to submit job"), so a trivial job is the test."""
+    """The session cluster's job server, once it takes jobs."""
+    return wait_for_job_server(head_node.dashboard_url)
+
+
+def wait_for_job_server(dashboard_url: str) -> str:
+    """The dashboard answers before the node's job agent has registered ("No available agent to
+    submit job"), so a trivial job is the test."""
     deadline = time.monotonic() + 180
     while True:
         done = subprocess.run(
-            [RAY, "job", "submit", "--address", head_node.dashboard_url, "--", "true"],
+            [RAY, "job", "submit", "--address", dashboard_url, "--", "true"],
             capture_output=True,
             text=True,
             timeout=120,
         )
         if done.returncode == 0:
-            return head_node.dashboard_url
+            return dashboard_url
         if time.monotonic() > deadline:
             pytest.fail(f"the job server takes no jobs: {done.stdout[-1500:]}{done.stderr[-1500:]}")
         time.sleep(2)
@@ -225,32 +251,26 @@ def s3_server(tmp_path_factory):
 
 
 @contextmanager
-def second_node(gcs_address: str, resources: dict[str, float], num_cpus: int = 2):
-    """Another node of the session cluster, on this machine: `ray start --address` with a temporary
+def second_node(head: HeadNode, resources: dict[str, float], num_cpus: int = 2):
+    """Another node of `head`'s cluster, on this machine: `ray start --address` with a temporary
     folder of its own (so a relative path resolves differently there than on the head), offering
     `resources`. Yields its node id; stopped (and its processes gone) on exit."""
     import json
     import shutil
-    import tempfile
 
-    import ray
+    from ray.util.state import list_nodes
 
-    temp = tempfile.mkdtemp(prefix="rn2-", dir="/tmp")  # short: Ray's socket paths live under it
-    ports = [free_port() for _ in range(6)]
+    temp = short_temp_dir("rn2-")
     command = [
         RAY,
         "start",
         "--block",
-        f"--address={gcs_address}",
+        f"--address={head.gcs_address}",
         f"--temp-dir={temp}",
         f"--num-cpus={num_cpus}",
         f"--resources={json.dumps(resources)}",
-        f"--node-manager-port={ports[0]}",
-        f"--object-manager-port={ports[1]}",
-        f"--metrics-export-port={ports[2]}",
-        f"--dashboard-agent-listen-port={ports[3]}",
-        f"--dashboard-agent-grpc-port={ports[4]}",
-        f"--runtime-env-agent-port={ports[5]}",
+        f"--metrics-export-port={free_port()}",
+        *node_ports(),
         "--disable-usage-stats",
     ]
     log = Path(temp) / "start.log"
@@ -259,15 +279,43 @@ def second_node(gcs_address: str, resources: dict[str, float], num_cpus: int = 2
     try:
         deadline = time.monotonic() + 120
         while True:
-            found = [
-                n for n in ray.nodes() if n["Alive"] and all(n["Resources"].get(k) == v for k, v in resources.items())
-            ]
+            # (filtered on the server: Ray counts the dead nodes left out as "missing output")
+            alive = list_nodes(
+                address=head.dashboard_url,
+                filters=[("state", "=", "ALIVE")],
+                detail=True,
+                raise_on_missing_output=False,
+            )
+            found = [n for n in alive if all(n.resources_total.get(k) == v for k, v in resources.items())]
             if found:
                 break
             if node.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"the second node did not join: {log.read_text()[-3000:]}")
             time.sleep(0.5)
-        yield found[0]["NodeID"]
+        yield found[0].node_id
     finally:
         stop_process_group(node)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def short_temp_dir(prefix: str) -> str:
+    """A new folder under /tmp with a short name: Ray's socket paths live under a node's temp dir."""
+    import tempfile
+
+    return tempfile.mkdtemp(prefix=prefix, dir="/tmp")
+
+
+@contextmanager
+def fresh_two_node_cluster(log_dir: Path, resources: dict[str, float]):
+    """A new cluster beside the session's, as on another day: a head (with its job server) and a
+    second node offering `resources`, each with its own temporary folder. Yields the head."""
+    import shutil
+
+    temp = short_temp_dir("rf-")
+    try:
+        with ray_cluster_head(log_dir / "fresh-head.log", temp) as head:
+            wait_for_job_server(head.dashboard_url)  # (the dashboard answers: the second node can be seen)
+            with second_node(head, resources):
+                yield head
+    finally:
         shutil.rmtree(temp, ignore_errors=True)

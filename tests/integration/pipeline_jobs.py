@@ -77,18 +77,42 @@ class Job:
             self.process.wait(60)
 
 
-def submit_job(job_server: str, args: list[str], log_path: Path) -> subprocess.Popen:
-    """`ray job submit` of launch.py to the session cluster's job server (the operator's path: the job
-    finds its cluster through RAY_ADDRESS, and the CLI sends the cluster's token: RAY_AUTH_MODE, set
-    by tests/conftest.py); the CLI follows the job's output until it ends."""
-    command = f"cd {shlex.quote(str(ROOT))} && {shlex.quote(sys.executable)} launch.py {shlex.join(args)}"
-    with open(log_path, "w") as log:
-        return subprocess.Popen(
-            [RAY, "job", "submit", "--address", job_server, "--", "bash", "-c", command],
-            stdout=log,
-            stderr=subprocess.STDOUT,
+class SubmittedJob(Job):
+    """`ray job submit` of launch.py to a cluster's job server (the operator's path: the job finds its
+    cluster through RAY_ADDRESS, and the CLI sends the cluster's token: RAY_AUTH_MODE, set by
+    tests/conftest.py); the CLI follows the job's output until it ends. `env`: the job's runtime_env
+    env_vars (its driver's and its workers')."""
+
+    def __init__(
+        self,
+        job_server: str,
+        args: list[str],
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        submission_id: str | None = None,
+    ) -> None:
+        self.log_path, self.job_server, self.submission_id = log_path, job_server, submission_id
+        command = f"cd {shlex.quote(str(ROOT))} && {shlex.quote(sys.executable)} launch.py {shlex.join(args)}"
+        options = ["--runtime-env-json", json.dumps({"env_vars": env})] if env else []
+        options += ["--submission-id", submission_id] if submission_id else []
+        with open(log_path, "w") as log:
+            self.process = subprocess.Popen(
+                [RAY, "job", "submit", "--address", job_server, *options, "--", "bash", "-c", command],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+
+    def stop(self) -> None:
+        """`ray job stop`: SIGTERM to the job's driver, then (after RAY_JOB_STOP_WAIT_TIME_S) SIGKILL;
+        returns once the job has stopped."""
+        done = subprocess.run(
+            [RAY, "job", "stop", "--address", self.job_server, str(self.submission_id)],
+            capture_output=True,
             text=True,
+            timeout=600,
         )
+        assert done.returncode == 0, done.stdout + done.stderr
 
 
 def run_dir_of(root: Path, name: str) -> Path:

@@ -7,7 +7,10 @@ checkpoints, its curves — the exact resume of a stopped run against it, and bo
 from __future__ import annotations
 
 import math
+import os
+import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -27,16 +30,17 @@ from driver.pipeline import lambda_settings
 from learner.advantages import group_advantages
 from learner.mixing import LambdaController
 from learner.schedule import lr_factor
-from tests.integration.conftest import ROOT, second_node
+from tests.integration.conftest import ROOT, fresh_two_node_cluster, second_node
 from tests.integration.judge_server import JudgeServer
 from tests.integration.pipeline_jobs import (
     Failpoints,
     Job,
+    SubmittedJob,
     launch_args,
     metrics_rows,
     rollout_rows,
     run_dir_of,
-    submit_job,
+    wait_until,
 )
 from tests.integration.test_benchmarks import run_benchmark
 
@@ -83,10 +87,11 @@ def gauge_lines(port: int) -> list[str]:
 
 
 LEARNER_NODE = {"learner_node": 1.0}  # what only the second node offers
+PLACED = "learner.placement.resources={learner_node: 1}"
 
 
 @pytest.fixture(scope="module")
-def main_job(tmp_path_factory, job_server, toy_assets, metrics_port, address):
+def main_job(tmp_path_factory, job_server, toy_assets, metrics_port, head_node):
     """The README's main job, uninterrupted, submitted to the session cluster grown to two nodes for
     it: the head and a second node (a temporary folder of its own) that alone offers `learner_node`,
     where the learner is placed by resource (learner.placement.resources). While it goes the
@@ -96,13 +101,12 @@ def main_job(tmp_path_factory, job_server, toy_assets, metrics_port, address):
 
     root = tmp_path_factory.mktemp("main")
     log = root / "job.log"
-    with second_node(address, LEARNER_NODE) as node2:
-        placed = "learner.placement.resources={learner_node: 1}"
-        job = submit_job(job_server, main_job_args(root, toy_assets, "--set", placed), log)
-        seen = watch_until_done(job, metrics_port)
+    with second_node(head_node, LEARNER_NODE) as node2:
+        job = SubmittedJob(job_server, main_job_args(root, toy_assets, "--set", PLACED), log)
+        seen = watch_until_done(job.process, metrics_port)
         learners = list_actors(filters=[("class_name", "=", "LearnerWorker")], detail=True, limit=10_000)
     output = log.read_text()
-    assert job.returncode == 0 and "succeeded" in output, output[-4000:]
+    assert job.process.returncode == 0 and "succeeded" in output, output[-4000:]
     ours = [a for a in learners if a.name and a.name.startswith(f"learner-{RUN}-0-")]
     return run_dir_of(root, RUN), output, seen, {a.node_id for a in ours}, node2
 
@@ -306,10 +310,7 @@ def test_a_run_resumed_from_its_storage_alone_continues_exactly_as_the_uninterru
     assert "Started a local Ray instance" in output
     assert "resumed from step-000030: step 30" in output and "stopped after step 32 (--stop-after-step 32)" in output
     got = pq.read_table(f"{stored}/metrics.parquet", filesystem=fs).to_pylist()
-    assert [r["step"] for r in got] == list(range(1, 33))
-    for want, have in zip(expected[:32], got):
-        for key in DETERMINED:
-            assert have[key] == pytest.approx(want[key], rel=1e-6, abs=1e-7, nan_ok=True), (want["step"], key)
+    assert_same_trajectory(expected[:32], got)
     assert math.isfinite(got[30]["grad_norm_text"])  # step 31: the learner's step count resumed too (norms every 10)
     checkpoints = sorted(e.base_name for e in fs.get_file_info(pafs.FileSelector(f"{stored}/checkpoints")))
     assert checkpoints == ["latest", "step-000030", "step-000032"]
@@ -320,6 +321,94 @@ def test_a_run_resumed_from_its_storage_alone_continues_exactly_as_the_uninterru
     assert fs.get_file_info(f"{stored}/policy").type == pafs.FileType.NotFound
     texts = [(r["step"], r["text"]) for r in pq.read_table(f"{stored}/rollouts.parquet", filesystem=fs).to_pylist()]
     assert texts == [(r["step"], r["text"]) for r in rollout_rows(original) if r["step"] <= 32]
+
+
+def assert_same_trajectory(expected: list[dict], got: list[dict]) -> None:
+    """Step by step, every value that does not depend on timing equals the uninterrupted run's."""
+    assert [r["step"] for r in got] == [r["step"] for r in expected]
+    for want, have in zip(expected, got):
+        for key in DETERMINED:
+            assert have[key] == pytest.approx(want[key], rel=1e-6, abs=1e-7, nan_ok=True), (want["step"], key)
+
+
+def test_a_submitted_job_rebuilds_its_killed_learner_stops_and_resumes_on_a_fresh_cluster(
+    main_job, tmp_path, job_server, head_node, toy_assets, cfg
+):
+    """The operator's whole path on two-node clusters (the learner placed on the second node by
+    resource), the run folder a path given to the job:
+
+    1. the main job's config submitted with `ray job submit` (checkpoints every 2 steps);
+    2. its learner is SIGKILLed while it takes a step: the driver itself rebuilds the learners from
+       the last checkpoint, rewinds and continues (learner_restarts 1 from then on);
+    3. `ray job stop` after a step past that: the job checkpoints the step it is in and ends;
+    4. `ray job submit -- launch.py --resume <run folder>` on a *fresh* two-node cluster finishes it.
+
+    Every output is complete in the one folder: a metrics row per step, every response once, the
+    checkpoints, the HF policy; and up to the stop, the metrics and the rollouts equal the
+    uninterrupted main job's (the learner's death left no trace but the counter)."""
+    from ray.util.state import list_actors
+
+    root, failpoints = tmp_path / "runs", Failpoints(tmp_path)
+    args = main_job_args(root, toy_assets, "--set", PLACED, "--set", "train.checkpoint_every=2")
+    env = {**failpoints.env, "RAY_JOB_STOP_WAIT_TIME_S": "300"}  # time for the checkpoint (README: Stopping)
+
+    def rows() -> list[dict]:
+        found = list(root.glob(f"{RUN}-*/metrics.parquet"))
+        return metrics_rows(found[0].parent) if found else []
+
+    with second_node(head_node, LEARNER_NODE):
+        first = SubmittedJob(job_server, args, tmp_path / "first.log", env, submission_id=f"lifecycle-{time.time_ns()}")
+        try:
+            wait_until(lambda: len(rows()) >= 2, first, "the checkpoint of step 2", timeout=600)
+            failpoints.arm("driver.learning", "pause")
+            wait_until(lambda: failpoints.paused_pid("driver.learning"), first, "the learner taking a step")
+            alive = list_actors(filters=[("class_name", "=", "LearnerWorker"), ("state", "=", "ALIVE")], detail=True)
+            (learner,) = [a for a in alive if (a.name or "").startswith(f"learner-{RUN}-0-")]
+            killed_in = len(rows()) + 1
+            os.kill(learner.pid, signal.SIGKILL)
+            failpoints.resume("driver.learning")
+            wait_until(lambda: len(rows()) > killed_in, first, "a step after the learner's rebuild", timeout=600)
+            first.stop()
+            first.process.wait(120)
+        finally:
+            first.kill()
+    output, run_dir = first.output(), run_dir_of(root, RUN)
+    stopped = len(metrics_rows(run_dir))
+    rebuilt_from = f"step-{(killed_in - 1) // 2 * 2:06d}" if killed_in > 2 else "the starting policy"
+    assert re.search(
+        rf"warning: learner rank 0: died during train_step \(.+\); rebuilding the learners from {rebuilt_from} "
+        r"\(rebuild 1, 1 more allowed in this job\)",
+        output,
+    ), output[-4000:]
+    assert f"stopped after step {stopped} (SIGTERM); continue with: python launch.py --resume {run_dir}" in output
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == f"step-{stopped:06d}"
+
+    with fresh_two_node_cluster(tmp_path, LEARNER_NODE) as fresh:
+        steps = stopped + 2
+        resumed = SubmittedJob(
+            fresh.dashboard_url, ["--resume", str(run_dir), "--set", f"run.steps={steps}"], tmp_path / "resumed.log"
+        )
+        try:
+            resumed.process.wait(600)
+        finally:
+            resumed.kill()
+    assert resumed.process.returncode == 0 and "succeeded" in resumed.output(), resumed.output()[-4000:]
+    assert f"resumed from step-{stopped:06d}: step {stopped}" in resumed.output()
+
+    got = metrics_rows(run_dir)
+    assert [r["step"] for r in got] == list(range(1, steps + 1))  # one row per step, none twice
+    assert_same_trajectory(metrics_rows(main_job[0])[:stopped], got[:stopped])
+    assert [r["learner_restarts"] for r in got] == [float(r["step"] >= killed_in) for r in got]
+    rollouts = rollout_rows(run_dir)
+    per_step = cfg.train.rollout_batch_size
+    for step in range(1, steps + 1):
+        keys = [(r["prompt_id"], r["sample_index"]) for r in rollouts if r["step"] == step]
+        assert len(keys) == len(set(keys)) == per_step, step  # every response once
+    original = [(r["step"], r["text"]) for r in rollout_rows(main_job[0]) if r["step"] <= stopped]
+    assert [(r["step"], r["text"]) for r in rollouts if r["step"] <= stopped] == original
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == f"step-{steps:06d}"
+    assert (run_dir / "policy" / "config.json").is_file()
+    assert any(p.suffix == ".safetensors" for p in (run_dir / "policy").iterdir())
 
 
 def test_bounded_staleness_on_the_exported_policy_with_a_failing_judge_and_nan_rewards(
