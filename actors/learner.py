@@ -23,6 +23,7 @@ from learner.step import DpoStep, MixedStep
 from wavalign.config import PipelineConfig
 from wavalign.messages import DpoBatch, SyncReport, TrainBatch
 from wavalign.model_files import load_tokenizer_and_layout
+from wavalign.node_inputs import local_model_dir
 from wavalign.storage import RunStore
 
 
@@ -30,6 +31,8 @@ class LearnerWorker:
     def __init__(
         self, model_path: str, cfg: PipelineConfig, rank: int = 0, world_size: int = 1, master_port: int = 29500
     ) -> None:
+        """model_path: a folder this node sees, or a URI, copied to this node (wavalign/node_inputs.py)."""
+        model_path = str(local_model_dir(model_path))
         _, self.layout = load_tokenizer_and_layout(model_path, cfg.model.layout)
         self.cfg, self.model_path, self.rank = cfg, model_path, rank
         if cfg.learner.torch_threads:

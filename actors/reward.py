@@ -22,11 +22,16 @@ from wavalign.failpoints import failpoint
 from wavalign.interleave import response_channels, text_string
 from wavalign.messages import RewardRequest, RewardResult
 from wavalign.model_files import load_tokenizer_and_layout
+from wavalign.node_inputs import local_model_dir
 
 
 class RewardWorker:
     def __init__(self, model_path: str, cfg: PipelineConfig) -> None:
-        self.tokenizer, self.layout = load_tokenizer_and_layout(model_path, cfg.model.layout)
+        """model_path: a folder this node sees, or a URI (wavalign/node_inputs.py), as the reward model's."""
+        self.tokenizer, self.layout = load_tokenizer_and_layout(local_model_dir(model_path), cfg.model.layout)
+        if cfg.reward.reward_model_path:
+            local = local_model_dir(cfg.reward.reward_model_path, "reward.reward_model_path")
+            cfg = cfg.model_copy(update={"reward": cfg.reward.model_copy(update={"reward_model_path": str(local)})})
         self.functions = build_reward_functions(cfg.reward, cfg.run.seed)
         self.weights = {spec.name: spec.weight for spec in cfg.reward.functions}
         self.decoder = ToySpeechDecoder() if cfg.reward.speech_decoder == "toy" else None

@@ -21,12 +21,15 @@ from wavalign.config import PipelineConfig
 from wavalign.failpoints import failpoint
 from wavalign.messages import RolloutRecord
 from wavalign.model_files import load_tokenizer_and_layout
+from wavalign.node_inputs import local_model_dir
 
 
 class RolloutWorker:
     """Serves one policy version at a time; `policy_version` says which (0 = the checkpoint on disk)."""
 
     def __init__(self, model_path: str, cfg: PipelineConfig) -> None:
+        """model_path: a folder this node sees, or a URI, copied to this node (wavalign/node_inputs.py)."""
+        model_path = str(local_model_dir(model_path))
         _, self.layout = load_tokenizer_and_layout(model_path, cfg.model.layout)
         self.group_size = cfg.rollout.group_size
         self.update_timeout_s = cfg.rollout.update_timeout_s

@@ -10,20 +10,33 @@ from pathlib import Path
 from wavalign.config import PipelineConfig
 from wavalign.data import PromptRow
 from wavalign.layout import SpeechLayout
+from wavalign.node_inputs import local_model_dir, stage_directory
+from wavalign.storage import RunStore, is_uri
 
 
 def resolve_inputs(cfg: PipelineConfig) -> tuple[Path, list[str], list[str]]:
-    """(model directory, train files, eval files)."""
+    """(the policy's directory on this node, train files, eval files). A model.path URI is fetched
+    to this node first; the toy assets are built here first when missing. (The data files are read
+    by the driver alone: they need to be on its node only.)"""
     if cfg.model.path is not None:
-        return Path(cfg.model.path), cfg.data.train_files, cfg.data.eval_files
+        return local_model_dir(cfg.model.path), cfg.data.train_files, cfg.data.eval_files
     from wavalign.toy.assets import ensure_toy_assets
 
     assets = ensure_toy_assets(cfg.toy, cfg.model.layout)
     return (
-        assets.model_dir,
+        assets.model_dir.resolve(),
         cfg.data.train_files or [str(assets.data_file("train"))],
         cfg.data.eval_files or [str(assets.data_file("eval"))],
     )
+
+
+def model_for_workers(cfg: PipelineConfig, model_dir: Path, store: RunStore) -> str:
+    """Where every worker, on any node, reads the policy: model.path as given (a URI, fetched once
+    per node; or a folder made absolute, which on several nodes must be one they all mount), or, for
+    the project's tiny model (built on the driver's node alone), its copy in the run's storage."""
+    if cfg.model.path is None:
+        return stage_directory(model_dir, store, "inputs/model")
+    return cfg.model.path if is_uri(cfg.model.path) else str(Path(cfg.model.path).resolve())
 
 
 def read_prompt_rows(

@@ -22,7 +22,7 @@ from actors.worker_pool import WorkerError
 from driver.checkpoint import latest_checkpoint, load_checkpoint, random_states, save_checkpoint, set_random_states
 from driver.dashboard import DashboardMetrics
 from driver.evaluation import evaluate, scored_by_toy_task
-from driver.inputs import connect_ray
+from driver.inputs import connect_ray, model_for_workers
 from driver.outputs import RunOutputs
 from driver.preflight import Inputs
 from driver.prompts import PromptStream
@@ -77,7 +77,8 @@ class Pipeline:
         and loaded (policy, tokenizer, layout, data)."""
         self.cfg, self.store, self.run_dir = cfg, store, store.local
         self.group_size = cfg.rollout.group_size
-        self.model_path, self.tokenizer, self.layout = str(inputs.model_path), inputs.tokenizer, inputs.layout
+        self.tokenizer, self.layout = inputs.tokenizer, inputs.layout
+        self.model_path = model_for_workers(cfg, inputs.model_path, store)  # what every node can read
         self.eval_rows = inputs.eval_rows
         self.prompts = PromptStream(inputs.train_rows, cfg.run.seed, cfg.train.rollout_batch_size // self.group_size)
         print(
@@ -391,6 +392,7 @@ class Pipeline:
     def finish(self, export: bool) -> None:
         self._drop_sampled_ahead()
         self._outputs().merge_rollouts()
+        failpoint("driver.finishing")
         if export:
             self.learners.save_hf(self.store, "policy")
         self._outputs().close()

@@ -42,10 +42,13 @@ def check_reward_functions(cfg: PipelineConfig) -> None:
             judge_settings(cfg.reward, rubric="")
         except ConfigError as err:
             raise PreflightError(str(err)) from None
-    if "reward_model" in names and not (Path(cfg.reward.reward_model_path or "") / "config.json").is_file():
-        raise PreflightError(
-            f"reward.reward_model_path: {cfg.reward.reward_model_path} is not an HF model directory (no config.json)"
-        )
+    if "reward_model" in names:
+        from wavalign.node_inputs import local_model_dir
+
+        try:
+            local_model_dir(cfg.reward.reward_model_path or "", "reward.reward_model_path")
+        except (OSError, ValueError) as err:
+            raise PreflightError(_one_line(err)) from None
 
 
 def preflight(cfg: PipelineConfig, build_toy: bool = True, log=print) -> Inputs | None:
@@ -65,12 +68,12 @@ def preflight(cfg: PipelineConfig, build_toy: bool = True, log=print) -> Inputs 
         )
         return None
 
-    model_path, train_files, eval_files = resolve_inputs(cfg)
     try:
+        model_path, train_files, eval_files = resolve_inputs(cfg)
         tokenizer, layout = load_tokenizer_and_layout(model_path, cfg.model.layout)
     except (OSError, ValueError) as err:
         raise PreflightError(
-            _one_line(err if str(err).startswith("model.") else f"model.path: {model_path}: {err}")
+            _one_line(err if str(err).startswith(("model.", "toy.")) else f"model.path: {cfg.model.path}: {err}")
         ) from None
     rows = {}
     for split, files, needed in (("train", train_files, True), ("eval", eval_files, cfg.train.eval_every > 0)):

@@ -198,6 +198,20 @@ class RunStore:
         selector = pafs.FileSelector(_under(base, relative), allow_not_found=True)
         return sorted(e.base_name for e in fs.get_file_info(selector) if not e.base_name.endswith(".partial"))
 
+    def sizes(self, relative: str | Path = "") -> dict[str, int]:
+        """Every stored file under `relative` (its path below it) and its size in bytes, in name order."""
+        if not self.remote:
+            folder = self.local / relative
+            files = sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
+            return {p.relative_to(folder).as_posix(): p.stat().st_size for p in files}
+        import pyarrow.fs as pafs
+
+        fs, base = self._filesystem()
+        where = _under(base, relative)
+        entries = fs.get_file_info(pafs.FileSelector(where, recursive=True, allow_not_found=True))
+        files = {e.path[len(where) + 1 :]: e.size for e in entries if e.type == pafs.FileType.File}
+        return {name: files[name] for name in sorted(files) if not name.endswith(".partial")}
+
     def exists(self, relative: str | Path) -> bool:
         if not self.remote:
             return (self.local / relative).exists()

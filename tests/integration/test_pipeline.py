@@ -18,6 +18,8 @@ import threading
 import time
 import urllib.request
 from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -283,15 +285,17 @@ def test_a_run_resumed_from_its_storage_alone_continues_exactly_as_the_uninterru
     server on 127.0.0.1): rows and rollouts to step 35, the checkpoints of steps 10-30. `--resume
     s3://...` on a fresh cluster (`launch.py` alone starts a local Ray of its own, as the README's
     commands do) with nothing of the run on local disk: the driver fetches the config, the pointer,
-    the metrics and rollouts, the learner its DeepSpeed state. It drops what came after the checkpoint
-    and continues; stopped after step 32 (`--stop-after-step`), the rows and rollouts in the bucket
-    equal the uninterrupted run's, timings aside, and pruning (keep_checkpoints 2) removed step 20 there."""
+    the metrics and rollouts, the learner its DeepSpeed state, every worker the policy (the toy model
+    staged in the bucket). It drops what came after the checkpoint and finishes the run: every output
+    is in the bucket, the rows and rollouts equal the uninterrupted run's (timings aside), pruning
+    (keep_checkpoints 2) removed step 20 there, and the final policy is there."""
     import pyarrow.fs as pafs
     import pyarrow.parquet as pq
 
     original = main_job[0]
     staged = tmp_path / original.name
-    shutil.copytree(original, staged, ignore=shutil.ignore_patterns("policy", "step-000040", "rollouts.parquet"))
+    left_out = ("policy", "step-000040", "rollouts.parquet", "inputs")
+    shutil.copytree(original, staged, ignore=shutil.ignore_patterns(*left_out))
     for part in (staged / "rollouts").glob("step-*.parquet"):
         if int(part.stem.split("-")[1]) > 35:
             part.unlink()
@@ -305,22 +309,24 @@ def test_a_run_resumed_from_its_storage_alone_continues_exactly_as_the_uninterru
     location = s3_server.uri(f"runs/{original.name}")
     # a fresh cluster of one node: the learner goes where it can (the main job's needed the second node)
     sets = ["train.keep_checkpoints=2", "learner.placement.resources={}"]
-    args = ["--resume", location, "--stop-after-step", "32", *(a for s in sets for a in ("--set", s))]
+    args = ["--resume", location, *(a for s in sets for a in ("--set", s))]
     output = Job(tmp_path / "resumed.log", args, address=None, env=s3_server.env).finish()
     assert "Started a local Ray instance" in output
-    assert "resumed from step-000030: step 30" in output and "stopped after step 32 (--stop-after-step 32)" in output
+    assert "resumed from step-000030: step 30" in output and "done: 40 steps" in output
     got = pq.read_table(f"{stored}/metrics.parquet", filesystem=fs).to_pylist()
-    assert_same_trajectory(expected[:32], got)
+    assert_same_trajectory(expected, got)
     assert math.isfinite(got[30]["grad_norm_text"])  # step 31: the learner's step count resumed too (norms every 10)
     checkpoints = sorted(e.base_name for e in fs.get_file_info(pafs.FileSelector(f"{stored}/checkpoints")))
-    assert checkpoints == ["latest", "step-000030", "step-000032"]
+    assert checkpoints == ["latest", "step-000030", "step-000040"]
     with fs.open_input_stream(f"{stored}/checkpoints/latest") as pointer:
-        assert pointer.read().decode().strip() == "step-000032"
-    learner_files = fs.get_file_info(pafs.FileSelector(f"{stored}/checkpoints/step-000032/learner", recursive=True))
+        assert pointer.read().decode().strip() == "step-000040"
+    learner_files = fs.get_file_info(pafs.FileSelector(f"{stored}/checkpoints/step-000040/learner", recursive=True))
     assert any(e.base_name.endswith(".pt") for e in learner_files)  # the learner's state, from its own node
-    assert fs.get_file_info(f"{stored}/policy").type == pafs.FileType.NotFound
+    policy = {e.base_name for e in fs.get_file_info(pafs.FileSelector(f"{stored}/policy"))}
+    assert "config.json" in policy and any(name.endswith(".safetensors") for name in policy), policy
+    assert "inputs" in {e.base_name for e in fs.get_file_info(pafs.FileSelector(stored))}  # the staged toy model
     texts = [(r["step"], r["text"]) for r in pq.read_table(f"{stored}/rollouts.parquet", filesystem=fs).to_pylist()]
-    assert texts == [(r["step"], r["text"]) for r in rollout_rows(original) if r["step"] <= 32]
+    assert texts == [(r["step"], r["text"]) for r in rollout_rows(original)]
 
 
 def assert_same_trajectory(expected: list[dict], got: list[dict]) -> None:
@@ -337,9 +343,10 @@ def test_a_submitted_job_rebuilds_its_killed_learner_stops_and_resumes_on_a_fres
     """The operator's whole path on two-node clusters (the learner placed on the second node by
     resource), the run folder a path given to the job:
 
-    1. the main job's config submitted with `ray job submit` (checkpoints every 2 steps);
-    2. its learner is SIGKILLed while it takes a step: the driver itself rebuilds the learners from
-       the last checkpoint, rewinds and continues (learner_restarts 1 from then on);
+    1. the main job's config submitted with `ray job submit` (checkpoints every 4 steps);
+    2. its learner is SIGKILLed while it takes step 3 or 4, before the first checkpoint: the driver
+       itself rebuilds the learners from the starting policy, rewinds to step 0, drops the rows and
+       rollouts written so far and takes the steps again (learner_restarts 1 from then on);
     3. `ray job stop` after a step past that: the job checkpoints the step it is in and ends;
     4. `ray job submit -- launch.py --resume <run folder>` on a *fresh* two-node cluster finishes it.
 
@@ -349,7 +356,7 @@ def test_a_submitted_job_rebuilds_its_killed_learner_stops_and_resumes_on_a_fres
     from ray.util.state import list_actors
 
     root, failpoints = tmp_path / "runs", Failpoints(tmp_path)
-    args = main_job_args(root, toy_assets, "--set", PLACED, "--set", "train.checkpoint_every=2")
+    args = main_job_args(root, toy_assets, "--set", PLACED, "--set", "train.checkpoint_every=4")
     env = {**failpoints.env, "RAY_JOB_STOP_WAIT_TIME_S": "300"}  # time for the checkpoint (README: Stopping)
 
     def rows() -> list[dict]:
@@ -359,7 +366,7 @@ def test_a_submitted_job_rebuilds_its_killed_learner_stops_and_resumes_on_a_fres
     with second_node(head_node, LEARNER_NODE):
         first = SubmittedJob(job_server, args, tmp_path / "first.log", env, submission_id=f"lifecycle-{time.time_ns()}")
         try:
-            wait_until(lambda: len(rows()) >= 2, first, "the checkpoint of step 2", timeout=600)
+            wait_until(lambda: len(rows()) >= 2, first, "step 2", timeout=600)
             failpoints.arm("driver.learning", "pause")
             wait_until(lambda: failpoints.paused_pid("driver.learning"), first, "the learner taking a step")
             alive = list_actors(filters=[("class_name", "=", "LearnerWorker"), ("state", "=", "ALIVE")], detail=True)
@@ -374,14 +381,17 @@ def test_a_submitted_job_rebuilds_its_killed_learner_stops_and_resumes_on_a_fres
             first.kill()
     output, run_dir = first.output(), run_dir_of(root, RUN)
     stopped = len(metrics_rows(run_dir))
-    rebuilt_from = f"step-{(killed_in - 1) // 2 * 2:06d}" if killed_in > 2 else "the starting policy"
+    assert killed_in <= 4
     assert re.search(
-        rf"warning: learner rank 0: died during train_step \(.+\); rebuilding the learners from {rebuilt_from} "
+        r"warning: learner rank 0: died during train_step \(.+\); rebuilding the learners from the starting policy "
         r"\(rebuild 1, 1 more allowed in this job\)",
         output,
     ), output[-4000:]
     assert f"stopped after step {stopped} (SIGTERM); continue with: python launch.py --resume {run_dir}" in output
     assert (run_dir / "checkpoints" / "latest").read_text().strip() == f"step-{stopped:06d}"
+    assert (run_dir / "checkpoints" / f"step-{stopped:06d}" / "learner").is_dir()
+    assert [r["step"] for r in metrics_rows(run_dir)] == list(range(1, stopped + 1))
+    assert not (run_dir / "policy").exists()  # exported only at the last step
 
     with fresh_two_node_cluster(tmp_path, LEARNER_NODE) as fresh:
         steps = stopped + 2
@@ -398,7 +408,7 @@ def test_a_submitted_job_rebuilds_its_killed_learner_stops_and_resumes_on_a_fres
     got = metrics_rows(run_dir)
     assert [r["step"] for r in got] == list(range(1, steps + 1))  # one row per step, none twice
     assert_same_trajectory(metrics_rows(main_job[0])[:stopped], got[:stopped])
-    assert [r["learner_restarts"] for r in got] == [float(r["step"] >= killed_in) for r in got]
+    assert {r["learner_restarts"] for r in got} == {1.0}  # every row was written after the rebuild
     rollouts = rollout_rows(run_dir)
     per_step = cfg.train.rollout_batch_size
     for step in range(1, steps + 1):
@@ -486,13 +496,69 @@ def dpo_args(tmp_path, name, toy_assets, **extra):
     return launch_args(tmp_path, name, toy_assets, sets)
 
 
-def test_online_dpo_pairs_each_steps_best_and_worst_responses(tmp_path, address, toy_assets, cfg):
+@dataclass
+class KilledRun:
+    run_dir: Path
+    output: str
+    workers: list  # the job's Ray actors (ray.util.state's ActorState) alive before its driver was killed
+    left: list  # those alive after the deadline
+
+
+@pytest.fixture(scope="module")
+def online_dpo(tmp_path_factory, address, toy_assets, ray_cluster) -> KilledRun:
+    """The online DPO run of 4 steps, SIGKILLed once its outputs are complete: held at
+    driver.finishing (all its workers alive), its driver gets SIGKILL (no handler of the project's
+    runs). Ray ends the job's workers with it: which were alive before, which are left after 60 s."""
+    from ray.util.state import list_actors
+
+    root = tmp_path_factory.mktemp("dpo")
+    failpoints = Failpoints(root)
+    failpoints.arm("driver.finishing", "pause")
+    job = Job(root / "dpo.log", dpo_args(root, "dpo", toy_assets), address, env=failpoints.env)
+    try:
+        wait_until(lambda: failpoints.paused_pid("driver.finishing"), job, "the run's end", timeout=600)
+        alive = list_actors(filters=[("state", "=", "ALIVE")], detail=True, limit=10_000)
+        (job_id,) = {a.job_id for a in alive if (a.name or "").startswith("learner-dpo-")}
+        workers = [a for a in alive if a.job_id == job_id]
+        job.process.send_signal(signal.SIGKILL)
+        job.process.wait(30)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            left = list_actors(filters=[("job_id", "=", job_id), ("state", "=", "ALIVE")], limit=10_000)
+            if not left and not any(running(a.pid) for a in workers if a.pid):
+                break
+            time.sleep(0.5)
+    finally:
+        job.kill()
+    return KilledRun(
+        run_dir_of(root, "dpo"), job.output(), workers, [*left, *(a for a in workers if a.pid and running(a.pid))]
+    )
+
+
+def running(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_a_killed_driver_leaves_no_worker_of_its_job_on_the_cluster(online_dpo):
+    """SIGKILL to the driver (the online DPO run's, held at its end): its rollout, reward, learner and
+    control workers, alive on the session cluster while it ran, are all gone within a deadline, and
+    no process of theirs is left."""
+    assert {"LearnerWorker", "RolloutWorker", "RewardWorker"} <= {a.class_name for a in online_dpo.workers}
+    assert not online_dpo.left, [(a.class_name, a.name) for a in online_dpo.left]
+
+
+def test_online_dpo_pairs_each_steps_best_and_worst_responses(online_dpo, cfg):
     """algorithm.objective dpo from launch.py: each step's groups give their best vs worst response
     (the pair builder's rule, gap >= 1); the learner takes a DPO step against the frozen initial
     policy, so the first step's loss is ln 2 exactly; the pairs' sides are measured per modality."""
-    output = Job(tmp_path / "dpo.log", dpo_args(tmp_path, "dpo", toy_assets), address).finish()
-    rows = metrics_rows(run_dir_of(tmp_path, "dpo"))
-    rollouts = rollout_rows(run_dir_of(tmp_path, "dpo"))
+    output = online_dpo.output
+    rows = metrics_rows(online_dpo.run_dir)
+    rollouts = rollout_rows(online_dpo.run_dir)
     assert [r["step"] for r in rows] == [1, 2, 3, 4] and "| dpo " in output
     for row in rows:
         groups = [
