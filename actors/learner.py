@@ -21,6 +21,7 @@ from actors.weight_sync import LearnerSync, Worker
 from learner.deepspeed_engine import DeepSpeedEngine, frozen_policy
 from learner.step import DpoStep, MixedStep
 from wavalign.config import PipelineConfig
+from wavalign.failpoints import failpoint
 from wavalign.messages import DpoBatch, SyncReport, TrainBatch
 from wavalign.model_files import load_tokenizer_and_layout
 from wavalign.node_inputs import local_model_dir
@@ -60,6 +61,7 @@ class LearnerWorker:
         return {"pid": os.getpid(), "steps_done": self.steps_done}
 
     def train_step(self, batch: TrainBatch) -> dict[str, float]:
+        failpoint("learner.train_step")  # fault tests: the learner dies mid-step (as under kill -9, or OOM)
         learner = self.cfg.learner
         step = MixedStep(
             batch, self.layout, self.cfg.algorithm, self.cfg.rollout.group_size, self.device, self.reference

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 
@@ -46,6 +47,9 @@ class RolloutWorker:
         )
         self.stage_chunks = not self.engine.in_process  # vLLM's worker in another process reads a file
         self.node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+        name = ray.get_runtime_context().get_actor_name() if ray.is_initialized() else None
+        if name:  # a Ray worker: its engine's statistics on the dashboard
+            export_engine_metrics(self.engine, cfg.run.name, name)
 
     def ready(self) -> dict[str, int]:
         """Answers once the engine is up: the process id and the version served."""
@@ -142,3 +146,31 @@ class RolloutWorker:
                     )
                 )
         return records
+
+
+ENGINE_METRICS_EVERY_S = 2.0
+
+
+def export_engine_metrics(engine: VLLMEngine, run: str, worker: str) -> None:
+    """vLLM's own statistics of this worker's engine (queue, KV-cache use, tokens, preemptions) as Ray
+    gauges, wavalign_vllm_<name>{run, worker}, every ENGINE_METRICS_EVERY_S while the worker lives:
+    a daemon thread, which reads them while the engine samples."""
+    from ray.util import metrics
+
+    gauges: dict[str, metrics.Gauge] = {}
+
+    def export() -> None:
+        while True:
+            try:
+                values = engine.engine_metrics()
+            except Exception:  # noqa: BLE001 - statistics must never take the worker down; next round
+                values = {}
+            for name, value in values.items():
+                if name not in gauges:
+                    gauges[name] = metrics.Gauge(
+                        f"wavalign_vllm_{name}", f"vLLM engine: {name}", tag_keys=("run", "worker")
+                    )
+                gauges[name].set(value, tags={"run": run, "worker": worker})
+            time.sleep(ENGINE_METRICS_EVERY_S)
+
+    threading.Thread(target=export, name="vllm-metrics", daemon=True).start()

@@ -28,6 +28,17 @@ class Sample:
     finish_reason: str
 
 
+# vLLM's engine statistics that the rollout workers export (vLLM's name -> ours)
+ENGINE_METRICS = {
+    "vllm:num_requests_running": "requests_running",
+    "vllm:num_requests_waiting": "requests_waiting",
+    "vllm:kv_cache_usage_perc": "kv_cache_usage",
+    "vllm:prompt_tokens": "prompt_tokens",
+    "vllm:generation_tokens": "generation_tokens",
+    "vllm:num_preemptions": "preemptions",
+}
+
+
 class VLLMEngine:
     """Samples `n` responses per token-id prompt with the configured sampler; reloads weights live."""
 
@@ -55,6 +66,7 @@ class VLLMEngine:
             seed=seed,
             enforce_eager=True,
             worker_extension_cls=WEIGHT_RECEIVER,
+            disable_log_stats=False,  # vLLM's own statistics, for engine_metrics
             **_engine_args(rollout),
         )
 
@@ -79,6 +91,16 @@ class VLLMEngine:
         )
         outputs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompts], params, use_tqdm=False)
         return [[_to_sample(completion) for completion in request.outputs] for request in outputs]
+
+    def engine_metrics(self) -> dict[str, float]:
+        """vLLM's own statistics of this engine now (LLM.get_metrics: its Prometheus registry in this
+        process), summed over their labels: queue, KV-cache use, tokens and preemptions so far."""
+        found: dict[str, float] = {}
+        for metric in self.llm.get_metrics():
+            ours = ENGINE_METRICS.get(metric.name)
+            if ours is not None and hasattr(metric, "value"):  # gauges and counters
+                found[ours] = found.get(ours, 0.0) + float(metric.value)
+        return found
 
     def continuation_logprobs(self, prompt: Sequence[int], continuation: Sequence[int]) -> list[float]:
         """log p(continuation[t] | prompt, continuation[:t]) under the engine's current weights."""

@@ -29,6 +29,16 @@ PANELS: list[tuple[str, str, list[str]]] = [
         ["sync_seconds", "sync_pack_seconds", "sync_transfer_seconds", "sync_load_seconds", "sync_finish_seconds"],
     ),
     ("Rollout throughput", "none", ["rollout_tokens_per_s", "response_tokens"]),
+    (
+        "vLLM engines: queue and KV cache (per worker)",
+        "none",
+        ["vllm_requests_running", "vllm_requests_waiting", "vllm_kv_cache_usage"],
+    ),
+    (
+        "vLLM engines: tokens and preemptions (per worker)",
+        "none",
+        ["vllm_generation_tokens", "vllm_prompt_tokens", "vllm_preemptions"],
+    ),
     ("Samples (toy task)", "percentunit", ["rollout_semantic_accuracy", "eval_semantic_accuracy"]),
     ("Workers per pool, learner rebuilds", "none", ["rollout_workers", "reward_workers", "learner_restarts"]),
 ]
@@ -36,9 +46,14 @@ WORKERS = f'{PREFIX}workers{{run=~"$run"}}'  # live workers by pool and state
 JUDGE = f'{{__name__=~"{PREFIX}judge_.*", run=~"$run"}}'  # the judge's counters, when a judge scores
 
 
+def _legend(name: str) -> str:
+    """A series' name in its panel: the metric and the run, and for vLLM's per-engine ones the worker."""
+    return f"{name} {{{{run}}}}" + (" {{worker}}" if name.startswith("vllm_") else "")
+
+
 def dashboard() -> dict:
     panels = [
-        _panel(i, title, unit, [(f'{PREFIX}{name}{{run=~"$run"}}', f"{name} {{{{run}}}}") for name in names])
+        _panel(i, title, unit, [(f'{PREFIX}{name}{{run=~"$run"}}', _legend(name)) for name in names])
         for i, (title, unit, names) in enumerate(PANELS)
     ]
     panels.append(_panel(len(panels), "Worker states", "none", [(WORKERS, "{{pool}} {{state}}")]))

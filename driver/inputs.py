@@ -73,9 +73,10 @@ def read_prompt_rows(
     return rows
 
 
-def connect_ray(address: str | None) -> None:
+def connect_ray(address: str | None, log_to_driver: bool = True) -> None:
     """Join the cluster we were submitted to (RAY_ADDRESS, set by `ray job submit`) or the given
-    address; otherwise start a local cluster with its dashboard on 127.0.0.1."""
+    address; otherwise start a local cluster with its dashboard on 127.0.0.1. log_to_driver: the
+    workers' output on this process's console too."""
     import ray
 
     from wavalign.failpoints import forwarded_env
@@ -87,7 +88,7 @@ def connect_ray(address: str | None) -> None:
     env = {key: value for key, value in forwarded_env().items() if key not in job_env}
     runtime_env = {"env_vars": env} if env else None
     if address:
-        ray.init(address=address, runtime_env=runtime_env)
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=log_to_driver)
     else:
         # "local": always a new cluster, never whatever /tmp/ray last recorded (possibly dead)
         ray.init(
@@ -96,4 +97,5 @@ def connect_ray(address: str | None) -> None:
             dashboard_host="127.0.0.1",
             include_dashboard=True,
             runtime_env=runtime_env,
+            log_to_driver=log_to_driver,
         )

@@ -36,6 +36,9 @@ class RunConfig(Section):
     output_dir: str = Field("runs", description="where run directories are created")
     seed: int = Field(42, description="global seed (method §10: 42)")
     steps: int = Field(2000, ge=1, description="optimizer steps (method: max_steps 2000)")
+    worker_logs_to_console: bool = Field(
+        False, description="workers' output on the console too (it is always in Ray's logs: the dashboard's Logs view)"
+    )
 
     @field_validator("name")
     @classmethod

@@ -16,9 +16,10 @@ at its next hit in any process of the run
 
 Points: rollout.start, rollout.generate, rollout.update_weights (RolloutWorker), reward.score, reward.counters,
 reward.scores (RewardWorker; corrupt: every other score of every reward function is NaN, as a
-buggy function's would be), driver.learning (the learner step is under way: the rollout and reward
-workers are idle), driver.step_done (after a step's outputs are written), driver.finishing (the
-run's outputs are complete; the export and the workers' shutdown follow). connect_ray forwards the
+buggy function's would be), learner.train_step (LearnerWorker), driver.learning (the learner step is
+under way: the rollout and reward workers are idle), driver.step_done (after a step's outputs are
+written), driver.finishing (the run's outputs are complete; the export and the workers' shutdown
+follow). connect_ray forwards the
 variable to the job's Ray workers. Standard library only; unset, a hit costs one environment lookup.
 """
 

@@ -250,17 +250,24 @@ def s3_server(tmp_path_factory):
         stop_process_group(server)
 
 
+@dataclass(frozen=True)
+class WorkerNode:
+    node_id: str
+    metrics_port: int  # its Prometheus endpoint (the gauges its workers set)
+
+
 @contextmanager
 def second_node(head: HeadNode, resources: dict[str, float], num_cpus: int = 2):
     """Another node of `head`'s cluster, on this machine: `ray start --address` with a temporary
     folder of its own (so a relative path resolves differently there than on the head), offering
-    `resources`. Yields its node id; stopped (and its processes gone) on exit."""
+    `resources`. Yields its WorkerNode; stopped (and its processes gone) on exit."""
     import json
     import shutil
 
     from ray.util.state import list_nodes
 
     temp = short_temp_dir("rn2-")
+    metrics_port = free_port()
     command = [
         RAY,
         "start",
@@ -269,7 +276,7 @@ def second_node(head: HeadNode, resources: dict[str, float], num_cpus: int = 2):
         f"--temp-dir={temp}",
         f"--num-cpus={num_cpus}",
         f"--resources={json.dumps(resources)}",
-        f"--metrics-export-port={free_port()}",
+        f"--metrics-export-port={metrics_port}",
         *node_ports(),
         "--disable-usage-stats",
     ]
@@ -292,7 +299,7 @@ def second_node(head: HeadNode, resources: dict[str, float], num_cpus: int = 2):
             if node.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"the second node did not join: {log.read_text()[-3000:]}")
             time.sleep(0.5)
-        yield found[0].node_id
+        yield WorkerNode(found[0].node_id, metrics_port)
     finally:
         stop_process_group(node)
         shutil.rmtree(temp, ignore_errors=True)
@@ -308,14 +315,29 @@ def short_temp_dir(prefix: str) -> str:
 @contextmanager
 def fresh_two_node_cluster(log_dir: Path, resources: dict[str, float]):
     """A new cluster beside the session's, as on another day: a head (with its job server) and a
-    second node offering `resources`, each with its own temporary folder. Yields the head."""
+    second node offering `resources`, each with its own temporary folder. Its head starts at once
+    (while the test does something else); yields a function that waits until the whole cluster is
+    up and returns its head. Stopped, its processes gone, on exit."""
     import shutil
+    from contextlib import ExitStack
 
     temp = short_temp_dir("rf-")
-    try:
-        with ray_cluster_head(log_dir / "fresh-head.log", temp) as head:
+    log = log_dir / "fresh-head.log"
+    process, head = _start_head(log, temp)
+    up: list[HeadNode] = []
+
+    def ready() -> HeadNode:
+        if not up:
+            if not _wait_for_gcs(process, head, timeout=120):
+                pytest.fail(f"the fresh cluster's head did not come up: {log.read_text()[-3000:]}")
             wait_for_job_server(head.dashboard_url)  # (the dashboard answers: the second node can be seen)
-            with second_node(head, resources):
-                yield head
+            nodes.enter_context(second_node(head, resources))
+            up.append(head)
+        return up[0]
+
+    try:
+        with ExitStack() as nodes:
+            yield ready
     finally:
+        stop_process_group(process)
         shutil.rmtree(temp, ignore_errors=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -172,3 +173,28 @@ class Failpoints:
 
     def resume(self, point: str) -> None:
         Path(f"{self.path}.{point}.resume").touch()
+
+
+def operator_command(address: str, returncode: int, *args: str) -> subprocess.CompletedProcess:
+    """`launch.py <command> ... --address <the session cluster>`, as an operator runs it; it must exit
+    with `returncode`."""
+    done = subprocess.run(
+        [sys.executable, "launch.py", *args, "--address", address],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == returncode, done.stdout + done.stderr
+    return done
+
+
+def live_workers(output: str, kind: str) -> dict[str, int]:
+    """name -> pid of the run's `kind` workers that came up and have not died or been removed since."""
+    live: dict[str, int] = {}
+    for line in output.splitlines():
+        if up := re.fullmatch(rf"{kind} pool: ({kind}-\w+-\d+) up \(pid (\d+)\)", line):
+            live[up[1]] = int(up[2])
+        for name in [n for n in live if n in line and ("died" in line or "removed" in line)]:
+            del live[name]
+    return live

@@ -22,20 +22,19 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import ROOT
 from tests.integration.judge_server import JudgeServer
 from tests.integration.pipeline_jobs import (
     Failpoints,
     Job,
     launch_args,
+    live_workers,
     metrics_rows,
+    operator_command,
     rollout_rows,
     rows_so_far,
     run_dir_of,
@@ -85,17 +84,6 @@ def came_up_after_failed_start(output: str) -> bool:
     return bool(failed) and any(
         re.fullmatch(r"rollout pool: rollout-\w+-\d+ up \(pid \d+\)", line) for line in lines[failed[0] :]
     )
-
-
-def live_workers(output: str, kind: str) -> dict[str, int]:
-    """name -> pid of the run's `kind` workers that came up and have not died or been removed since."""
-    live: dict[str, int] = {}
-    for line in output.splitlines():
-        if up := re.fullmatch(rf"{kind} pool: ({kind}-\w+-\d+) up \(pid (\d+)\)", line):
-            live[up[1]] = int(up[2])
-        for name in [n for n in live if n in line and ("died" in line or "removed" in line)]:
-            del live[name]
-    return live
 
 
 @dataclass
@@ -165,20 +153,6 @@ def faults(tmp_path_factory, address, toy_assets) -> FaultRun:
         server.close()
     fault_steps = {point: step_of(output, words) for point, words in FAULT_LINES.items()}
     return FaultRun(run_dir, output, scale.stdout + missing.stdout, status.stdout, fault_steps, idle_kill_step, stopped)
-
-
-def operator_command(address: str, returncode: int, *args: str) -> subprocess.CompletedProcess:
-    """`launch.py <command> ... --address <the session cluster>`, as an operator runs it; it must exit
-    with `returncode`."""
-    done = subprocess.run(
-        [sys.executable, "launch.py", *args, "--address", address],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == returncode, done.stdout + done.stderr
-    return done
 
 
 def test_operator_scales_the_rollout_pool_between_steps(faults):
@@ -267,41 +241,3 @@ def test_every_group_of_every_step_once_from_current_weights_with_both_scores(fa
         assert {r["policy_version"] for r in mine} == {step - 1}, step  # never a stale engine
     for r in rollouts:  # the flaky judge recovers within its attempts: every score is its 3
         assert r["reward_judge"] == 3.0 and r["reward"] == pytest.approx(0.5 * r["reward_toy_answer"] + 0.5 * 3.0)
-
-
-def test_a_failure_the_pools_cannot_heal_ends_the_run_after_a_checkpoint(tmp_path, address, toy_assets):
-    """rollout.max_redispatch 0: the only rollout worker is killed while the learner steps (the sync
-    that follows removes it), and its replacement dies while its engine starts. The pools cannot go
-    on: the run checkpoints its last complete step, names the worker and the cause, and says how to
-    resume (exit 1)."""
-    failpoints = Failpoints(tmp_path)
-    sets = {
-        "run.steps": "8",
-        "train.eval_every": "0",
-        "train.checkpoint_every": "0",
-        "learner.grad_norm_every": "0",
-        "rollout.max_redispatch": "0",
-    }
-    job = Job(tmp_path / "run.log", launch_args(tmp_path, "fatal", toy_assets, sets), address, env=failpoints.env)
-    try:
-        wait_until(lambda: rows_so_far(tmp_path, "fatal"), job, "step 1")
-        failpoints.arm("rollout.start", "exit")
-        failpoints.arm("driver.learning", "pause")
-        wait_until(lambda: failpoints.paused_pid("driver.learning"), job, "the run held while the learner steps")
-        done = len(rows_so_far(tmp_path, "fatal"))
-        (pid,) = live_workers(job.output(), "rollout").values()
-        os.kill(pid, signal.SIGKILL)
-        failpoints.resume("driver.learning")
-        job.process.wait(300)
-    finally:
-        job.kill()
-    output, run_dir, step = job.output(), run_dir_of(tmp_path, "fatal"), done + 1
-    assert job.process.returncode == 1, output[-3000:]
-    # (searched, not matched at a line's start: Ray forwards its workers' logs to the same stream)
-    assert re.search(r"error: rollout-\w+-\d+: failed to start \(.+\); 1 starts in a row failed", output), output[
-        -3000:
-    ]
-    assert f"warning: weight update to version {step} failed; removed rollout-" in output  # the killed worker
-    assert f"stopped after step {step} (a worker failure); continue with: python launch.py --resume {run_dir}" in output
-    assert (run_dir / "checkpoints" / "latest").read_text().strip() == f"step-{step:06d}"
-    assert [r["step"] for r in metrics_rows(run_dir)] == list(range(1, step + 1))

@@ -39,8 +39,11 @@ from tests.integration.pipeline_jobs import (
     Job,
     SubmittedJob,
     launch_args,
+    live_workers,
     metrics_rows,
+    operator_command,
     rollout_rows,
+    rows_so_far,
     run_dir_of,
     wait_until,
 )
@@ -105,20 +108,22 @@ def main_job(tmp_path_factory, job_server, toy_assets, metrics_port, head_node):
     log = root / "job.log"
     with second_node(head_node, LEARNER_NODE) as node2:
         job = SubmittedJob(job_server, main_job_args(root, toy_assets, "--set", PLACED), log)
-        seen = watch_until_done(job.process, metrics_port)
+        seen = watch_until_done(job.process, [metrics_port, node2.metrics_port])
         learners = list_actors(filters=[("class_name", "=", "LearnerWorker")], detail=True, limit=10_000)
     output = log.read_text()
     assert job.process.returncode == 0 and "succeeded" in output, output[-4000:]
     ours = [a for a in learners if a.name and a.name.startswith(f"learner-{RUN}-0-")]
-    return run_dir_of(root, RUN), output, seen, {a.node_id for a in ours}, node2
+    return run_dir_of(root, RUN), output, seen, {a.node_id for a in ours}, node2.node_id
 
 
-def watch_until_done(job, metrics_port: int) -> dict[str, set[float]]:
+def watch_until_done(job, metrics_ports: list[int]) -> dict[str, set[float]]:
+    """Until the job ends: every run-tagged gauge line of the nodes' Prometheus endpoints (each node
+    exports what its own workers set), name and tags -> the values seen."""
     seen: dict[str, set[float]] = defaultdict(set)
 
     def watch():
         while job.poll() is None:
-            for line in gauge_lines(metrics_port):
+            for line in (line for port in metrics_ports for line in gauge_lines(port)):
                 name_and_tags, value = line.rsplit(" ", 1)
                 seen[name_and_tags].add(float(value))
             time.sleep(0.5)
@@ -246,6 +251,14 @@ def test_tensorboard_checkpoints_and_the_final_policy(main_job, toy_assets, cfg)
     assert len(moved) == len(list(initial.parameters()))  # the exported policy is the trained one
 
 
+def test_the_console_keeps_the_narration_not_the_workers_start_up_output(main_job):
+    """The job's log holds the driver's lines (run.worker_logs_to_console: false), not what vLLM and
+    DeepSpeed print as the workers start (that stays in Ray's per-worker logs)."""
+    run_dir, output, *_ = main_job
+    assert "Loading safetensors checkpoint shards" not in output and "(RolloutWorker pid=" not in output
+    assert re.search(r"^step 40/40 \|", output, re.M)
+
+
 def test_step_metrics_and_worker_counts_reach_the_ray_metrics_endpoint(main_job):
     run_dir, _, seen, *_ = main_job
     rows = metrics_rows(run_dir)
@@ -286,7 +299,9 @@ def test_a_run_resumed_from_its_storage_alone_continues_exactly_as_the_uninterru
     s3://...` on a fresh cluster (`launch.py` alone starts a local Ray of its own, as the README's
     commands do) with nothing of the run on local disk: the driver fetches the config, the pointer,
     the metrics and rollouts, the learner its DeepSpeed state, every worker the policy (the toy model
-    staged in the bucket). It drops what came after the checkpoint and finishes the run: every output
+    staged in the bucket). It drops what came after the checkpoint and goes on. Its learner dies in
+    its first step (a failpoint: os._exit, as under kill -9): the driver rebuilds the learners from
+    the checkpoint in the bucket by itself and takes the step again. The job finishes: every output
     is in the bucket, the rows and rollouts equal the uninterrupted run's (timings aside), pruning
     (keep_checkpoints 2) removed step 20 there, and the final policy is there."""
     import pyarrow.fs as pafs
@@ -310,11 +325,21 @@ def test_a_run_resumed_from_its_storage_alone_continues_exactly_as_the_uninterru
     # a fresh cluster of one node: the learner goes where it can (the main job's needed the second node)
     sets = ["train.keep_checkpoints=2", "learner.placement.resources={}"]
     args = ["--resume", location, *(a for s in sets for a in ("--set", s))]
-    output = Job(tmp_path / "resumed.log", args, address=None, env=s3_server.env).finish()
+    failpoints = Failpoints(tmp_path)
+    failpoints.arm("learner.train_step", "exit")
+    env = {**s3_server.env, **failpoints.env}
+    output = Job(tmp_path / "resumed.log", args, address=None, env=env).finish()
     assert "Started a local Ray instance" in output
     assert "resumed from step-000030: step 30" in output and "done: 40 steps" in output
+    assert re.search(
+        r"warning: learner rank 0: died during train_step \(.+\); rebuilding the learners from step-000030 "
+        r"\(rebuild 1, 1 more allowed in this job\)",
+        output,
+    ), output[-4000:]
+    assert "learners rebuilt: continuing after step 30, policy version 30" in output
     got = pq.read_table(f"{stored}/metrics.parquet", filesystem=fs).to_pylist()
-    assert_same_trajectory(expected, got)
+    assert_same_trajectory(expected, got)  # the learner's death left no trace but its counter:
+    assert [r["learner_restarts"] for r in got] == [float(r["step"] > 30) for r in got]
     assert math.isfinite(got[30]["grad_norm_text"])  # step 31: the learner's step count resumed too (norms every 10)
     checkpoints = sorted(e.base_name for e in fs.get_file_info(pafs.FileSelector(f"{stored}/checkpoints")))
     assert checkpoints == ["latest", "step-000030", "step-000040"]
@@ -337,67 +362,50 @@ def assert_same_trajectory(expected: list[dict], got: list[dict]) -> None:
             assert have[key] == pytest.approx(want[key], rel=1e-6, abs=1e-7, nan_ok=True), (want["step"], key)
 
 
-def test_a_submitted_job_rebuilds_its_killed_learner_stops_and_resumes_on_a_fresh_cluster(
-    main_job, tmp_path, job_server, head_node, toy_assets, cfg
+def test_a_submitted_job_stopped_with_ray_job_stop_is_resumed_on_a_fresh_cluster(
+    main_job, tmp_path, job_server, head_node, address, toy_assets, cfg
 ):
-    """The operator's whole path on two-node clusters (the learner placed on the second node by
-    resource), the run folder a path given to the job:
+    """The operator's path on two-node clusters (the learner placed on the second node by resource),
+    the run folder a path given to the job:
 
-    1. the main job's config submitted with `ray job submit` (checkpoints every 4 steps);
-    2. its learner is SIGKILLed while it takes step 3 or 4, before the first checkpoint: the driver
-       itself rebuilds the learners from the starting policy, rewinds to step 0, drops the rows and
-       rollouts written so far and takes the steps again (learner_restarts 1 from then on);
-    3. `ray job stop` after a step past that: the job checkpoints the step it is in and ends;
-    4. `ray job submit -- launch.py --resume <run folder>` on a *fresh* two-node cluster finishes it.
+    1. the main job's config submitted with `ray job submit`; `launch.py status` answers for it;
+    2. `ray job stop` after its first step: the job checkpoints the step it is in and ends;
+    3. `ray job submit -- launch.py --resume <run folder>` on a *fresh* two-node cluster (started
+       meanwhile) finishes it, one step later.
 
     Every output is complete in the one folder: a metrics row per step, every response once, the
-    checkpoints, the HF policy; and up to the stop, the metrics and the rollouts equal the
-    uninterrupted main job's (the learner's death left no trace but the counter)."""
-    from ray.util.state import list_actors
-
-    root, failpoints = tmp_path / "runs", Failpoints(tmp_path)
-    args = main_job_args(root, toy_assets, "--set", PLACED, "--set", "train.checkpoint_every=4")
-    env = {**failpoints.env, "RAY_JOB_STOP_WAIT_TIME_S": "300"}  # time for the checkpoint (README: Stopping)
+    checkpoints, the HF policy; up to the stop, the rows and rollouts equal the uninterrupted main
+    job's."""
+    root = tmp_path / "runs"
+    args = main_job_args(root, toy_assets, "--set", PLACED)
+    env = {"RAY_JOB_STOP_WAIT_TIME_S": "300"}  # time for the step and its checkpoint (README: step 6)
 
     def rows() -> list[dict]:
         found = list(root.glob(f"{RUN}-*/metrics.parquet"))
         return metrics_rows(found[0].parent) if found else []
 
-    with second_node(head_node, LEARNER_NODE):
-        first = SubmittedJob(job_server, args, tmp_path / "first.log", env, submission_id=f"lifecycle-{time.time_ns()}")
-        try:
-            wait_until(lambda: len(rows()) >= 2, first, "step 2", timeout=600)
-            failpoints.arm("driver.learning", "pause")
-            wait_until(lambda: failpoints.paused_pid("driver.learning"), first, "the learner taking a step")
-            alive = list_actors(filters=[("class_name", "=", "LearnerWorker"), ("state", "=", "ALIVE")], detail=True)
-            (learner,) = [a for a in alive if (a.name or "").startswith(f"learner-{RUN}-0-")]
-            killed_in = len(rows()) + 1
-            os.kill(learner.pid, signal.SIGKILL)
-            failpoints.resume("driver.learning")
-            wait_until(lambda: len(rows()) > killed_in, first, "a step after the learner's rebuild", timeout=600)
-            first.stop()
-            first.process.wait(120)
-        finally:
-            first.kill()
-    output, run_dir = first.output(), run_dir_of(root, RUN)
-    stopped = len(metrics_rows(run_dir))
-    assert killed_in <= 4
-    assert re.search(
-        r"warning: learner rank 0: died during train_step \(.+\); rebuilding the learners from the starting policy "
-        r"\(rebuild 1, 1 more allowed in this job\)",
-        output,
-    ), output[-4000:]
-    assert f"stopped after step {stopped} (SIGTERM); continue with: python launch.py --resume {run_dir}" in output
-    assert (run_dir / "checkpoints" / "latest").read_text().strip() == f"step-{stopped:06d}"
-    assert (run_dir / "checkpoints" / f"step-{stopped:06d}" / "learner").is_dir()
-    assert [r["step"] for r in metrics_rows(run_dir)] == list(range(1, stopped + 1))
-    assert not (run_dir / "policy").exists()  # exported only at the last step
+    with fresh_two_node_cluster(tmp_path, LEARNER_NODE) as fresh_cluster:
+        with second_node(head_node, LEARNER_NODE):
+            first = SubmittedJob(job_server, args, tmp_path / "first.log", env, f"stop-{time.time_ns()}")
+            try:
+                wait_until(lambda: rows(), first, "step 1", timeout=600)
+                status = operator_command(address, 0, "status", "--run", RUN).stdout  # of a submitted job
+                first.stop()
+                first.process.wait(120)
+            finally:
+                first.kill()
+        output, run_dir = first.output(), run_dir_of(root, RUN)
+        stopped = len(metrics_rows(run_dir))
+        assert re.search(rf"^run '{RUN}': step \d+/40 \| reward .* \| ETA ", status, re.M), status
+        assert f"stopped after step {stopped} (SIGTERM); continue with: python launch.py --resume {run_dir}" in output
+        assert (run_dir / "checkpoints" / "latest").read_text().strip() == f"step-{stopped:06d}"
+        assert (run_dir / "checkpoints" / f"step-{stopped:06d}" / "learner").is_dir()
+        assert [r["step"] for r in metrics_rows(run_dir)] == list(range(1, stopped + 1))
+        assert not (run_dir / "policy").exists()  # exported only at the last step
 
-    with fresh_two_node_cluster(tmp_path, LEARNER_NODE) as fresh:
-        steps = stopped + 2
-        resumed = SubmittedJob(
-            fresh.dashboard_url, ["--resume", str(run_dir), "--set", f"run.steps={steps}"], tmp_path / "resumed.log"
-        )
+        steps = stopped + 1
+        resume = ["--resume", str(run_dir), "--set", f"run.steps={steps}"]
+        resumed = SubmittedJob(fresh_cluster().dashboard_url, resume, tmp_path / "resumed.log")
         try:
             resumed.process.wait(600)
         finally:
@@ -408,12 +416,10 @@ def test_a_submitted_job_rebuilds_its_killed_learner_stops_and_resumes_on_a_fres
     got = metrics_rows(run_dir)
     assert [r["step"] for r in got] == list(range(1, steps + 1))  # one row per step, none twice
     assert_same_trajectory(metrics_rows(main_job[0])[:stopped], got[:stopped])
-    assert {r["learner_restarts"] for r in got} == {1.0}  # every row was written after the rebuild
     rollouts = rollout_rows(run_dir)
-    per_step = cfg.train.rollout_batch_size
     for step in range(1, steps + 1):
         keys = [(r["prompt_id"], r["sample_index"]) for r in rollouts if r["step"] == step]
-        assert len(keys) == len(set(keys)) == per_step, step  # every response once
+        assert len(keys) == len(set(keys)) == cfg.train.rollout_batch_size, step  # every response once
     original = [(r["step"], r["text"]) for r in rollout_rows(main_job[0]) if r["step"] <= stopped]
     assert [(r["step"], r["text"]) for r in rollouts if r["step"] <= stopped] == original
     assert (run_dir / "checkpoints" / "latest").read_text().strip() == f"step-{steps:06d}"
@@ -577,14 +583,26 @@ def test_online_dpo_pairs_each_steps_best_and_worst_responses(online_dpo, cfg):
     )
 
 
-def test_offline_dpo_from_a_pair_file_of_a_runs_rollouts_lowers_the_loss(main_job, tmp_path, address, toy_assets, cfg):
+@dataclass
+class FatalRun:
+    run_dir: Path
+    output: str
+    returncode: int
+    step: int  # the last complete step
+
+
+@pytest.fixture(scope="module")
+def offline_dpo(main_job, tmp_path_factory, address, toy_assets, cfg) -> FatalRun:
     """The pair builder makes token-id pairs from the main job's scored rollouts (`--from-rollouts`,
     the 8 widest gaps); a DPO run on that file (algorithm.dpo_pairs offline, 8 prompts a step: the
-    same 8 pairs every step) starts at ln 2 (policy = reference) and its loss falls step after step."""
+    same 8 pairs every step), with rollout.max_redispatch 0, ended by a failure its pools cannot
+    heal: after its second step, the only rollout worker is killed while the learner steps (the sync
+    that follows removes it), and its replacement dies while its engine starts."""
     from wavalign.model_files import load_tokenizer_and_layout
 
+    root = tmp_path_factory.mktemp("offline")
     _, layout = load_tokenizer_and_layout(toy_assets.model_dir, cfg.model.layout)
-    pairs = tmp_path / "pairs.jsonl"
+    pairs = root / "pairs.jsonl"
     made = subprocess.run(
         [
             sys.executable,
@@ -607,13 +625,45 @@ def test_offline_dpo_from_a_pair_file_of_a_runs_rollouts_lowers_the_loss(main_jo
         timeout=120,
     )
     assert made.returncode == 0 and made.stdout.startswith("8 pairs from "), made.stdout + made.stderr
-    Job(
-        tmp_path / "offline.log",
-        dpo_args(
-            tmp_path, "offline", toy_assets, **{"algorithm.dpo_pairs": "offline", "data.train_files": f'["{pairs}"]'}
-        ),
-        address,
-    ).finish()
-    losses = [r["dpo_loss"] for r in metrics_rows(run_dir_of(tmp_path, "offline"))]
-    assert losses[0] == pytest.approx(math.log(2), abs=1e-5)
+    sets = {
+        "algorithm.dpo_pairs": "offline",
+        "data.train_files": f'["{pairs}"]',
+        "run.steps": "8",
+        "rollout.max_redispatch": "0",
+    }
+    failpoints = Failpoints(root)
+    job = Job(root / "offline.log", dpo_args(root, "offline", toy_assets, **sets), address, env=failpoints.env)
+    try:
+        wait_until(lambda: len(rows_so_far(root, "offline")) >= 2, job, "step 2")
+        failpoints.arm("rollout.start", "exit")
+        failpoints.arm("driver.learning", "pause")
+        wait_until(lambda: failpoints.paused_pid("driver.learning"), job, "the run held while the learner steps")
+        done = len(rows_so_far(root, "offline"))
+        (pid,) = live_workers(job.output(), "rollout").values()
+        os.kill(pid, signal.SIGKILL)
+        failpoints.resume("driver.learning")
+        job.process.wait(300)
+    finally:
+        job.kill()
+    return FatalRun(run_dir_of(root, "offline"), job.output(), job.process.returncode, done + 1)
+
+
+def test_offline_dpo_from_a_pair_file_of_a_runs_rollouts_lowers_the_loss(offline_dpo):
+    """The offline DPO run starts at ln 2 (policy = reference) and its loss falls step after step."""
+    losses = [r["dpo_loss"] for r in metrics_rows(offline_dpo.run_dir)]
+    assert len(losses) >= 3 and losses[0] == pytest.approx(math.log(2), abs=1e-5)
     assert all(later < earlier for earlier, later in zip(losses, losses[1:])), losses
+
+
+def test_a_failure_the_pools_cannot_heal_ends_the_run_after_a_checkpoint(offline_dpo):
+    """The offline DPO run's end: the pools cannot go on; the run checkpoints its last complete
+    step, names the worker and the cause, and says how to resume (exit 1)."""
+    output, run_dir, step = offline_dpo.output, offline_dpo.run_dir, offline_dpo.step
+    assert offline_dpo.returncode == 1, output[-3000:]
+    assert re.search(r"error: rollout-\w+-\d+: failed to start \(.+\); 1 starts in a row failed", output), output[
+        -3000:
+    ]
+    assert f"warning: weight update to version {step} failed; removed rollout-" in output  # the killed worker
+    assert f"stopped after step {step} (a worker failure); continue with: python launch.py --resume {run_dir}" in output
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == f"step-{step:06d}"
+    assert [r["step"] for r in metrics_rows(run_dir)] == list(range(1, step + 1))
