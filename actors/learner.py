@@ -26,6 +26,7 @@ from wavalign.messages import DpoBatch, SyncReport, TrainBatch
 from wavalign.model_files import load_tokenizer_and_layout
 from wavalign.node_inputs import local_model_dir
 from wavalign.storage import RunStore
+from wavalign.worker_log import log_worker_output
 
 
 class LearnerWorker:
@@ -33,6 +34,7 @@ class LearnerWorker:
         self, model_path: str, cfg: PipelineConfig, rank: int = 0, world_size: int = 1, master_port: int = 29500
     ) -> None:
         """model_path: a folder this node sees, or a URI, copied to this node (wavalign/node_inputs.py)."""
+        log_worker_output()  # a run's worker: its output into <run>/logs/ too
         model_path = str(local_model_dir(model_path))
         _, self.layout = load_tokenizer_and_layout(model_path, cfg.model.layout)
         self.cfg, self.model_path, self.rank = cfg, model_path, rank

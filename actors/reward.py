@@ -23,11 +23,13 @@ from wavalign.interleave import response_channels, text_string
 from wavalign.messages import RewardRequest, RewardResult
 from wavalign.model_files import load_tokenizer_and_layout
 from wavalign.node_inputs import local_model_dir
+from wavalign.worker_log import log_worker_output
 
 
 class RewardWorker:
     def __init__(self, model_path: str, cfg: PipelineConfig) -> None:
         """model_path: a folder this node sees, or a URI (wavalign/node_inputs.py), as the reward model's."""
+        log_worker_output()  # a run's worker: its output into <run>/logs/ too
         self.tokenizer, self.layout = load_tokenizer_and_layout(local_model_dir(model_path), cfg.model.layout)
         if cfg.reward.reward_model_path:
             local = local_model_dir(cfg.reward.reward_model_path, "reward.reward_model_path")

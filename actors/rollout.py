@@ -23,6 +23,7 @@ from wavalign.failpoints import failpoint
 from wavalign.messages import RolloutRecord
 from wavalign.model_files import load_tokenizer_and_layout
 from wavalign.node_inputs import local_model_dir
+from wavalign.worker_log import log_worker_output
 
 
 class RolloutWorker:
@@ -30,6 +31,7 @@ class RolloutWorker:
 
     def __init__(self, model_path: str, cfg: PipelineConfig) -> None:
         """model_path: a folder this node sees, or a URI, copied to this node (wavalign/node_inputs.py)."""
+        log_worker_output()  # a run's worker: its output into <run>/logs/ too
         model_path = str(local_model_dir(model_path))
         _, self.layout = load_tokenizer_and_layout(model_path, cfg.model.layout)
         self.group_size = cfg.rollout.group_size

@@ -12,6 +12,7 @@ from wavalign.data import PromptRow
 from wavalign.layout import SpeechLayout
 from wavalign.node_inputs import local_model_dir, stage_directory
 from wavalign.storage import RunStore, is_uri
+from wavalign.worker_log import RUN_STORAGE_ENV
 
 
 def resolve_inputs(cfg: PipelineConfig) -> tuple[Path, list[str], list[str]]:
@@ -73,10 +74,11 @@ def read_prompt_rows(
     return rows
 
 
-def connect_ray(address: str | None, log_to_driver: bool = True) -> None:
+def connect_ray(address: str | None, log_to_driver: bool = True, run_storage: str | None = None) -> None:
     """Join the cluster we were submitted to (RAY_ADDRESS, set by `ray job submit`) or the given
     address; otherwise start a local cluster with its dashboard on 127.0.0.1. log_to_driver: the
-    workers' output on this process's console too."""
+    workers' output on this process's console too; run_storage: where the job's workers put their
+    logs (wavalign/worker_log.py)."""
     import ray
 
     from wavalign.failpoints import forwarded_env
@@ -86,6 +88,8 @@ def connect_ray(address: str | None, log_to_driver: bool = True) -> None:
     # runtime env sets them already (Ray refuses a variable set twice)
     job_env = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")).get("runtime_env", {}).get("env_vars", {})
     env = {key: value for key, value in forwarded_env().items() if key not in job_env}
+    if run_storage:
+        env[RUN_STORAGE_ENV] = run_storage
     runtime_env = {"env_vars": env} if env else None
     if address:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=log_to_driver)

@@ -87,7 +87,7 @@ class Pipeline:
             flush=True,
         )
 
-        connect_ray(address, log_to_driver=cfg.run.worker_logs_to_console)
+        connect_ray(address, log_to_driver=cfg.run.worker_logs_to_console, run_storage=store.location)
         # every worker starts at once (the learners are waited for first, then the pools)
         # a rollout worker that comes up after the first sync gets the last version from the learner
         self.rollouts = RolloutPool(

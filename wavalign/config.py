@@ -37,7 +37,7 @@ class RunConfig(Section):
     seed: int = Field(42, description="global seed (method §10: 42)")
     steps: int = Field(2000, ge=1, description="optimizer steps (method: max_steps 2000)")
     worker_logs_to_console: bool = Field(
-        False, description="workers' output on the console too (it is always in Ray's logs: the dashboard's Logs view)"
+        False, description="workers' output on the console too (it always goes to <run>/logs/ and Ray's logs)"
     )
 
     @field_validator("name")

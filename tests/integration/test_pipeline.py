@@ -251,10 +251,16 @@ def test_tensorboard_checkpoints_and_the_final_policy(main_job, toy_assets, cfg)
     assert len(moved) == len(list(initial.parameters()))  # the exported policy is the trained one
 
 
-def test_the_console_keeps_the_narration_not_the_workers_start_up_output(main_job):
-    """The job's log holds the driver's lines (run.worker_logs_to_console: false), not what vLLM and
-    DeepSpeed print as the workers start (that stays in Ray's per-worker logs)."""
+def test_worker_logs_go_to_the_run_folder_and_the_console_keeps_the_narration(main_job):
+    """Each worker's output is in <run>/logs/<worker>.log, written by the worker itself wherever it
+    runs (the learner's on the second node); the job's log holds the driver's lines
+    (run.worker_logs_to_console: false), not what vLLM and DeepSpeed print as the workers start."""
     run_dir, output, *_ = main_job
+    logs = {p.name: p.read_text() for p in (run_dir / "logs").glob("*.log")}
+    assert {"rollout", "reward", "learner"} <= {name.split("-")[0] for name in logs}, sorted(logs)
+    rollout = next(text for name, text in logs.items() if name.startswith("rollout-"))
+    learner = next(text for name, text in logs.items() if name.startswith("learner-"))
+    assert "Loading safetensors checkpoint shards" in rollout and "DeepSpeed" in learner
     assert "Loading safetensors checkpoint shards" not in output and "(RolloutWorker pid=" not in output
     assert re.search(r"^step 40/40 \|", output, re.M)
 
@@ -309,7 +315,7 @@ def test_a_run_resumed_from_its_storage_alone_continues_exactly_as_the_uninterru
 
     original = main_job[0]
     staged = tmp_path / original.name
-    left_out = ("policy", "step-000040", "rollouts.parquet", "inputs")
+    left_out = ("policy", "step-000040", "rollouts.parquet", "inputs", "logs")
     shutil.copytree(original, staged, ignore=shutil.ignore_patterns(*left_out))
     for part in (staged / "rollouts").glob("step-*.parquet"):
         if int(part.stem.split("-")[1]) > 35:
@@ -349,7 +355,9 @@ def test_a_run_resumed_from_its_storage_alone_continues_exactly_as_the_uninterru
     assert any(e.base_name.endswith(".pt") for e in learner_files)  # the learner's state, from its own node
     policy = {e.base_name for e in fs.get_file_info(pafs.FileSelector(f"{stored}/policy"))}
     assert "config.json" in policy and any(name.endswith(".safetensors") for name in policy), policy
-    assert "inputs" in {e.base_name for e in fs.get_file_info(pafs.FileSelector(stored))}  # the staged toy model
+    assert {"inputs", "logs"} <= {e.base_name for e in fs.get_file_info(pafs.FileSelector(stored))}  # toy model
+    logs = [e.base_name for e in fs.get_file_info(pafs.FileSelector(f"{stored}/logs"))]
+    assert sum(name.startswith("learner-") for name in logs) == 2, logs  # the learner that died, and its successor
     texts = [(r["step"], r["text"]) for r in pq.read_table(f"{stored}/rollouts.parquet", filesystem=fs).to_pylist()]
     assert texts == [(r["step"], r["text"]) for r in rollout_rows(original)]
 
