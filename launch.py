@@ -82,12 +82,12 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         pipe = Pipeline(cfg, store, args.address, inputs)
-    except WorkerError as err:  # workers that cannot start (their replacements neither)
+        # 4. Resume: learner state, λ, data cursor, step and policy version; the pool gets the weights.
+        if args.resume:
+            pipe.resume()
+    except WorkerError as err:  # workers that cannot start (their replacements neither), or take the state
         print(f"error: {err}", file=sys.stderr, flush=True)
         return 1
-    # 4. Resume: learner state, λ, data cursor, step and policy version; the pool gets the weights.
-    if args.resume:
-        pipe.resume()
     stop = {"requested": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(requested=True))
 
