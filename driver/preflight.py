@@ -43,10 +43,10 @@ def check_reward_functions(cfg: PipelineConfig) -> None:
         except ConfigError as err:
             raise PreflightError(str(err)) from None
     if "reward_model" in names:
-        from wavalign.node_inputs import local_model_dir
+        from wavalign.node_inputs import check_model_dir
 
-        try:
-            local_model_dir(cfg.reward.reward_model_path or "", "reward.reward_model_path")
+        try:  # (the reward workers fetch it: a URI is not copied to the driver's node for the check)
+            check_model_dir(cfg.reward.reward_model_path or "", "reward.reward_model_path")
         except (OSError, ValueError) as err:
             raise PreflightError(_one_line(err)) from None
 

@@ -22,19 +22,29 @@ from wavalign.storage import RunStore, is_uri
 _LISTING = ".wavalign-listing.json"  # the stored files' names and sizes, written when the copy is complete
 
 
-def local_model_dir(location: str, key: str = "model.path") -> Path:
-    """The HF directory at `location` as a folder on this node; an error naming `key`, the location
-    and this node when this node cannot read it."""
+def check_model_dir(location: str, key: str = "model.path") -> dict[str, int]:
+    """That `location` holds an HF directory this node can read (a URI: its listing, nothing fetched);
+    an error naming `key`, the location and this node otherwise. Returns a URI's stored files and
+    their sizes (empty for a folder)."""
     if not is_uri(location):
-        path = Path(location)
-        if not (path / "config.json").is_file():
+        if not (Path(location) / "config.json").is_file():
             raise FileNotFoundError(
                 f"{key}: {location} is not an HF model directory (no config.json) on node {socket.gethostname()}; "
                 "on several nodes give a folder every node mounts at the same path, or a URI (s3://...)"
             )
-        return path
+        return {}
+    listing = RunStore(location).sizes()
+    if "config.json" not in listing:
+        raise FileNotFoundError(f"{key}: {location} is not an HF model directory (no config.json there)")
+    return listing
+
+
+def local_model_dir(location: str, key: str = "model.path") -> Path:
+    """The HF directory at `location` as a folder on this node (check_model_dir's errors)."""
+    listing = check_model_dir(location, key)
+    if not is_uri(location):
+        return Path(location)
     store = RunStore(location, "input")
-    listing = _stored_listing(store, key)
     copy, marker = store.local, store.local / _LISTING
     copy.parent.mkdir(parents=True, exist_ok=True)
     with open(f"{copy}.lock", "w") as lock:
@@ -44,13 +54,6 @@ def local_model_dir(location: str, key: str = "model.path") -> Path:
             store.fetch("")
             marker.write_text(json.dumps(listing))
     return copy
-
-
-def _stored_listing(store: RunStore, key: str) -> dict[str, int]:
-    listing = store.sizes()
-    if "config.json" not in listing:
-        raise FileNotFoundError(f"{key}: {store.location} is not an HF model directory (no config.json there)")
-    return listing
 
 
 def stage_directory(source: Path, store: RunStore, relative: str) -> str:

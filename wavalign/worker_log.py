@@ -35,7 +35,7 @@ def log_worker_output() -> None:
     name = ray.get_runtime_context().get_actor_name() if ray.is_initialized() else None
     if not name:
         return
-    store = RunStore(location).private(name) if RunStore(location).remote else RunStore(location)
+    store = RunStore(location).private(name)  # a URI: through a staging folder of its own
     relative = f"logs/{name}.log"
     path = store.local / relative
     path.parent.mkdir(parents=True, exist_ok=True)

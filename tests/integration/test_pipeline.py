@@ -388,15 +388,11 @@ def test_a_submitted_job_stopped_with_ray_job_stop_is_resumed_on_a_fresh_cluster
     args = main_job_args(root, toy_assets, "--set", PLACED)
     env = {"RAY_JOB_STOP_WAIT_TIME_S": "300"}  # time for the step and its checkpoint (README: step 6)
 
-    def rows() -> list[dict]:
-        found = list(root.glob(f"{RUN}-*/metrics.parquet"))
-        return metrics_rows(found[0].parent) if found else []
-
     with fresh_two_node_cluster(tmp_path, LEARNER_NODE) as fresh_cluster:
         with second_node(head_node, LEARNER_NODE):
             first = SubmittedJob(job_server, args, tmp_path / "first.log", env, f"stop-{time.time_ns()}")
             try:
-                wait_until(lambda: rows(), first, "step 1", timeout=600)
+                wait_until(lambda: rows_so_far(root, RUN), first, "step 1", timeout=600)
                 status = operator_command(address, 0, "status", "--run", RUN).stdout  # of a submitted job
                 first.stop()
                 first.process.wait(120)

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from wavalign.node_inputs import local_model_dir, stage_directory
+from wavalign.node_inputs import check_model_dir, local_model_dir, stage_directory
 from wavalign.storage import RunStore
 
 
@@ -79,3 +79,12 @@ def test_the_toy_model_is_staged_into_the_runs_storage_where_every_node_reads_it
     assert files_of(local_model_dir(location)).items() >= files_of(model).items()
     stage_directory(model, store, "inputs/model")  # again (a resumed run): replaced, not nested
     assert files_of(run / "inputs" / "model") == files_of(model)
+
+
+def test_checking_a_uri_lists_it_and_copies_nothing(model, node_temp, tmp_path):
+    """What the driver's start checks do with a reward model given as a URI: no copy on its node."""
+    assert check_model_dir(f"file://{model}") == {"config.json": 17, "model.safetensors": 1000, "sub/tokenizer.json": 2}
+    assert not any(node_temp.rglob("*.safetensors"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"^reward.reward_model_path: file://.*empty is not an HF model"):
+        check_model_dir(f"file://{tmp_path / 'empty'}", "reward.reward_model_path")
