@@ -130,5 +130,10 @@ class LearnerGroup:
 
 
 def _mean(stats: list[dict[str, float]]) -> dict[str, float]:
+    """The ranks' step statistics as one: their mean, or for a maximum (`*_max_abs`) their max."""
     keys = dict.fromkeys(k for s in stats for k in s)
-    return {k: sum(s[k] for s in stats if k in s) / sum(1 for s in stats if k in s) for k in keys}
+    merged = {}
+    for key in keys:
+        values = [s[key] for s in stats if key in s]
+        merged[key] = max(values) if key.endswith("_max_abs") else sum(values) / len(values)
+    return merged

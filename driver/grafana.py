@@ -21,6 +21,17 @@ PANELS: list[tuple[str, str, list[str]]] = [
     ("Entropy per modality", "none", ["text_entropy", "speech_entropy"]),
     ("Gradient norm per modality", "none", ["grad_norm", "grad_norm_text", "grad_norm_speech"]),
     ("KL and clipping", "none", ["kl_text", "kl_speech", "clip_frac"]),
+    (
+        "Rollout vs learner logprobs (|Δ| per modality, KL)",
+        "none",
+        [
+            "mismatch_text_mean_abs",
+            "mismatch_text_max_abs",
+            "mismatch_speech_mean_abs",
+            "mismatch_speech_max_abs",
+            "mismatch_kl",
+        ],
+    ),
     ("Staleness and policy version", "none", ["staleness", "policy_version"]),
     ("Step time", "s", ["generation_seconds", "reward_wait_seconds", "learn_seconds", "sync_seconds", "step_seconds"]),
     (

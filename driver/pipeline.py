@@ -247,7 +247,15 @@ class Pipeline:
             batches, extra = self._dpo_batches(groups)
         else:
             lams = [s.lam for s in scored.lambdas]
-            batches = learner_batches(groups, scored.advantages, lams, self.cfg.learner.num_workers, staleness)
+            batches = learner_batches(
+                groups,
+                scored.advantages,
+                lams,
+                self.cfg.learner.num_workers,
+                self.layout,
+                self.cfg.algorithm.sft_token_type,
+                staleness,
+            )
             extra = {}
         if self.cfg.rollout.colocate:  # the learner gets the GPUs that vLLM shares with it
             self.rollouts.sleep()

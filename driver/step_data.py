@@ -21,8 +21,10 @@ from learner.advantages import group_advantages
 from learner.dpo_pairs import best_and_worst
 from learner.masks import SPEECH, TEXT
 from learner.mixing import LambdaController, LambdaStep
+from learner.step import sft_rank_weights
 from learner.step_stats import StepStats
 from wavalign.data import PromptRow
+from wavalign.layout import SpeechLayout
 from wavalign.messages import DpoBatch, RewardResult, RolloutRecord, TrainBatch
 
 
@@ -78,11 +80,22 @@ def step_lambdas(
 
 
 def learner_batches(
-    groups: Sequence[Group], advantages: torch.Tensor, lambdas: Sequence[float], world_size: int, staleness: int = 0
+    groups: Sequence[Group],
+    advantages: torch.Tensor,
+    lambdas: Sequence[float],
+    world_size: int,
+    layout: SpeechLayout,
+    sft_token_type: str,
+    staleness: int = 0,
 ) -> list[TrainBatch]:
-    """Each rank's contiguous share of the groups with their G rollouts and their SFT rows."""
+    """Each rank's contiguous share of the groups with their G rollouts and their SFT rows (weighed
+    so that the ranks' SFT terms average to the step's mean over the references that have
+    sft_token_type tokens)."""
     batches = []
-    for rank, part in enumerate(rank_slices(len(groups), world_size)):
+    parts = rank_slices(len(groups), world_size)
+    references = [[g.row.reference_token_ids for g in groups[part]] for part in parts]
+    sft_weights = sft_rank_weights(references, layout, sft_token_type)
+    for rank, part in enumerate(parts):
         mine = groups[part]
         records = [r for g in mine for r in g.records]
         batches.append(
@@ -94,7 +107,8 @@ def learner_batches(
                 sft_targets=[g.row.reference_token_ids for g in mine],
                 lam=lambdas[rank if len(lambdas) > 1 else 0],
                 staleness=staleness,
-                rollout_logprobs=[r.logprobs for r in records] if staleness else None,
+                rollout_logprobs=[r.logprobs for r in records],  # the mismatch metric; stale: the ratio
+                sft_rank_weight=sft_weights[rank],
             )
         )
     return batches

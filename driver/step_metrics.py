@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from learner.diagnostics import MISMATCH_KEYS
 from learner.mixing import LambdaStep
 
 # Columns every row has (NaN where a step did not compute one), so the Parquet schema is stable.
@@ -25,6 +26,7 @@ LEARNER_KEYS = (
     "lr",
     "skipped",
     "nonfinite_loss",
+    *MISMATCH_KEYS,
 )
 LAMBDA_KEYS = ("lambda_raw", "gate_reward", "gate_info", "reward_max_mean", "reward_var_mean", "zero_var_group_frac")
 

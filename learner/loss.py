@@ -16,7 +16,9 @@ RL term — group-relative policy gradient on the chosen tokens (text only by de
 
 SFT anchor — teacher forcing on the reference, one row per prompt:
 
-    L_SFT(row) = -sum_t w lp / max(sum_t w, 1e-6);   L_SFT = mean over rows
+    L_SFT(row) = -sum_t w lp / max(sum_t w, 1e-6);   L_SFT = mean over the rows with sum_t w > 0
+    (sft_token_type text or speech: a row without such tokens has nothing to teach and does not
+    count in the mean, as in the method's reference code; with "all" every row counts)
 
 Mix: L = λ L_RL + (1 - λ) L_SFT.
 """
@@ -108,9 +110,16 @@ def rl_loss(
 
 
 def sft_loss(logp: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Token-mean negative log-likelihood per reference row, then the mean over rows."""
+    """Token-mean negative log-likelihood per reference row, then the mean over the rows that have
+    weighted tokens (0 when none has)."""
     per_row = -(logp * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1e-6)
-    return per_row.mean()
+    taught = supervised_rows(weights)
+    return (per_row * taught).sum() / taught.sum().clamp_min(1)
+
+
+def supervised_rows(weights: torch.Tensor) -> torch.Tensor:
+    """(B,) float: 1 for the rows with any weighted token."""
+    return (weights.sum(dim=1) > 0).to(weights.dtype)
 
 
 def mixed_loss(lam: float, rl: torch.Tensor, sft: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,9 @@
 
 For response ids (B, T) — the tokens after the prompt, right-padded:
 - completion: 1 from the start up to and including the *first* eos; a row without eos is 1 up to
-  its last non-pad token.
+  its last non-pad token. Supervised sequences (SFT references, DPO sides) are given with their
+  lengths instead: every token of theirs is in, the turn's closing after eos too (method §5.2:
+  `<|im_end|>` + "\n" are both labels).
 - speech: codec tokens, plus BOA/EOA when `include_audio_boundaries` (the method default).
 - text: everything else in the completion, so eos, newlines and other special tokens are text.
   BOA/EOA are never text.
@@ -45,11 +47,20 @@ def completion_mask(ids: torch.Tensor, eos_id: int, pad_id: int) -> torch.Tensor
     return torch.where(is_eos.any(dim=-1, keepdim=True), through_eos, through_last_real)
 
 
-def modality_masks(ids: torch.Tensor, layout: SpeechLayout) -> ModalityMasks:
-    """Split response ids (B, T) — or one response (T,) — into completion/text/speech/boundary masks."""
+def length_mask(lengths: torch.Tensor, width: int) -> torch.Tensor:
+    """(B, width) bool: the first lengths[b] positions of each row."""
+    return torch.arange(width, device=lengths.device) < lengths[:, None]
+
+
+def modality_masks(ids: torch.Tensor, layout: SpeechLayout, lengths: torch.Tensor | None = None) -> ModalityMasks:
+    """Split response ids (B, T) — or one response (T,) — into completion/text/speech/boundary masks.
+    `lengths` (B,): supervised sequences, whose completion is all of their tokens (see above)."""
     batched = ids.dim() == 2
     ids = ids if batched else ids.unsqueeze(0)
-    completion = completion_mask(ids, layout.eos_id, layout.pad_id)
+    if lengths is None:
+        completion = completion_mask(ids, layout.eos_id, layout.pad_id)
+    else:
+        completion = length_mask(lengths.reshape(-1).to(ids.device), ids.shape[-1])
     boundary = (ids == layout.boa_id) | (ids == layout.eoa_id)
     codes = (ids >= layout.speech_start) & (ids < layout.speech_end)
     speech = codes | boundary if layout.include_audio_boundaries else codes

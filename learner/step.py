@@ -7,6 +7,8 @@ in a test), and the optimizer step is the caller's (learner/deepspeed_engine.py:
     logits   (b, T, V): position start-1+k of a row scores its response token k
     shares   micro-batch i of a term's n rows weighs share_i = |i| / n; every term is a mean over its
              rows, so sum_i share_i L(i) = L(batch): the accumulated gradient is the whole batch's
+             (the SFT term counts only its rows with sft_token_type tokens in |i| and n, and weighs
+             the rank's mean by batch.sft_rank_weight, so that the ranks' average is the step's mean)
     mix      mixed_loss is linear in its two terms, so the batch's λ L_RL + (1 - λ) L_SFT is
              sum_i share_i mixed_loss(λ, L_RL(i), 0) + sum_j share_j mixed_loss(λ, 0, L_SFT(j)):
              an RL micro-batch is the mix with the SFT term zero, an SFT micro-batch the converse
@@ -20,9 +22,18 @@ from functools import partial
 
 import torch
 
-from learner.diagnostics import grad_norm, modality_entropy
+from learner.diagnostics import LogprobMismatch, grad_norm, modality_entropy
 from learner.dpo import dpo_loss, sequence_logps
-from learner.loss import RLTerms, mixed_loss, rl_loss, sft_loss, token_logprobs, token_weights, with_group_fallback
+from learner.loss import (
+    RLTerms,
+    mixed_loss,
+    rl_loss,
+    sft_loss,
+    supervised_rows,
+    token_logprobs,
+    token_weights,
+    with_group_fallback,
+)
 from learner.masks import ModalityMasks, modality_masks
 from wavalign.config import AlgorithmConfig
 from wavalign.layout import SpeechLayout
@@ -39,6 +50,11 @@ class Rows:
     attention: torch.Tensor  # (B, L)
     responses: torch.Tensor  # (B, T) response ids, pad-filled
     starts: torch.Tensor  # (B,) index of each response's first token in input_ids
+    lengths: torch.Tensor  # (B,) response tokens of each row
+
+    def supervised_masks(self, layout: SpeechLayout) -> ModalityMasks:
+        """The masks of rows whose responses are supervised whole (references, DPO sides)."""
+        return modality_masks(self.responses, layout, self.lengths)
 
 
 def padded_rows(
@@ -54,7 +70,23 @@ def padded_rows(
         attention[i, : len(p) + len(r)] = 1
         response_ids[i, : len(r)] = torch.tensor(r)
     starts = torch.tensor([len(p) for p in prompts])
-    return Rows(*(x.to(device) for x in (ids, attention, response_ids, starts)))
+    lengths = torch.tensor([len(r) for r in responses])
+    return Rows(*(x.to(device) for x in (ids, attention, response_ids, starts, lengths)))
+
+
+def sft_rank_weights(
+    targets_per_rank: Sequence[Sequence[Sequence[int]]], layout: SpeechLayout, token_type: str
+) -> list[float]:
+    """Each rank's TrainBatch.sft_rank_weight: ranks x (its references with token_type tokens) / (the
+    step's); 1.0 each when no reference has any (every rank's SFT term is then 0)."""
+    taught = []
+    for targets in targets_per_rank:
+        rows = padded_rows([[]] * len(targets), targets, layout.pad_id, "cpu") if targets else None
+        taught.append(
+            float(supervised_rows(token_weights(rows.supervised_masks(layout), token_type)).sum()) if rows else 0.0
+        )
+    total = sum(taught)
+    return [len(taught) * n / total if total else 1.0 for n in taught]
 
 
 def response_logits(model: torch.nn.Module, rows: Rows, part: slice) -> torch.Tensor:
@@ -85,21 +117,17 @@ def slice_masks(masks: ModalityMasks, part: slice) -> ModalityMasks:
     return ModalityMasks(*(x[part] for x in (masks.completion, masks.text, masks.speech, masks.boundary)))
 
 
-def stale_logprobs(
-    batch: TrainBatch, width: int, stale_correction: str, device: torch.device | str
-) -> torch.Tensor | None:
-    """The sampler's logprobs, (N, T), when stale rollouts get the clipped importance ratio; None on
-    policy (the ratio is 1 in value)."""
-    if batch.staleness == 0 or stale_correction == "none":
-        return None
+def sampler_logprobs(batch: TrainBatch, width: int, device: torch.device | str) -> torch.Tensor | None:
+    """The logprobs vLLM returned for each rollout token, (N, T) (0 past a row's end); None when the
+    batch carries none."""
     if batch.rollout_logprobs is None:
-        raise ValueError(f"rollouts {batch.staleness} versions old need rollout_logprobs for the importance ratio")
-    old = torch.zeros(len(batch.rollout_logprobs), width)
+        return None
+    sampled = torch.zeros(len(batch.rollout_logprobs), width)
     for i, (lps, ids) in enumerate(zip(batch.rollout_logprobs, batch.rollout_responses)):
         if len(lps) != len(ids):
             raise ValueError(f"rollout row {i}: {len(lps)} logprobs for {len(ids)} response tokens")
-        old[i, : len(lps)] = torch.tensor(lps, dtype=torch.float32)
-    return old.to(device)
+        sampled[i, : len(lps)] = torch.tensor(lps, dtype=torch.float32)
+    return sampled.to(device)
 
 
 class MixedStep:
@@ -123,9 +151,16 @@ class MixedStep:
         self.rl_masks = modality_masks(self.rl_rows.responses, layout)
         rl_weights = token_weights(self.rl_masks, algo.rl_token_type)
         self.rl_weights = with_group_fallback(rl_weights, self.rl_masks.completion, group_size)
-        self.sft_weights = token_weights(modality_masks(self.sft_rows.responses, layout), algo.sft_token_type)
+        self.sft_weights = token_weights(self.sft_rows.supervised_masks(layout), algo.sft_token_type)
+        self.sft_taught, self.sft_rank_weight = supervised_rows(self.sft_weights), batch.sft_rank_weight
         self.advantages = torch.tensor(batch.advantages, dtype=torch.float32, device=device)
-        self.old_logp = stale_logprobs(batch, self.rl_rows.responses.shape[1], algo.stale_correction, device)
+        self.sampler_logp = sampler_logprobs(batch, self.rl_rows.responses.shape[1], device)
+        # rollouts older than the weights trained now: the clipped importance ratio against the sampler
+        corrected = batch.staleness > 0 and algo.stale_correction != "none"
+        if corrected and self.sampler_logp is None:
+            raise ValueError(f"rollouts {batch.staleness} versions old need rollout_logprobs for the importance ratio")
+        self.old_logp = self.sampler_logp if corrected else None
+        self.mismatch = LogprobMismatch()
         self.n, self.m = len(batch.rollout_prompts), len(batch.sft_prompts)
         self.stats: dict[str, float] = dict.fromkeys(("rl_loss", "sft_loss", "kl_text", "kl_speech", "clip_frac"), 0.0)
 
@@ -134,14 +169,14 @@ class MixedStep:
         rl = [partial(self.rl_micro_loss, policy, part) for part in micro_batches(self.n, rows_per_micro)]
         return rl + [partial(self.sft_micro_loss, policy, part) for part in micro_batches(self.m, rows_per_micro)]
 
-    def rl_terms(self, logits: torch.Tensor, part: slice, weights: torch.Tensor) -> RLTerms:
-        """The RL term of rollout rows[part] scored by `logits`, on the tokens `weights` select."""
+    def rl_terms(self, logp: torch.Tensor, part: slice, weights: torch.Tensor) -> RLTerms:
+        """The RL term of rollout rows[part] whose token log-probs are `logp`, on the tokens `weights` select."""
         ref_logp = None
         if self.reference is not None:
             with torch.no_grad():
                 ref_logp = response_logprobs(self.reference, self.rl_rows, part)
         return rl_loss(
-            token_logprobs(logits, self.rl_rows.responses[part]),
+            logp,
             self.advantages[part],
             weights,
             slice_masks(self.rl_masks, part),
@@ -154,7 +189,11 @@ class MixedStep:
 
     def rl_micro_loss(self, policy: torch.nn.Module, part: slice) -> torch.Tensor:
         logits = response_logits(policy, self.rl_rows, part)
-        terms = self.rl_terms(logits, part, self.rl_weights[part])
+        logp = token_logprobs(logits, self.rl_rows.responses[part])
+        terms = self.rl_terms(logp, part, self.rl_weights[part])
+        if self.sampler_logp is not None:
+            self.mismatch.add(logp, self.sampler_logp[part], slice_masks(self.rl_masks, part))
+            self.stats.update(self.mismatch.summary())
         weight = share(part, self.n)
         for key, value in (
             ("rl_loss", terms.loss),
@@ -169,7 +208,7 @@ class MixedStep:
 
     def sft_micro_loss(self, policy: torch.nn.Module, part: slice) -> torch.Tensor:
         value = sft_loss(response_logprobs(policy, self.sft_rows, part), self.sft_weights[part])
-        weight = share(part, self.m)
+        weight = float(self.sft_taught[part].sum() / self.sft_taught.sum().clamp_min(1)) * self.sft_rank_weight
         self.stats["sft_loss"] += float(value.detach()) * weight
         return mixed_loss(self.lam, torch.zeros_like(value), value) * weight
 
@@ -179,11 +218,11 @@ class MixedStep:
         step's first micro-batch. `module` is the bare policy: a forward of its own, outside the
         optimizer's engine (whose post-backward hooks would treat it as a training backward)."""
         part = micro_batches(self.n, rows_per_micro)[0]
-        logits = response_logits(module, self.rl_rows, part)
+        logp = token_logprobs(response_logits(module, self.rl_rows, part), self.rl_rows.responses[part])
         masks = slice_masks(self.rl_masks, part)
         params = [p for p in module.parameters() if p.requires_grad]
         return {
-            f"grad_norm_{kind}": grad_norm(self.rl_terms(logits, part, getattr(masks, kind).float()).loss, params)
+            f"grad_norm_{kind}": grad_norm(self.rl_terms(logp, part, getattr(masks, kind).float()).loss, params)
             for kind in ("text", "speech")
         }
 
@@ -205,9 +244,9 @@ class DpoStep:
         self.algo, self.reference = algo, reference
         self.chosen = padded_rows(batch.prompts, batch.chosen, layout.pad_id, device)
         self.rejected = padded_rows(batch.prompts, batch.rejected, layout.pad_id, device)
-        chosen_masks = modality_masks(self.chosen.responses, layout)
+        chosen_masks = self.chosen.supervised_masks(layout)
         self.w_chosen = token_weights(chosen_masks, algo.dpo_token_type)
-        self.w_rejected = token_weights(modality_masks(self.rejected.responses, layout), algo.dpo_token_type)
+        self.w_rejected = token_weights(self.rejected.supervised_masks(layout), algo.dpo_token_type)
         self.w_sft = token_weights(chosen_masks, algo.sft_token_type)
         self.usable = (self.w_chosen.sum(dim=1) > 0) & (self.w_rejected.sum(dim=1) > 0)
         self.n, self.n_usable = len(batch.prompts), max(int(self.usable.sum()), 1)

@@ -2,7 +2,8 @@
 
 Each row needs `messages`, `question_text`, `sft_target_text`, and token ids: `prompt_token_ids` (the
 full prompt, chat template and user speech included, ending with the generation prompt) and
-`reference_token_ids` (the reference assistant answer, interleaved text + speech, ending with eos).
+`reference_token_ids` (the reference assistant answer, interleaved text + speech, ending with eos
+and the turn's closing after it if the chat format has one, e.g. ChatML's "\n": method §5.2).
 Optional: `id`, `task_type` (rows of other types are dropped; absent means s2s), `answer` (for a
 verifiable reward), `rejected_token_ids` (offline DPO: the dispreferred response, token ids in the
 vocabulary; a sampled response may stop anywhere), and anything else, carried through untouched.
@@ -10,9 +11,10 @@ vocabulary; a sampled response may stop anywhere), and anything else, carried th
 A bad row is an error naming file, row (1-based) and field — or, with `skip_invalid_rows`, a counted
 skip listed in the report that keeps every good row (a JSONL line that is not UTF-8 or not JSON is
 one bad row, not a bad file). With the model's speech layout, token ids must also follow it: the
-reference ends with eos (and holds no other), audio blocks open and close in turn, and speech codes
-sit inside them. A file that cannot be read at all (missing, a directory, an unknown suffix, corrupt
-Parquet, no rows) is a DataError naming the file. Rows whose `task_type` is not selected are
+reference holds exactly one eos, followed by at most MAX_CLOSING_TOKENS text tokens (the turn's
+closing, trained as labels too), audio blocks open and close in turn, and speech codes sit inside
+them. A file that cannot be read at all (missing, a directory, an unknown suffix, corrupt Parquet,
+no rows) is a DataError naming the file. Rows whose `task_type` is not selected are
 counted, by type. A UTF-8 byte-order mark is read as nothing. pyarrow is imported only where
 Parquet is read or written.
 """
@@ -28,6 +30,7 @@ from typing import Any
 from wavalign.atomic import atomic_path
 from wavalign.layout import SpeechLayout
 
+MAX_CLOSING_TOKENS = 4  # tokens after eos in a reference: the chat format's end of turn (ChatML: "\n")
 REQUIRED_FIELDS = ("messages", "question_text", "sft_target_text", "prompt_token_ids", "reference_token_ids")
 
 
@@ -231,11 +234,20 @@ def _token_ids(record: dict[str, Any], name: str, vocab_size: int) -> tuple[int,
 
 def _check_layout(row: PromptRow, layout: SpeechLayout) -> None:
     """The row's token ids follow the speech layout (see the module docstring)."""
-    reference = row.reference_token_ids
-    if reference[-1] != layout.eos_id:
-        raise _RowProblem("reference_token_ids", f"does not end with eos (id {layout.eos_id}): last id {reference[-1]}")
-    if layout.eos_id in reference[:-1]:
-        raise _RowProblem("reference_token_ids", f"position {reference.index(layout.eos_id)}: eos before the end")
+    reference, name = row.reference_token_ids, "reference_token_ids"
+    if layout.eos_id not in reference:
+        raise _RowProblem(name, f"holds no eos (id {layout.eos_id}) to end the answer: last id {reference[-1]}")
+    end = reference.index(layout.eos_id)
+    closing = reference[end + 1 :]
+    if len(closing) > MAX_CLOSING_TOKENS:
+        raise _RowProblem(
+            name,
+            f"position {end}: eos before the end ({len(closing)} tokens after it; the turn's closing "
+            f"may hold at most {MAX_CLOSING_TOKENS})",
+        )
+    for position, token in enumerate(closing, start=end + 1):
+        if token == layout.eos_id or layout.is_speech_code(token) or layout.is_boundary(token):
+            raise _RowProblem(name, f"position {position}: token {token} after eos (the turn's closing is text)")
     for name, ids in (("prompt_token_ids", row.prompt_token_ids), ("reference_token_ids", reference)):
         _check_audio_blocks(name, ids, layout)
 

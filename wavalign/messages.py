@@ -58,7 +58,12 @@ class TrainBatch:
     sft_targets: Sequence[Sequence[int]]  # (P,) reference answer ids (interleaved, ending with eos)
     lam: float  # the step's mixing weight (from the λ controller, global over the step's groups)
     staleness: int = 0  # policy versions between the rollouts' sampler and the weights trained now
-    rollout_logprobs: Sequence[Sequence[float]] | None = None  # (N,) the sampler's per-token logprobs
+    # (N,) the sampler's per-token logprobs: the rollout-vs-learner mismatch metric, and the
+    # importance ratio of stale rollouts
+    rollout_logprobs: Sequence[Sequence[float]] | None = None
+    # The weight of this rank's SFT mean: ranks x (its SFT rows with sft_token_type tokens) / (the
+    # step's), so that the ranks' average is the step's mean over such rows; 1 with one rank.
+    sft_rank_weight: float = 1.0
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from driver.pipeline import lambda_settings
 from learner.advantages import group_advantages
 from learner.mixing import LambdaController
 from learner.schedule import lr_factor
-from tests.integration.conftest import ROOT, fresh_two_node_cluster, second_node
+from tests.integration.conftest import MISMATCH_FLOOR, ROOT, fresh_two_node_cluster, second_node
 from tests.integration.judge_server import JudgeServer
 from tests.integration.pipeline_jobs import (
     Failpoints,
@@ -54,7 +54,8 @@ STEP_COLUMNS = (
     "gate_info rl_loss sft_loss loss text_entropy speech_entropy grad_norm grad_norm_text grad_norm_speech lr "
     "rollout_tokens_per_s sync_seconds step_seconds generation_seconds reward_wait_seconds learn_seconds "
     "sync_pack_seconds sync_transfer_seconds sync_load_seconds sync_finish_seconds "
-    "rollout_workers reward_workers rollout_semantic_accuracy rollout_acoustic_wer rollout_speech_js_divergence"
+    "rollout_workers reward_workers rollout_semantic_accuracy rollout_acoustic_wer rollout_speech_js_divergence "
+    "mismatch_text_mean_abs mismatch_text_max_abs mismatch_speech_mean_abs mismatch_speech_max_abs mismatch_kl"
 ).split()
 EVAL_COLUMNS = ("eval_semantic_accuracy", "eval_acoustic_wer", "eval_speech_js_divergence")
 ROLLOUT_COLUMNS = (
@@ -201,6 +202,11 @@ def test_metrics_rows_hold_the_values_their_rollouts_imply(main_job, cfg):
             lc.learning_rate * lr_factor(row["step"] - 1, lc.warmup_steps, cfg.run.steps, lc.schedule)
         )
         assert row["skipped"] == 0
+        # on policy, the learner scores the sampled tokens as vLLM did: the mismatch is float noise
+        for kind in ("text", "speech"):
+            assert row[f"mismatch_{kind}_mean_abs"] <= MISMATCH_FLOOR["mean_abs"], row
+            assert row[f"mismatch_{kind}_max_abs"] <= MISMATCH_FLOOR["max_abs"], row
+        assert row["mismatch_kl"] <= MISMATCH_FLOOR["kl"], row
 
 
 def test_rollouts_hold_every_group_once_with_scores_and_versions(main_job, cfg):

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from learner.masks import BOUNDARY, SPEECH, TEXT, modality_codes
+from tests.integration.conftest import MISMATCH_FLOOR
 from wavalign.data import read_rows
 from wavalign.model_files import load_tokenizer_and_layout
 from wavalign.toy.assets import toy_scorer
@@ -121,6 +122,19 @@ class HFLearner:
     def logprobs(self, row) -> list[float]:
         return hf_continuation_logprobs(self.model, row.prompt_token_ids, row.reference_token_ids)
 
+    def mismatch(self, batch, layout, group_size: int) -> dict[str, float]:
+        """The rollout-vs-learner logprob mismatch of `batch` as the learner's step measures it
+        (learner/step.py: MixedStep, from its RL forward), on this model's current weights."""
+        from learner.diagnostics import MISMATCH_KEYS
+        from learner.step import MixedStep
+        from wavalign.config import AlgorithmConfig
+
+        step = MixedStep(batch, layout, AlgorithmConfig(), group_size)
+        with torch.no_grad():
+            for micro_loss in step.micro_losses(self.model, rows_per_micro=4):
+                micro_loss()
+        return {key: step.stats[key] for key in MISMATCH_KEYS}
+
     def nbytes(self) -> int:
         return sum(p.numel() * p.element_size() for _, p in self.named_weights())
 
@@ -150,12 +164,27 @@ def assert_serves(handle, learner, row):
     assert max(abs(a - b) for a, b in zip(got, expected)) <= 1e-3
 
 
-def test_weight_update_matches_hf_forward_and_advances_version(setup, learner):
+def rollout_batch(records, rows, group_size):
+    """A learner batch of the records (G per row, in order) with the logprobs vLLM returned."""
+    from wavalign.messages import TrainBatch
+
+    return TrainBatch(
+        rollout_prompts=[row.prompt_token_ids for row in rows for _ in range(group_size)],
+        rollout_responses=[r.response_token_ids for r in records],
+        advantages=[0.0] * len(records),
+        sft_prompts=[row.prompt_token_ids for row in rows],
+        sft_targets=[row.reference_token_ids for row in rows],
+        lam=0.5,
+        rollout_logprobs=[r.logprobs for r in records],
+    )
+
+
+def test_weight_update_matches_hf_forward_and_advances_version(setup, learner, cfg):
     """On the learner's node the worker's vLLM reads the learner's weight region in place (nothing
     through the object store: no transfer time); the region is gone when the learner closes."""
     import ray
 
-    pool, _, rows, _ = setup
+    pool, layout, rows, _ = setup
     report = pool.sync_weights(pool.version + 1, send_with(learner))
     region = ray.get(learner.region.remote())
     assert region and os.path.exists(region) and report.phases["transfer"] == 0
@@ -166,8 +195,20 @@ def test_weight_update_matches_hf_forward_and_advances_version(setup, learner):
         assert_serves(member.handle, learner, rows[0])
     records = pool.generate(prompts(rows, 2))
     assert {r.policy_version for r in records} == {pool.version}
+    # The mismatch metric: the learner's logprobs at the sampling version against vLLM's, ~0 on
+    # policy (float32 both sides: README, The learner); the learner one version ahead of the worker
+    # (a sync that did not land), far from 0.
+    batch = rollout_batch(records, rows[:2], cfg.rollout.group_size)
+    on_policy = ray.get(learner.mismatch.remote(batch, layout, cfg.rollout.group_size), timeout=120)
     # The next version through the same connection: every tensor moves again.
     ray.get(learner.step.remote(seed=2))
+    behind = ray.get(learner.mismatch.remote(batch, layout, cfg.rollout.group_size), timeout=120)
+    print(f"mismatch on policy {on_policy}; one version behind {behind}")
+    for kind in ("text", "speech"):
+        assert on_policy[f"mismatch_{kind}_mean_abs"] <= MISMATCH_FLOOR["mean_abs"], on_policy
+        assert on_policy[f"mismatch_{kind}_max_abs"] <= MISMATCH_FLOOR["max_abs"], on_policy
+        assert behind[f"mismatch_{kind}_mean_abs"] > 100 * MISMATCH_FLOOR["mean_abs"], behind
+    assert on_policy["mismatch_kl"] <= MISMATCH_FLOOR["kl"] < behind["mismatch_kl"] / 100
     pool.sync_weights(pool.version + 1, send_with(learner))
     assert_serves(pool.members[0].handle, learner, rows[0])
     assert set(pool.versions().values()) == {pool.version}

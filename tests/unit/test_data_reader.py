@@ -209,8 +209,26 @@ def test_a_parquet_column_of_the_wrong_type_names_the_field(tmp_path):
 
 
 LAYOUT_PROBLEMS = [
-    ({"reference_token_ids": [3, 4, 7, 150, 8]}, "reference_token_ids", "does not end with eos (id 9): last id 8"),
-    ({"reference_token_ids": [3, 9, 7, 150, 8, 9]}, "reference_token_ids", "position 1: eos before the end"),
+    (
+        {"reference_token_ids": [3, 4, 7, 150, 8]},
+        "reference_token_ids",
+        "holds no eos (id 9) to end the answer: last id 8",
+    ),
+    (
+        {"reference_token_ids": [3, 9, 7, 150, 8, 4, 5]},
+        "reference_token_ids",
+        "position 1: eos before the end (5 tokens after it; the turn's closing may hold at most 4)",
+    ),
+    (
+        {"reference_token_ids": [3, 4, 9, 5, 9]},
+        "reference_token_ids",
+        "position 4: token 9 after eos (the turn's closing is text)",
+    ),
+    (
+        {"reference_token_ids": [3, 4, 9, 7]},
+        "reference_token_ids",
+        "position 3: token 7 after eos (the turn's closing is text)",
+    ),
     (
         {"reference_token_ids": [3, 7, 150, 7, 151, 8, 9]},
         "reference_token_ids",
@@ -240,3 +258,10 @@ def test_a_row_that_breaks_the_speech_layout_names_file_row_field_and_position(t
         read_speech(path)
     assert str(err.value) == f"{path}: row 2: field '{field}': {reason}"
     assert [r.row_id for r in read_speech(path, skip_invalid_rows=True).rows] == ["r0", "r2"]
+
+
+def test_a_reference_may_end_with_the_turns_closing_after_eos(tmp_path):
+    """ChatML's answers end <|im_end|> + "\\n" (method §5.2): the closing is kept, to be trained on."""
+    path = tmp_path / "d.jsonl"
+    write_rows([speech_row(0, reference_token_ids=[3, 4, 7, 150, 151, 8, 5, 9, 6])], path)
+    assert read_speech(path).rows[0].reference_token_ids == (3, 4, 7, 150, 151, 8, 5, 9, 6)

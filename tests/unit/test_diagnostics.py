@@ -1,11 +1,11 @@
-"""Diagnostics by hand: entropy per modality, gradient norms."""
+"""Diagnostics by hand: entropy per modality, gradient norms, the rollout-vs-learner logprob mismatch."""
 
 import math
 
 import pytest
 import torch
 
-from learner.diagnostics import grad_norm, modality_entropy, token_entropy
+from learner.diagnostics import LogprobMismatch, grad_norm, modality_entropy, token_entropy
 from learner.masks import modality_masks
 from tests.conftest import HAND
 from wavalign.layout import SpeechLayout
@@ -35,3 +35,32 @@ def test_grad_norm_by_hand_and_leaves_grads_alone():
     assert w.grad is None
     loss.backward()  # the graph was kept
     assert w.grad.tolist() == [2.0, 2.0]
+
+
+def k3(delta: float) -> float:
+    return math.exp(delta) - 1 - delta
+
+
+def test_logprob_mismatch_by_hand_over_micro_batches():
+    layout = SpeechLayout(**HAND, interleave_ratio=(1, 4))
+    ids = torch.tensor([[1, 10, 20, 11, 12, 13], [2, 12, 13, 13, 13, 13]])  # text BOA code EOA eos pad | text eos
+    masks = modality_masks(ids, layout)
+    learner = torch.tensor([[-1.0, -0.1, -2.0, -0.2, -0.5, -9.0], [-1.5, -0.3, 0.0, 0.0, 0.0, 0.0]])
+    sampler = learner - torch.tensor([[0.1, 0.0, -0.4, 0.2, 0.0, 5.0], [0.3, -0.2, 7.0, 7.0, 7.0, 7.0]])
+    mismatch = LogprobMismatch()
+    for row in range(2):  # one micro-batch per row
+        mismatch.add(learner[row : row + 1], sampler[row : row + 1], modality_masks(ids[row : row + 1], layout))
+    got = mismatch.summary()
+    # text: 0.1, 0.0 (eos), 0.3, 0.2 (eos); speech (BOA, code, EOA): 0.0, 0.4, 0.2; padding is no token
+    assert got["mismatch_text_mean_abs"] == pytest.approx((0.1 + 0.0 + 0.3 + 0.2) / 4)
+    assert got["mismatch_text_max_abs"] == pytest.approx(0.3)
+    assert got["mismatch_speech_mean_abs"] == pytest.approx((0.0 + 0.4 + 0.2) / 3)
+    assert got["mismatch_speech_max_abs"] == pytest.approx(0.4)
+    deltas = [0.1, 0.0, -0.4, 0.2, 0.0, 0.3, -0.2]
+    assert got["mismatch_kl"] == pytest.approx(sum(k3(d) for d in deltas) / 7)
+    whole = LogprobMismatch()
+    whole.add(learner, sampler, masks)
+    assert whole.summary() == pytest.approx(got)
+    text_only = LogprobMismatch()
+    text_only.add(learner[1:], sampler[1:], modality_masks(ids[1:], layout))
+    assert math.isnan(text_only.summary()["mismatch_speech_mean_abs"])

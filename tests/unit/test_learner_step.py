@@ -17,7 +17,7 @@ import torch
 
 from learner.loss import rl_loss, sft_loss, token_weights, with_group_fallback
 from learner.masks import modality_masks
-from learner.step import DpoStep, MixedStep
+from learner.step import DpoStep, MixedStep, sft_rank_weights
 from tests.conftest import HAND
 from wavalign.config import AlgorithmConfig
 from wavalign.layout import SpeechLayout
@@ -25,7 +25,7 @@ from wavalign.messages import DpoBatch, TrainBatch
 
 LAYOUT = SpeechLayout(**HAND, interleave_ratio=(1, 4))
 B, E, EOS, PAD = 10, 11, 12, 13  # BOA, EOA, eos, pad; speech codes are 20..29, text below 10
-VOCAB, G = 32, 2
+NL, VOCAB, G = 9, 32, 2
 RTOL = 1e-5
 
 
@@ -51,7 +51,7 @@ BATCH = TrainBatch(
     rollout_responses=ROLLOUTS,
     advantages=[1.0, -0.5, -1.5, 0.5],  # not zero-mean: the on-policy loss value is -mean(A), not 0
     sft_prompts=PROMPTS,
-    sft_targets=[(1, B, 20, E, EOS), (2, 3, EOS)],
+    sft_targets=[(1, B, 20, E, EOS), (2, 3, EOS, NL)],  # NL: the turn's closing after eos (ChatML's "\n")
     lam=0.3,
 )
 
@@ -96,8 +96,8 @@ def by_hand(model, batch, algo, reference=None) -> tuple[float, float, float, li
         beta_text=algo.kl_beta_text,
         beta_speech=algo.kl_beta_speech,
     ).loss
-    sft_masks = modality_masks(padded(batch.sft_targets), LAYOUT)
-    sft = sft_loss(row_logprobs(model, batch.sft_prompts, batch.sft_targets), token_weights(sft_masks, "all"))
+    every_token = [[1.0] * len(t) + [0.0] * (max(map(len, batch.sft_targets)) - len(t)) for t in batch.sft_targets]
+    sft = sft_loss(row_logprobs(model, batch.sft_prompts, batch.sft_targets), torch.tensor(every_token))
     total = batch.lam * rl + (1 - batch.lam) * sft
     total.backward()
     return total.item(), rl.item(), sft.item(), [p.grad.clone() for p in model.parameters()]
@@ -144,6 +144,12 @@ def test_micro_batched_step_equals_the_whole_batch_objective_by_hand(case, rows_
     assert_close(micro_grads, grads)
     if case == "stale_with_reference":
         assert 0 < step.stats["clip_frac"] < 1 and step.stats["kl_text"] > 0 and step.stats["kl_speech"] > 0
+        # the sampler scored every token 0.3 nats lower than the learner does
+        for key in ("mismatch_text_mean_abs", "mismatch_text_max_abs", "mismatch_speech_max_abs"):
+            assert step.stats[key] == pytest.approx(0.3, rel=RTOL)
+        assert step.stats["mismatch_kl"] == pytest.approx(math.exp(0.3) - 1.3, rel=RTOL)
+    else:
+        assert "mismatch_kl" not in step.stats  # no sampler logprobs in the batch: nothing to compare
 
 
 @pytest.mark.parametrize("lam", [0.0, 1.0])
@@ -189,3 +195,61 @@ def test_dpo_step_against_an_identical_reference_is_ln2_whatever_the_micro_batch
     assert total_1 == pytest.approx(math.log(2) + 0.5 * stats_1["sft_loss"], rel=RTOL)
     assert total_3 == pytest.approx(total_1, rel=RTOL) and stats_3["sft_loss"] == pytest.approx(stats_1["sft_loss"])
     assert_close(grads_1, grads_3)
+
+
+def test_the_turns_closing_after_eos_is_a_label_of_references_and_dpo_sides_but_not_of_rollouts():
+    """Method §5.2: a reference row's labels are its content, `<|im_end|>` and the "\\n" after it;
+    a sampled response ends at its first eos (§1.3)."""
+    batch = dataclasses.replace(BATCH, rollout_responses=[(3, EOS, NL), (3, EOS), (4, EOS), (5, EOS)])
+    step = MixedStep(batch, LAYOUT, AlgorithmConfig(), G)
+    assert step.sft_weights.tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]]
+    assert step.rl_weights[0].tolist() == [1, 1, 0]
+    dpo = DpoBatch(prompts=[(1,)], chosen=[(2, EOS, NL)], rejected=[(3, 4, EOS, NL)])
+    algo = AlgorithmConfig(objective="dpo", dpo_sft_weight=0.5)
+    dpo_step = DpoStep(dpo, LAYOUT, algo, reference=TinyLM())
+    assert dpo_step.w_chosen.tolist() == [[1, 1, 1]] and dpo_step.w_rejected.tolist() == [[1, 1, 1, 1]]
+    assert dpo_step.w_sft.tolist() == [[1, 1, 1]]
+
+
+SPEECH_SFT = [(1, B, 20, 21, E, EOS), (2, 3, EOS), (B, 22, E, EOS), (4, EOS), (5, B, 23, E, EOS, NL)]
+
+
+def test_subset_sft_averages_over_the_rows_that_have_the_subset_on_one_rank_or_two():
+    """sft_token_type speech, 2 of 5 references without speech: the loss is the mean over the 3 that
+    have some (the method's reference code), not a mean over 5 that counts the others as 0; split
+    over two data-parallel ranks (3 and 2 rows, 2 and 1 with speech) the ranks' average, as
+    DeepSpeed averages their gradients, is the same."""
+    algo = AlgorithmConfig(sft_token_type="speech")
+    prompts = [(1, 2), (3,), (4, 5), (6,), (7, 8)]
+    model = TinyLM()
+    logp = row_logprobs(model, prompts, SPEECH_SFT).detach()
+    speech = [[20 <= t < 30 or t in (B, E) for t in target] for target in SPEECH_SFT]
+    per_row = [
+        -sum(float(logp[i, k]) for k, s in enumerate(row) if s) / max(sum(row), 1) for i, row in enumerate(speech)
+    ]
+    expected = (per_row[0] + per_row[2] + per_row[4]) / 3
+    assert expected == pytest.approx(sum(per_row) * 5 / 3 / 5)  # rows 1 and 3 are 0: a mean over 5 is 3/5 of it
+
+    def batch(rows, weight=1.0):
+        return TrainBatch(
+            rollout_prompts=[(1,)] * G,
+            rollout_responses=[(3, EOS)] * G,
+            advantages=[0.0] * G,
+            sft_prompts=[prompts[i] for i in rows],
+            sft_targets=[SPEECH_SFT[i] for i in rows],
+            lam=0.0,
+            sft_rank_weight=weight,
+        )
+
+    one = MixedStep(batch(range(5)), LAYOUT, algo, G)
+    total, grads = run_step(one, model, rows_per_micro=2)
+    assert total == pytest.approx(expected, rel=RTOL) and one.stats["sft_loss"] == pytest.approx(expected, rel=RTOL)
+
+    weights = sft_rank_weights([SPEECH_SFT[:3], SPEECH_SFT[3:]], LAYOUT, "speech")
+    assert weights == pytest.approx([2 * 2 / 3, 2 * 1 / 3])
+    ranks = [MixedStep(batch(rows, w), LAYOUT, algo, G) for rows, w in zip((range(3), range(3, 5)), weights)]
+    results = [run_step(rank, model, rows_per_micro=1) for rank in ranks]
+    assert sum(total for total, _ in results) / 2 == pytest.approx(expected, rel=RTOL)
+    assert sum(rank.stats["sft_loss"] for rank in ranks) / 2 == pytest.approx(expected, rel=RTOL)
+    assert_close([(a + b) / 2 for a, b in zip(results[0][1], results[1][1])], grads)
+    assert sft_rank_weights([[(2, EOS)], [(3, EOS)]], LAYOUT, "speech") == [1.0, 1.0]  # no speech anywhere: 0 loss

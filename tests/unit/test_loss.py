@@ -82,6 +82,14 @@ def test_sft_loss_by_hand():
     assert sft_loss(logp, w).item() == pytest.approx((row0 + row1) / 2)
 
 
+def test_sft_loss_is_the_mean_over_the_rows_that_have_weighted_tokens():
+    logp = torch.log(torch.tensor([[0.5, 0.25], [0.5, 0.5], [0.1, 0.2]]))
+    w = torch.tensor([[1.0, 1.0], [0.0, 0.0], [0.0, 1.0]])  # row 1 has none of the chosen tokens
+    row0, row2 = -(math.log(0.5) + math.log(0.25)) / 2, -math.log(0.2)
+    assert sft_loss(logp, w).item() == pytest.approx((row0 + row2) / 2)  # not (row0 + 0 + row2) / 3
+    assert sft_loss(logp, torch.zeros(3, 2)).item() == 0.0
+
+
 def test_lambda_one_and_zero_reduce_to_the_single_losses():
     rl, sft = torch.tensor(0.3, requires_grad=True), torch.tensor(2.0, requires_grad=True)
     assert torch.equal(mixed_loss(1.0, rl, sft), rl.detach()) and torch.equal(mixed_loss(0.0, rl, sft), sft.detach())

@@ -5,7 +5,9 @@ import torch
 
 from driver.prompts import PromptStream
 from driver.step_data import advantages_of, assemble_groups, learner_batches
+from tests.conftest import HAND
 from wavalign.data import PromptRow
+from wavalign.layout import SpeechLayout
 from wavalign.messages import RewardResult, RolloutRecord
 
 
@@ -47,8 +49,10 @@ def test_groups_are_checked_whole_and_split_evenly_over_learner_ranks():
     assert all([r.sample_index for r in g.records] == [0, 1] for g in groups)
     advantages = advantages_of(groups, unbiased_std=False)
     assert torch.allclose(advantages, torch.tensor([[-1.0, 1.0]] * 4, dtype=torch.float64), atol=1e-3)
-    batches = learner_batches(groups, advantages, [0.3], world_size=2, staleness=1)
+    layout = SpeechLayout(**HAND, interleave_ratio=(1, 4))
+    batches = learner_batches(groups, advantages, [0.3], 2, layout, "all", staleness=1)
     assert [len(b.sft_prompts) for b in batches] == [2, 2] and all(b.lam == 0.3 for b in batches)
+    assert [b.sft_rank_weight for b in batches] == [1.0, 1.0]  # every reference has tokens of every kind
     assert batches[1].sft_targets == [(9, 2), (9, 3)] and batches[0].rollout_logprobs[0] == (-0.1, -0.2, -0.3)
     with pytest.raises(RuntimeError, match="q0"):
         assemble_groups(prompts, records[:-1], rewards, group_size=2)
