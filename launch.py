@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         # 4. Resume: learner state, λ, data cursor, step and policy version; the pool gets the weights.
         if args.resume:
             pipe.resume()
+        pipe.evaluate_start()  # the eval split on the starting policy (a new run), or read back
     except WorkerError as err:  # workers that cannot start (their replacements neither), or take the state
         print(f"error: {err}", file=sys.stderr, flush=True)
         return 1
@@ -146,8 +147,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"stopped after step {step} ({why}); {how}", flush=True)
             break
 
-    # 6. Close: the merged rollouts, the final policy as an HF directory, the workers.
-    pipe.finish(export=pipe.step == cfg.run.steps)
+    # 6. Close: the held-out figures at the start and now, the merged rollouts, the final policy
+    #    as an HF directory, the workers.
+    finished = pipe.step == cfg.run.steps
+    try:
+        if finished and (summary := pipe.heldout_summary()):
+            print(summary, flush=True)
+    except WorkerError as err:  # the run is complete: only its summary is lost
+        print(f"warning: no held-out summary: {err}", flush=True)
+    pipe.finish(export=finished)
     print(f"done: {pipe.step} steps; outputs in {store.location}", flush=True)
     return 0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from driver.heldout import HeldOut
 from wavalign.config import PipelineConfig
 from wavalign.data import PromptRow
 from wavalign.messages import RolloutRecord
@@ -28,4 +29,27 @@ def evaluate(
         [r.response_token_ids for r in records],
         [int(by_id[r.prompt_id].answer) for r in records],
         [r.reference_token_ids for r in rows],
+    )
+
+
+def heldout(
+    cfg: PipelineConfig, tokenizer, layout, rows: Sequence[PromptRow], records: Sequence[RolloutRecord], step: int
+) -> HeldOut:
+    """Toy rows: the split's semantic accuracy and acoustic WER, and each prompt's accuracy."""
+    from wavalign.toy.assets import toy_scorer
+
+    scorer = toy_scorer(layout, cfg.toy, tokenizer)
+    overall = evaluate(cfg, tokenizer, layout, rows, records)
+    per_prompt = {}
+    for row in rows:
+        mine = [r.response_token_ids for r in records if r.prompt_id == row.row_id]
+        if mine:
+            answers = [int(row.answer)] * len(mine)
+            per_prompt[row.row_id] = scorer.evaluate(mine, answers, [row.reference_token_ids])["semantic_accuracy"]
+    return HeldOut(
+        step=step,
+        semantic_accuracy=overall["semantic_accuracy"],
+        acoustic_wer=overall["acoustic_wer"],
+        per_prompt=per_prompt,
+        samples_per_prompt=len(records) // max(len(per_prompt), 1),
     )

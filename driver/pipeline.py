@@ -12,6 +12,7 @@ import math
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 from actors.control import apply_requests, start_control
 from actors.learner_group import LearnerGroup, LearnerLost
@@ -21,7 +22,8 @@ from actors.weight_sync import SYNC_PHASES, WeightSyncError
 from actors.worker_pool import WorkerError
 from driver.checkpoint import latest_checkpoint, load_checkpoint, random_states, save_checkpoint, set_random_states
 from driver.dashboard import DashboardMetrics
-from driver.evaluation import evaluate, scored_by_toy_task
+from driver.evaluation import evaluate, heldout, scored_by_toy_task
+from driver.heldout import HeldOut, summary_line
 from driver.inputs import connect_ray, model_for_workers
 from driver.outputs import RunOutputs
 from driver.preflight import Inputs
@@ -43,12 +45,15 @@ from driver.step_records import LearningStep, SampledStep, ScoredStep
 from learner.masks import modality_counts
 from learner.mixing import LambdaController, LambdaSettings
 from learner.step_stats import StepStats
+from wavalign.atomic import write_text_atomic
 from wavalign.config import PipelineConfig
 from wavalign.failpoints import failpoint
 from wavalign.interleave import response_channels, text_string
 from wavalign.messages import RewardResult
 from wavalign.storage import RunStore
 
+REPEAT = "~"  # eval prompt id + REPEAT + k: the k-th ask of that prompt (train.eval_repeats)
+HELDOUT_START = "eval_start.json"  # the starting policy's held-out figures (driver/heldout.py)
 # A DPO run's own columns, in every one of its rows (NaN where a step had no pairs)
 DPO_NAN = {key: math.nan for key in ("dpo_loss", "dpo_accuracy", "dpo_margin", "sft_loss")}
 
@@ -80,6 +85,8 @@ class Pipeline:
         self.tokenizer, self.layout = inputs.tokenizer, inputs.layout
         self.model_path = model_for_workers(cfg, inputs.model_path, store)  # what every node can read
         self.eval_rows = inputs.eval_rows
+        self.heldout_start: HeldOut | None = None  # the eval split before step 1, and at the last evaluation
+        self.heldout_last: HeldOut | None = None
         self.prompts = PromptStream(inputs.train_rows, cfg.run.seed, cfg.train.rollout_batch_size // self.group_size)
         print(
             f"data: {len(inputs.train_rows)} train prompts, {len(self.eval_rows)} eval prompts; "
@@ -362,13 +369,48 @@ class Pipeline:
         return {f"rollout_{k}": v for k, v in evaluate(self.cfg, self.tokenizer, self.layout, rows, records).items()}
 
     def evaluate(self, step: int) -> dict[str, float]:
-        """G samples per eval prompt from the current policy (seeded apart from training's)."""
-        records = self.rollouts.generate(
-            [(r.row_id, r.prompt_token_ids) for r in self.eval_rows], seed=step_seed(self.cfg, -step)
-        )
-        return {
-            f"eval_{k}": v for k, v in evaluate(self.cfg, self.tokenizer, self.layout, self.eval_rows, records).items()
-        }
+        """G samples per eval prompt from the current policy (seeded apart from training's); toy data:
+        with the accuracy's standard error, and kept for the run's held-out summary."""
+        repeats = self.cfg.train.eval_repeats  # each prompt asked again under another id, scored under its own
+        asked = [(f"{r.row_id}{REPEAT}{k}", r.prompt_token_ids) for k in range(repeats) for r in self.eval_rows]
+        sampled = self.rollouts.generate(asked, seed=step_seed(self.cfg, -step))
+        records = [replace(r, prompt_id=r.prompt_id.rsplit(REPEAT, 1)[0]) for r in sampled]
+        found = evaluate(self.cfg, self.tokenizer, self.layout, self.eval_rows, records)
+        if scored_by_toy_task(self.cfg, self.eval_rows):
+            self.heldout_last = heldout(self.cfg, self.tokenizer, self.layout, self.eval_rows, records, step)
+            found["semantic_accuracy_se"] = self.heldout_last.semantic_accuracy_se
+        return {f"eval_{k}": v for k, v in found.items()}
+
+    def _measures_heldout(self) -> bool:
+        return bool(self.eval_rows and self.cfg.train.eval_every and scored_by_toy_task(self.cfg, self.eval_rows))
+
+    def evaluate_start(self) -> None:
+        """A new run with toy eval data: the starting policy on the eval split, before step 1 (the
+        figure the end compares with), saved as eval_start.json; a resumed run reads it back."""
+        if not self._measures_heldout():
+            return
+        if self.step == 0:
+            self.evaluate(0)
+            self.heldout_start = self.heldout_last
+            write_text_atomic(self.store.local / HELDOUT_START, self.heldout_start.to_json())
+            self.store.publish(HELDOUT_START)
+            start = self.heldout_start
+            print(
+                f"held-out at the start: semantic accuracy {start.semantic_accuracy:.3f} "
+                f"± {start.semantic_accuracy_se:.3f}, acoustic WER {start.acoustic_wer:.3f}",
+                flush=True,
+            )
+        elif self.store.exists(HELDOUT_START):
+            self.heldout_start = HeldOut.from_json(self.store.fetch(HELDOUT_START).read_text())
+
+    def heldout_summary(self) -> str | None:
+        """The held-out line of a finished run (the final policy evaluated now if the last step was
+        not an evaluation step); None without toy eval data."""
+        if not self._measures_heldout():
+            return None
+        if self.heldout_last is None or self.heldout_last.step != self.step:
+            self.evaluate(self.step)
+        return summary_line(self.heldout_start, self.heldout_last)
 
     def stop_after_failure(self, err: Exception) -> None:
         """A worker failure the pools could not heal: checkpoint the last complete step (unless the

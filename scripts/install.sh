@@ -41,4 +41,15 @@ if [ "$flavour" = cpu ]; then
     .venv/bin/python -c 'from deepspeed.comm.torch import build_shm_op; assert build_shm_op() is not None' 2>&1 | tail -1 \
         || { echo "install: DeepSpeed's shm comm op did not build (see above)" >&2; exit 1; }
 fi
+# The embedded default's toy task (tokenizer, tiny model warm-started on it, data): built once into
+# .assets/toy (~4 minutes on 2 cores), so that neither the README's main command nor the tests wait
+# for it; rebuilt only when the toy section of pipeline.yaml changes.
+if [ "$flavour" = cpu ]; then
+    echo "install: the toy task's assets (.assets/toy; first time: ~4 minutes)"
+    .venv/bin/python -c 'from wavalign.config_file import read_config
+from wavalign.toy.assets import ensure_toy_assets
+cfg = read_config("pipeline.yaml", [])
+print("install: toy assets ready in", ensure_toy_assets(cfg.toy, cfg.model.layout).root)' \
+        || { echo "install: the toy assets did not build (see above)" >&2; exit 1; }
+fi
 echo "install: ready (.venv)"

@@ -160,6 +160,16 @@ class WarmStartConfig(Section):
     a seeded rate p_q in [correct_rate_min, correct_rate_max]; each time q is drawn, its reference
     states the right result with probability p_q and the wrong one otherwise."""
 
+    questions: Literal["train", "all"] = Field(
+        "train",
+        description="train: the train split only; all: every question, the eval split's too (the warm start as the "
+        "model's pretraining: post-training still sees only the train split)",
+    )
+    wrong_answer: Literal["nearby", "next", "left_operand", "hedge"] = Field(
+        "nearby",
+        description="each question's wrong result: nearby (a seeded one 1-3 away), next (the result + 1), "
+        'left_operand (the question\'s first number: a copying slip), hedge (no result: "... is what")',
+    )
     correct_rate_min: float = Field(0.2, ge=0, le=1, description="lowest per-question share of right references")
     correct_rate_max: float = Field(0.8, ge=0, le=1, description="highest per-question share of right references")
     max_steps: int = Field(1500, ge=1)
@@ -446,6 +456,9 @@ class TrainConfig(Section):
         0, ge=0, le=1, description="0 = on-policy; 1 = the next step's rollouts are sampled while the learner trains"
     )
     eval_every: int = Field(0, ge=0, description="steps between evaluations on the eval split; 0 = never")
+    eval_repeats: int = Field(
+        1, ge=1, description="each eval prompt is sampled group_size x eval_repeats times (a smaller standard error)"
+    )
     checkpoint_every: int = Field(
         10, ge=0, description="steps between checkpoints (also at the end and on SIGTERM); 0 = only those"
     )

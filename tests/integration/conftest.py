@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from wavalign.ports import free_port
+from wavalign.ports import free_port, free_ports
 
 ROOT = Path(__file__).resolve().parents[2]
 RAY = str(Path(sys.executable).parent / "ray")
@@ -37,7 +37,7 @@ class HeadNode:
 
 
 def _start_head(log: Path, temp_dir: str | None) -> tuple[subprocess.Popen, HeadNode]:
-    port, dashboard, metrics = free_port(), free_port(), free_port()
+    port, dashboard, metrics, *own = free_ports(3 + len(NODE_PORTS))
     # Every port chosen here: Ray's defaults (e.g. the dashboard agent's 52365) may be taken by
     # another cluster on this machine, e.g. the one the README's main command starts on its own.
     command = [
@@ -51,7 +51,7 @@ def _start_head(log: Path, temp_dir: str | None) -> tuple[subprocess.Popen, Head
         "--dashboard-host=127.0.0.1",
         f"--dashboard-port={dashboard}",
         f"--metrics-export-port={metrics}",
-        *node_ports(),
+        *node_ports(own),
         *([f"--temp-dir={temp_dir}"] if temp_dir else []),
         "--disable-usage-stats",
     ]
@@ -61,13 +61,15 @@ def _start_head(log: Path, temp_dir: str | None) -> tuple[subprocess.Popen, Head
     return head, HeadNode(f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard}", metrics, log)
 
 
-def node_ports() -> list[str]:
-    """A node's own ports, each free now (two clusters' nodes run on this machine at once)."""
-    names = (
-        "node-manager-port object-manager-port dashboard-agent-listen-port dashboard-agent-grpc-port "
-        "runtime-env-agent-port"
-    ).split()
-    return [f"--{name}={free_port()}" for name in names]
+# A node's own ports, each given (two clusters' nodes run on this machine at once).
+NODE_PORTS = (
+    "node-manager-port object-manager-port dashboard-agent-listen-port dashboard-agent-grpc-port runtime-env-agent-port"
+).split()
+
+
+def node_ports(ports: list[int]) -> list[str]:
+    """The `ray start` options of NODE_PORTS, from distinct ports free now (wavalign.ports.free_ports)."""
+    return [f"--{name}={port}" for name, port in zip(NODE_PORTS, ports, strict=True)]
 
 
 @contextmanager
@@ -267,45 +269,52 @@ def second_node(head: HeadNode, resources: dict[str, float], num_cpus: int = 2):
     import json
     import shutil
 
-    from ray.util.state import list_nodes
-
     temp = short_temp_dir("rn2-")
-    metrics_port = free_port()
-    command = [
-        RAY,
-        "start",
-        "--block",
-        f"--address={head.gcs_address}",
-        f"--temp-dir={temp}",
-        f"--num-cpus={num_cpus}",
-        f"--resources={json.dumps(resources)}",
-        f"--metrics-export-port={metrics_port}",
-        *node_ports(),
-        "--disable-usage-stats",
-    ]
     log = Path(temp) / "start.log"
-    with open(log, "w") as out:
-        node = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    node = None
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            # (filtered on the server: Ray counts the dead nodes left out as "missing output")
-            alive = list_nodes(
-                address=head.dashboard_url,
-                filters=[("state", "=", "ALIVE")],
-                detail=True,
-                raise_on_missing_output=False,
-            )
-            found = [n for n in alive if all(n.resources_total.get(k) == v for k, v in resources.items())]
-            if found:
+        for _ in range(3):  # a port picked free may be taken before Ray binds it: start again
+            metrics_port, *own = free_ports(1 + len(NODE_PORTS))
+            command = [
+                RAY,
+                "start",
+                "--block",
+                f"--address={head.gcs_address}",
+                f"--temp-dir={temp}",
+                f"--num-cpus={num_cpus}",
+                f"--resources={json.dumps(resources)}",
+                f"--metrics-export-port={metrics_port}",
+                *node_ports(own),
+                "--disable-usage-stats",
+            ]
+            with open(log, "w") as out:
+                node = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            if found := _joined(node, head, resources):
                 break
-            if node.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the second node did not join: {log.read_text()[-3000:]}")
-            time.sleep(0.5)
+            stop_process_group(node)
+        else:
+            pytest.fail(f"the second node did not join: {log.read_text()[-3000:]}")
         yield WorkerNode(found[0].node_id, metrics_port)
     finally:
-        stop_process_group(node)
+        if node is not None:
+            stop_process_group(node)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def _joined(node: subprocess.Popen, head: HeadNode, resources: dict[str, float]) -> list:
+    """The node's entry once the head lists it alive with `resources`; [] if its process ends first."""
+    from ray.util.state import list_nodes
+
+    deadline = time.monotonic() + 120
+    while node.poll() is None and time.monotonic() < deadline:
+        # (filtered on the server: Ray counts the dead nodes left out as "missing output")
+        alive = list_nodes(
+            address=head.dashboard_url, filters=[("state", "=", "ALIVE")], detail=True, raise_on_missing_output=False
+        )
+        if found := [n for n in alive if all(n.resources_total.get(k) == v for k, v in resources.items())]:
+            return found
+        time.sleep(0.5)
+    return []
 
 
 def short_temp_dir(prefix: str) -> str:

@@ -33,6 +33,8 @@ def test_ablation_command_writes_the_table_and_the_curves(tmp_path, address, toy
             f"toy.assets_dir={toy_assets.root}",
             "--set",
             "train.eval_every=2",
+            "--set",
+            "train.eval_repeats=1",
         ],
         cwd=ROOT,
         capture_output=True,

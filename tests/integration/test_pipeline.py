@@ -22,11 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
 
 from driver.grafana import metric_names
+from driver.heldout import HeldOut
 from driver.outputs import write_parquet_atomic
 from driver.pipeline import lambda_settings
 from learner.advantages import group_advantages
@@ -57,7 +59,7 @@ STEP_COLUMNS = (
     "rollout_workers reward_workers rollout_semantic_accuracy rollout_acoustic_wer rollout_speech_js_divergence "
     "mismatch_text_mean_abs mismatch_text_max_abs mismatch_speech_mean_abs mismatch_speech_max_abs mismatch_kl"
 ).split()
-EVAL_COLUMNS = ("eval_semantic_accuracy", "eval_acoustic_wer", "eval_speech_js_divergence")
+EVAL_COLUMNS = ("eval_semantic_accuracy", "eval_semantic_accuracy_se", "eval_acoustic_wer", "eval_speech_js_divergence")
 ROLLOUT_COLUMNS = (
     "step prompt_id group_index sample_index policy_version reward reward_toy_answer advantage n_text_tokens "
     "n_speech_tokens finish_reason text response_token_ids"
@@ -140,7 +142,11 @@ def watch_until_done(job, metrics_ports: list[int]) -> dict[str, set[float]]:
     return seen
 
 
-def test_the_main_job_trains_every_step_and_the_toy_reward_rises(main_job, cfg):
+def eval_rows(assets) -> int:
+    return len(pq.read_table(assets.data_file("eval")))
+
+
+def test_the_main_job_trains_every_step_and_the_toy_reward_rises(main_job, cfg, toy_assets):
     run_dir, output, *_ = main_job
     rows, steps = metrics_rows(run_dir), cfg.run.steps
     assert [r["step"] for r in rows] == list(range(1, steps + 1)) and [r["policy_version"] for r in rows] == list(
@@ -149,6 +155,23 @@ def test_the_main_job_trains_every_step_and_the_toy_reward_rises(main_job, cfg):
     for step in range(1, steps + 1):
         assert f"step {step}/{steps} | reward" in output
     assert "ETA" in output and f"done: {steps} steps" in output
+    # the held-out split on the starting policy, then the run's summary against it (driver/heldout.py)
+    assert re.search(
+        r"^held-out at the start: semantic accuracy [0-9.]+ ± [0-9.]+, acoustic WER [0-9.]+$", output, re.M
+    )
+    samples, n_eval = cfg.rollout.group_size * cfg.train.eval_repeats, eval_rows(toy_assets)
+    assert re.search(
+        rf"^held-out \({n_eval} prompts x {samples} samples\): semantic accuracy [0-9.]+ ± [0-9.]+ at the start -> "
+        rf"[0-9.]+ ± [0-9.]+ after step {steps} \(paired gain [-+][0-9.]+ ± [0-9.]+\); "
+        r"acoustic WER [0-9.]+ -> [0-9.]+$",
+        output,
+        re.M,
+    ), output[-3000:]
+    assert HeldOut.from_json((run_dir / "eval_start.json").read_text()).step == 0
+    # the embedded default is built so that training helps on questions it never trains on
+    # (docs/heldout.md: +0.09 to +0.17, ~0.04 standard error, over seeds; the acoustic axis holds)
+    gain = re.search(r"paired gain ([-+][0-9.]+) ± ([0-9.]+)\); acoustic WER ([0-9.]+) -> ([0-9.]+)$", output, re.M)
+    assert float(gain[1]) > 0 and float(gain[4]) <= float(gain[3]) + 0.02, gain[0]
     expected = cfg.model_dump(mode="json")
     expected["run"]["output_dir"] = str(run_dir.parent)
     expected["learner"]["placement"]["resources"] = LEARNER_NODE
@@ -325,7 +348,6 @@ def test_a_job_on_s3_storage_survives_its_learner_a_job_stop_and_a_fresh_cluster
     aside); pruning (keep_checkpoints 2) removed the older checkpoints there; the final policy is
     there."""
     import pyarrow.fs as pafs
-    import pyarrow.parquet as pq
 
     original = main_job[0]
     staged = tmp_path / original.name
@@ -414,7 +436,8 @@ def test_a_submitted_job_stopped_with_ray_job_stop_is_resumed_on_a_fresh_cluster
     checkpoints, the HF policy; up to the stop, the rows and rollouts equal the uninterrupted main
     job's."""
     root = tmp_path / "runs"
-    args = main_job_args(root, toy_assets, "--set", PLACED)
+    # (no evaluation: the eval split sampled before step 1 and after the last would add seconds, not checks)
+    args = main_job_args(root, toy_assets, "--set", PLACED, "--set", "train.eval_every=0")
     env = {"RAY_JOB_STOP_WAIT_TIME_S": "300"}  # time for the step and its checkpoint (README: step 6)
 
     with fresh_two_node_cluster(tmp_path, LEARNER_NODE) as fresh_cluster:

@@ -77,7 +77,7 @@ def test_missing_or_empty_inputs_are_one_line(dry_run, tmp_path, toy_assets, cas
         ),
         "offline DPO without pairs": (
             ["algorithm.objective=dpo", "algorithm.dpo_pairs=offline"],
-            "algorithm.dpo_pairs: offline needs rejected_token_ids in every train row; 124 of 124 have none",
+            "algorithm.dpo_pairs: offline needs rejected_token_ids in every train row; 93 of 93 have none",
         ),
         "fewer rows than a step's prompts": (
             [f"data.train_files=[{bad}]", "data.skip_invalid_rows=true"],

@@ -105,3 +105,16 @@ def test_scorer_on_hand_built_responses(codec):
     assert not scorer.score(right[:-1], 7).well_formed  # no eos
     summary = scorer.evaluate([right, wrong], [7, 7], [right])
     assert summary["semantic_accuracy"] == 0.5 and summary["acoustic_wer"] == 0.0 and summary["well_formed_frac"] == 1.0
+
+
+def test_the_warm_starts_wrong_answers_by_rule():
+    import random
+
+    from wavalign.toy.task import HEDGE
+
+    q = Question(3, "plus", 4)
+    assert all(1 <= abs(q.wrong_result(random.Random(seed)) - 7) <= 3 for seed in range(20))  # nearby
+    assert q.wrong_result(random.Random(0), "next") == 8 and Question(9, "plus", 9).wrong_result(None, "next") == 17
+    assert q.wrong_result(None, "left_operand") == 3 and Question(3, "minus", 0).wrong_result(None, "left_operand") == 4
+    hedged = q.answer_words(q.wrong_result(None, "hedge"))
+    assert hedged == "three plus four is what".split() and parse_answer(hedged) is None and HEDGE == -1

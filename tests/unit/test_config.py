@@ -74,7 +74,7 @@ def problems(tmp_path, overrides=(), tree=None):
         ),
         ("model.path=/ckpt", "data.train_files: the toy data fits only the tiny model"),
         ("toy.min_word_tokens=5", "toy.min_word_tokens: 5 > max_word_tokens (4)"),
-        ("toy.warm_start.correct_rate_min=0.9", "toy.warm_start.correct_rate_min: 0.9 > correct_rate_max (0.8)"),
+        ("toy.warm_start.correct_rate_min=0.95", "toy.warm_start.correct_rate_min: 0.95 > correct_rate_max (0.9)"),
         ("reward.default_score=9", "reward.default_score: 9.0 lies outside [scale_min, scale_max]"),
         ("run=3", "run: Input should be a valid dictionary"),
         (

@@ -96,7 +96,9 @@ def _label_noise(questions: list, toy: ToyConfig) -> list[tuple[float, int]]:
     """Per question: a seeded rate of right references and a fixed wrong result (see WarmStartConfig)."""
     rng = random.Random(toy.seed)
     ws = toy.warm_start
-    return [(rng.uniform(ws.correct_rate_min, ws.correct_rate_max), q.wrong_result(rng)) for q in questions]
+    return [
+        (rng.uniform(ws.correct_rate_min, ws.correct_rate_max), q.wrong_result(rng, ws.wrong_answer)) for q in questions
+    ]
 
 
 def _noisy_references(questions: list, rows: list, noise: list, encoder: ToyEncoder) -> ReferenceFor:
@@ -132,8 +134,8 @@ def _build(out: Path, toy: ToyConfig, layout_cfg: LayoutConfig, log: Callable[[s
     assets = ToyAssets(out)
 
     train_q, eval_q = split_questions(questions, toy.eval_fraction, toy.seed)
-    noise = _label_noise(train_q, toy)
-    stated = {"train": _sft_results(train_q, noise, toy), "eval": [None] * len(eval_q)}
+    noise = _label_noise(train_q + eval_q, toy)  # the train questions' first: the same draws either way
+    stated = {"train": _sft_results(train_q, noise[: len(train_q)], toy), "eval": [None] * len(eval_q)}
     for split, questions in (("train", train_q), ("eval", eval_q)):
         rows = [encoder.row(q, f"toy-{split}-{i:04d}", s) for i, (q, s) in enumerate(zip(questions, stated[split]))]
         for suffix in (".jsonl", ".parquet"):
@@ -147,8 +149,12 @@ def _build(out: Path, toy: ToyConfig, layout_cfg: LayoutConfig, log: Callable[[s
     model = build_tiny_model(len(tokenizer), layout, toy)
     log(f"toy assets: tiny Qwen2 model, {sum(p.numel() for p in model.parameters()):,} parameters")
     scorer = toy_scorer(layout, toy, tokenizer)
-    reference_for = _noisy_references(train_q, train_rows, noise, encoder)
-    result = warm_start(model, train_rows, reference_for, scorer, toy.warm_start, toy.seed, log)
+    # the warm start's questions: the train split, or (warm_start.questions: all) every question, as
+    # a pretrained model knows more than its post-training data holds
+    every = toy.warm_start.questions == "all"
+    taught_q, taught_rows = (train_q + eval_q, train_rows + eval_rows) if every else (train_q, train_rows)
+    reference_for = _noisy_references(taught_q, taught_rows, noise[: len(taught_q)], encoder)
+    result = warm_start(model, taught_rows, reference_for, scorer, toy.warm_start, toy.seed, log)
     model.save_pretrained(assets.model_dir, safe_serialization=True)
     tokenizer.save_pretrained(assets.model_dir)
 

@@ -89,7 +89,7 @@ def generate(
 ReferenceFor = Callable[[PromptRow, random.Random], Sequence[int]]
 
 
-def _training_batch(pairs: Sequence[tuple[Sequence[int], Sequence[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+def training_batch(pairs: Sequence[tuple[Sequence[int], Sequence[int]]], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-padded (prompt, answer) pairs; labels only on the answer (assistant) tokens."""
     width = max(len(prompt) + len(answer) for prompt, answer in pairs)
     ids, labels, mask = [], [], []
@@ -126,7 +126,7 @@ def warm_start(
         model.train()
         batch = rng.sample(list(rows), min(cfg.batch_size, len(rows)))
         pairs = [(r.prompt_token_ids, reference_for(r, rng)) for r in batch]
-        loss = model(**_training_batch(pairs, scorer.layout.pad_id)).loss
+        loss = model(**training_batch(pairs, scorer.layout.pad_id)).loss
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -17,7 +17,7 @@ from wavalign.config import LayoutConfig
 from wavalign.interleave import interleave
 from wavalign.layout import SpeechLayout
 from wavalign.toy.codec import ToyCodec
-from wavalign.toy.task import AUDIO_PLACEHOLDER, SYSTEM_PROMPT, Question
+from wavalign.toy.task import AUDIO_PLACEHOLDER, HEDGE, SYSTEM_PROMPT, Question
 
 Encode = Callable[[str], list[int]]
 
@@ -73,5 +73,5 @@ def toy_corpus(questions: list[Question]) -> list[str]:
     lines = [SYSTEM_PROMPT, "system", "user", "assistant"]
     for q in questions:
         lines += [" ".join(q.question_words()), " ".join(q.answer_words()) + "\n"]
-        lines += [" ".join(q.answer_words(r)) + "\n" for r in range(19)]  # every stated result
+        lines += [" ".join(q.answer_words(r)) + "\n" for r in (*range(19), HEDGE)]  # every stated result
     return lines

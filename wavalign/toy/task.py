@@ -23,6 +23,7 @@ SYSTEM_PROMPT = "you are a voice assistant"
 AUDIO_PLACEHOLDER = "<|audio|>"
 ROLE_WORDS = ("system", "user", "assistant")
 TASK_WORDS = ("what", "is", *OPERATORS)
+HEDGE, HEDGE_WORD = -1, "what"  # a stated "result" that is none: "three plus four is what"
 
 
 def vocabulary_words() -> list[str]:
@@ -52,12 +53,22 @@ class Question:
         return ["what", "is", NUMBER_WORDS[self.left], self.operator, NUMBER_WORDS[self.right]]
 
     def answer_words(self, stated_result: int | None = None) -> list[str]:
-        """The spoken answer; `stated_result` replaces the true result (for deliberately wrong answers)."""
+        """The spoken answer; `stated_result` replaces the true result (for deliberately wrong answers;
+        HEDGE: "what" in its place, an answer with no result)."""
         result = self.result if stated_result is None else stated_result
-        return [NUMBER_WORDS[self.left], self.operator, NUMBER_WORDS[self.right], "is", NUMBER_WORDS[result]]
+        stated = HEDGE_WORD if result == HEDGE else NUMBER_WORDS[result]
+        return [NUMBER_WORDS[self.left], self.operator, NUMBER_WORDS[self.right], "is", stated]
 
-    def wrong_result(self, rng: random.Random) -> int:
-        """A plausible wrong result: off by 1 to 3, kept within the number words."""
+    def wrong_result(self, rng: random.Random, rule: str = "nearby") -> int:
+        """A plausible wrong result, within the number words: `nearby` one off by 1 to 3 (seeded),
+        `next` the result + 1 (- 1 at the top), `left_operand` the first number (+ 1 where that is
+        the result); `hedge`: HEDGE, no result at all (the question's own "what" in its place)."""
+        if rule == "hedge":
+            return HEDGE
+        if rule == "next":
+            return self.result + 1 if self.result + 1 < len(NUMBER_WORDS) else self.result - 1
+        if rule == "left_operand":
+            return self.left if self.left != self.result else self.left + 1
         candidates = [r for d in (1, 2, 3) for r in (self.result - d, self.result + d) if 0 <= r < len(NUMBER_WORDS)]
         return rng.choice(candidates)
 
