@@ -33,19 +33,27 @@ def evaluate(
 
 
 def heldout(
-    cfg: PipelineConfig, tokenizer, layout, rows: Sequence[PromptRow], records: Sequence[RolloutRecord], step: int
+    cfg: PipelineConfig,
+    tokenizer,
+    layout,
+    rows: Sequence[PromptRow],
+    records: Sequence[RolloutRecord],
+    step: int,
+    overall: dict[str, float],
 ) -> HeldOut:
-    """Toy rows: the split's semantic accuracy and acoustic WER, and each prompt's accuracy."""
+    """Toy rows: the split's semantic accuracy and acoustic WER (`overall`: what `evaluate` gave for
+    these records), and each prompt's accuracy."""
     from wavalign.toy.assets import toy_scorer
 
     scorer = toy_scorer(layout, cfg.toy, tokenizer)
-    overall = evaluate(cfg, tokenizer, layout, rows, records)
-    per_prompt = {}
-    for row in rows:
-        mine = [r.response_token_ids for r in records if r.prompt_id == row.row_id]
-        if mine:
-            answers = [int(row.answer)] * len(mine)
-            per_prompt[row.row_id] = scorer.evaluate(mine, answers, [row.reference_token_ids])["semantic_accuracy"]
+    by_prompt: dict[str, list[Sequence[int]]] = {}
+    for r in records:
+        by_prompt.setdefault(r.prompt_id, []).append(r.response_token_ids)
+    per_prompt = {
+        row.row_id: scorer.evaluate(mine, [int(row.answer)] * len(mine), [row.reference_token_ids])["semantic_accuracy"]
+        for row in rows
+        if (mine := by_prompt.get(row.row_id))
+    }
     return HeldOut(
         step=step,
         semantic_accuracy=overall["semantic_accuracy"],

@@ -34,7 +34,20 @@ class HeldOut:
 
     @classmethod
     def from_json(cls, text: str) -> HeldOut:
-        return cls(**json.loads(text))
+        """ValueError (one line) for text that is not a HeldOut's JSON."""
+        try:
+            fields = json.loads(text)
+            held = cls(**fields)
+            per_prompt = {str(k): float(v) for k, v in held.per_prompt.items()}
+            return cls(
+                int(held.step),
+                float(held.semantic_accuracy),
+                float(held.acoustic_wer),
+                per_prompt,
+                int(held.samples_per_prompt),
+            )
+        except (ValueError, TypeError, AttributeError) as err:
+            raise ValueError(f"not the held-out figures of a run ({' '.join(str(err).split())})") from None
 
 
 def standard_error(values: Sequence[float]) -> float:

@@ -377,7 +377,7 @@ class Pipeline:
         records = [replace(r, prompt_id=r.prompt_id.rsplit(REPEAT, 1)[0]) for r in sampled]
         found = evaluate(self.cfg, self.tokenizer, self.layout, self.eval_rows, records)
         if scored_by_toy_task(self.cfg, self.eval_rows):
-            self.heldout_last = heldout(self.cfg, self.tokenizer, self.layout, self.eval_rows, records, step)
+            self.heldout_last = heldout(self.cfg, self.tokenizer, self.layout, self.eval_rows, records, step, found)
             found["semantic_accuracy_se"] = self.heldout_last.semantic_accuracy_se
         return {f"eval_{k}": v for k, v in found.items()}
 
@@ -401,7 +401,10 @@ class Pipeline:
                 flush=True,
             )
         elif self.store.exists(HELDOUT_START):
-            self.heldout_start = HeldOut.from_json(self.store.fetch(HELDOUT_START).read_text())
+            try:
+                self.heldout_start = HeldOut.from_json(self.store.fetch(HELDOUT_START).read_text())
+            except (OSError, ValueError) as err:  # the summary then gives the final figures alone
+                print(f"warning: {HELDOUT_START}: {err}; the held-out summary will lack the start", flush=True)
 
     def heldout_summary(self) -> str | None:
         """The held-out line of a finished run (the final policy evaluated now if the last step was

@@ -35,3 +35,19 @@ def test_summary_line_says_start_end_gain_and_wer():
     assert "0.667 ± 0.220 after step 40 (paired gain +0.167 ± 0.083); acoustic WER 0.020 -> 0.030" in line
     assert summary_line(None, end).endswith("semantic accuracy 0.667 ± 0.220 after step 40; acoustic WER 0.030")
     assert HeldOut.from_json(end.to_json()) == end
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "{",
+        "[]",
+        '{"step": 0}',
+        '{"step": 0, "semantic_accuracy": 0.5, "acoustic_wer": 0.1, "per_prompt": [1], "samples_per_prompt": 4}',
+    ],
+)
+def test_a_file_that_is_not_held_out_figures_is_one_value_error(text):
+    with pytest.raises(ValueError, match="^not the held-out figures of a run \\(") as err:
+        HeldOut.from_json(text)
+    assert "\n" not in str(err.value)
