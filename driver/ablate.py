@@ -57,7 +57,6 @@ TASKS = {
         "reward.toy_flip_prob=0.1",
         "rollout.max_new_tokens=128",
         "learner.grad_norm_every=5",
-        "train.eval_every=15",
     ],
     "default": [],  # pipeline.yaml's toy task as it is (quick checks)
 }
@@ -66,7 +65,19 @@ TASKS = {
 # consistent with its own text; speech codes distributed like the references').
 STEP_AXES = ("rollout_semantic_accuracy", "rollout_acoustic_wer", "rollout_speech_js_divergence")
 EVAL_AXES = ("eval_semantic_accuracy", "eval_acoustic_wer", "eval_speech_js_divergence")
-COLUMNS = (*STEP_AXES, *EVAL_AXES, "lambda_mean", "reward_mean", "grad_norm_text", "grad_norm_speech")
+START_AXES = ("eval_start_semantic_accuracy", "eval_start_acoustic_wer")  # the eval split before step 1
+COLUMNS = (
+    *STEP_AXES,
+    *EVAL_AXES,
+    "eval_gain",
+    "lambda_mean",
+    "reward_mean",
+    "grad_norm_text",
+    "grad_norm_speech",
+)
+# The paper's comparisons, per seed (the same warm start, the same seed: the differences are paired).
+PAIRS = (("d", "c"), ("d", "e"), ("d", "b"), ("a", "b"))
+PAIRED_AXES = ("eval_semantic_accuracy", "eval_acoustic_wer", "rollout_semantic_accuracy", "rollout_acoustic_wer")
 CURVES = (*STEP_AXES, "reward_mean", "lambda", "grad_norm_text", "grad_norm_speech", "speech_entropy")
 
 
@@ -108,24 +119,63 @@ def _mean(values) -> float | None:
 
 def summarise(rows: list[dict], arm: str, seed: int, run_dir: Path) -> dict:
     """A run's result: step axes and rewards averaged over its last quarter of steps (per-step
-    samples are few), eval axes from its last evaluation, λ and gradient norms over the run."""
+    samples are few), eval axes from its last evaluation and from its start (eval_start.json, when
+    the run measured it), λ and gradient norms over the run."""
     last_quarter = rows[-max(1, len(rows) // 4) :]
     evaluated = [r for r in rows if r.get(EVAL_AXES[0]) is not None]
     result = {"arm": ARMS[arm][0], "seed": seed, "run_dir": str(run_dir)}
     result.update({axis: _mean(r.get(axis) for r in last_quarter) for axis in (*STEP_AXES, "reward_mean")})
     result.update({axis: evaluated[-1].get(axis) if evaluated else None for axis in EVAL_AXES})
+    start = _heldout_start(run_dir)
+    result[START_AXES[0]] = start.semantic_accuracy if start else None
+    result[START_AXES[1]] = start.acoustic_wer if start else None
+    final = result[EVAL_AXES[0]]
+    result["eval_gain"] = final - start.semantic_accuracy if start and final is not None else None
     result["lambda_mean"] = _mean(r["lambda"] for r in rows)
     result.update({key: _mean(r.get(key) for r in rows) for key in ("grad_norm_text", "grad_norm_speech")})
     return result
 
 
-def warm_start_row(all_rows: list[list[dict]]) -> dict:
-    """The starting point: step 1's samples come from the warm-started policy in every run."""
+def _heldout_start(run_dir: Path):
+    from driver.heldout import HeldOut
+    from driver.pipeline import HELDOUT_START
+
+    path = Path(run_dir) / HELDOUT_START
+    return HeldOut.from_json(path.read_text()) if path.exists() else None
+
+
+def warm_start_row(all_rows: list[list[dict]], results: list[dict] = ()) -> dict:
+    """The starting point: step 1's samples come from the warm-started policy in every run, and the
+    eval split measured before step 1 (the same policy: the mean over the runs that measured it)."""
     firsts = [rows[0] for rows in all_rows if rows]
     return {
         "arm": "warm start (step 1)",
         **{axis: _mean(r.get(axis) for r in firsts) for axis in (*STEP_AXES, "reward_mean")},
+        **{axis: _mean(r.get(start) for r in results) for axis, start in zip(EVAL_AXES, START_AXES)},
     }
+
+
+def paired_differences(results: list[dict]) -> str:
+    """For each of the paper's comparisons, per seed, arm x minus arm y on the held-out and the
+    step axes; mean ± std over the seeds both arms ran, and the count of seeds where x is ahead."""
+    by_key = {(r["arm"], r["seed"]): r for r in results}
+    lines = [
+        "| difference | seeds | " + " | ".join(PAIRED_AXES) + " |",
+        "|---|---|" + "---|" * len(PAIRED_AXES),
+    ]
+    for x, y in PAIRS:
+        name_x, name_y = ARMS[x][0], ARMS[y][0]
+        seeds = sorted({s for a, s in by_key if a == name_x} & {s for a, s in by_key if a == name_y})
+        if not seeds:
+            continue
+        cells = []
+        for axis in PAIRED_AXES:
+            pairs = [(by_key[name_x, s][axis], by_key[name_y, s][axis]) for s in seeds]
+            diffs = [vx - vy for vx, vy in pairs if vx is not None and vy is not None]
+            per_seed = ", ".join(f"{d:+.3f}" for d in diffs)
+            cells.append(f"{_cell(diffs)} ({per_seed})" if diffs else "-")
+        lines.append(f"| {x}-{y} ({name_x} - {name_y}) | {len(seeds)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n" if len(lines) > 2 else ""
 
 
 def _cell(values: list[float]) -> str:
@@ -238,11 +288,16 @@ def main(argv: list[str] | None = None) -> int:
                 write_parquet_atomic(out / "results.parquet", pa.Table.from_pylist(results))
     finally:
         ray.shutdown()
-    table = results_table(results, warm_start_row(list(runs.values())))
+    table = results_table(results, warm_start_row(list(runs.values()), results))
+    differences = paired_differences(results)
+    if differences:
+        table += "\nPaired differences per seed (mean ± std over seeds; each seed's value in brackets):\n\n"
+        table += differences
     header = (
         f"# Ablation: {len(arms)} arms x {len(seeds)} seeds, {args.steps} steps, task '{args.task}'\n\n"
         f"Settings on top of {args.config}: {' '.join(sets) or '(none)'}\n\n"
-        f"Step axes and reward: mean over each run's last quarter of steps; eval axes: the last evaluation.\n\n"
+        f"Step axes and reward: mean over each run's last quarter of steps; eval axes: the last evaluation; "
+        f"eval_gain: the last evaluation's semantic accuracy minus the same run's before step 1.\n\n"
     )
     write_text_atomic(out / "results.md", header + table)
     plot_curves(results, runs, out)

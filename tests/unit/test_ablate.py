@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from driver.ablate import ARMS, results_table, smoothed, summarise, warm_start_row
+from driver.ablate import ARMS, paired_differences, results_table, smoothed, summarise, warm_start_row
+from driver.heldout import HeldOut
 
 NAN = float("nan")
 
@@ -37,6 +38,42 @@ def test_summarise_last_quarter_last_eval_and_run_means():
     assert result["eval_semantic_accuracy"] == 0.5 and result["eval_acoustic_wer"] is None  # not recorded
     assert result["lambda_mean"] == pytest.approx(0.2)
     assert result["grad_norm_text"] is None and result["grad_norm_speech"] is None  # NaN / missing only
+    assert result["eval_start_semantic_accuracy"] is None and result["eval_gain"] is None  # no eval_start.json
+
+
+def test_summarise_gain_over_the_runs_own_start(tmp_path):
+    (tmp_path / "eval_start.json").write_text(HeldOut(0, 0.125, 0.02, {"p1": 0.0, "p2": 0.25}, 8).to_json())
+    result = summarise(rows([0.5] * 4, [0.2] * 4, eval_at=4), "e", 1, tmp_path)
+    assert result["eval_start_semantic_accuracy"] == 0.125 and result["eval_start_acoustic_wer"] == 0.02
+    assert result["eval_gain"] == pytest.approx(0.375)  # 0.5 at the last evaluation
+    start = warm_start_row([rows([0.5] * 4, [0.2] * 4)], [result])
+    assert start["eval_semantic_accuracy"] == 0.125 and start["eval_acoustic_wer"] == 0.02
+
+
+def test_paired_differences_per_seed():
+    def result(arm, seed, accuracy, wer):
+        return {
+            "arm": arm,
+            "seed": seed,
+            "eval_semantic_accuracy": accuracy,
+            "eval_acoustic_wer": wer,
+            "rollout_semantic_accuracy": None,
+            "rollout_acoustic_wer": 0.0,
+        }
+
+    results = [
+        result("wavalign", 1, 0.5, 0.1),
+        result("wavalign", 2, 0.25, 0.1),
+        result("text_rl_fixed", 1, 0.25, 0.0),
+        result("text_rl_fixed", 2, 0.5, 0.0),
+        result("sft_only", 1, 0.25, 0.1),
+    ]
+    lines = paired_differences(results).splitlines()
+    assert len(lines) == 4  # header, rule, d-c, d-e (no arm b or a ran)
+    assert lines[2].startswith("| d-c (wavalign - text_rl_fixed) | 2 | 0.000 ± 0.354 (+0.250, -0.250) | 0.100 ± 0.000")
+    assert lines[2].endswith("| - | 0.000 ± 0.000 (+0.000, +0.000) |")  # None on both sides: no difference
+    assert lines[3].startswith("| d-e (wavalign - sft_only) | 1 | 0.250 (+0.250) | 0.000 (+0.000) |")
+    assert paired_differences([result("wavalign", 1, 0.5, 0.1)]) == ""
 
 
 def test_results_table_mean_and_spread_over_seeds():
