@@ -13,10 +13,9 @@ import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from rewards.registry import build_reward_functions
+from rewards.registry import build_reward_functions, speech_decoder_factory
 from rewards.scores import checked_scores
-from rewards.speech import ToySpeechDecoder
-from rewards.types import ScoredResponse
+from rewards.types import Audio, ScoredResponse
 from wavalign.config import PipelineConfig
 from wavalign.failpoints import failpoint
 from wavalign.interleave import response_channels, text_string
@@ -36,7 +35,7 @@ class RewardWorker:
             cfg = cfg.model_copy(update={"reward": cfg.reward.model_copy(update={"reward_model_path": str(local)})})
         self.functions = build_reward_functions(cfg.reward, cfg.run.seed)
         self.weights = {spec.name: spec.weight for spec in cfg.reward.functions}
-        self.decoder = ToySpeechDecoder() if cfg.reward.speech_decoder == "toy" else None
+        self.decoder = speech_decoder_factory(cfg.reward)()
         self.reward_cfg = cfg.reward
         self.invalid_scores = {name: 0 for name in self.functions}  # replaced by the default score, per function
 
@@ -45,7 +44,7 @@ class RewardWorker:
 
     def view(self, request: RewardRequest) -> ScoredResponse:
         text_ids, codes, _ = response_channels(request.response_token_ids, self.layout)
-        audio = self.decoder.decode(codes) if self.decoder is not None and codes else None
+        audio = checked_audio(self.decoder.decode(codes)) if self.decoder is not None and codes else None
         return ScoredResponse(
             question=request.question_text,
             text=text_string(text_ids, self.tokenizer),
@@ -88,3 +87,15 @@ class RewardWorker:
             if hasattr(fn, "counters"):
                 out.update({f"{name}/{key}": value for key, value in fn.counters().items()})
         return out
+
+
+def checked_audio(audio) -> Audio:
+    """A speech decoder's answer, checked before any reward function reads it: a plug-in that
+    returns something else is a one-line error naming what it returned."""
+    rate = getattr(audio, "sample_rate", None)
+    if not isinstance(audio, Audio) or not isinstance(rate, int) or rate <= 0:
+        raise TypeError(
+            f"reward.speech_decoder: decode() returned {type(audio).__name__} (sample_rate {rate!r}), "
+            "not rewards.types.Audio with a positive integer sample_rate"
+        )
+    return audio

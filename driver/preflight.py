@@ -51,10 +51,34 @@ def check_reward_functions(cfg: PipelineConfig) -> None:
             raise PreflightError(_one_line(err)) from None
 
 
+def check_plugins(cfg: PipelineConfig, log=print) -> None:
+    """The plug-ins (reward functions and speech decoder by import path) import and take the
+    arguments the pipeline passes, with the shipped code (reward.runtime_env's local py_modules and
+    working_dir) importable as it will be in the reward workers."""
+    from rewards.registry import reward_function_factories, speech_decoder_factory
+    from wavalign.plugins import PluginError, import_roots, importable
+
+    env, base = cfg.reward.runtime_env, Path.cwd()
+    shipped = [(f"py_modules[{i}]", entry) for i, entry in enumerate(env.py_modules)]
+    shipped += [("working_dir", env.working_dir)] if env.working_dir else []
+    for key, entry in shipped:
+        if "://" not in entry and not (base / entry).exists():
+            raise PreflightError(f"reward.runtime_env.{key}: {entry}: no such file or folder (from {base})")
+    with importable(import_roots(env.py_modules, env.working_dir, base)):
+        try:
+            reward_function_factories(cfg.reward, cfg.run.seed)
+            speech_decoder_factory(cfg.reward)
+        except PluginError as err:
+            if not (env.pip and "no module named" in str(err)):
+                raise PreflightError(str(err)) from None
+            log(f"note: {err}; left to the reward workers, which install reward.runtime_env.pip first")
+
+
 def preflight(cfg: PipelineConfig, build_toy: bool = True, log=print) -> Inputs | None:
     """Run every check; build the toy assets first when the config uses them and they are missing
     (with build_toy=False, as a dry run: say so and skip the policy and data checks, None)."""
     check_reward_functions(cfg)
+    check_plugins(cfg, log)
     from driver.inputs import read_prompt_rows, resolve_inputs
     from wavalign.model_files import load_tokenizer_and_layout
     from wavalign.toy.cache import foreign_assets_dir, toy_assets_ready

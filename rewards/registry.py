@@ -1,13 +1,17 @@
-"""Building the configured reward functions (by name) from the config."""
+"""Building the configured reward functions and speech decoder: built-ins by name, plug-ins by import path."""
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Callable
 
 from rewards.judge import ACOUSTIC_RUBRIC, HOLISTIC_RUBRIC, SEMANTIC_RUBRIC, JudgeSettings, OpenAIJudge, TwoJudges
+from rewards.speech import SpeechDecoder
 from rewards.toy import NoisyToyJudge, toy_answer_reward
 from rewards.types import RewardFn
 from wavalign.config import ConfigError, RewardConfig, http_url_problem
+from wavalign.plugins import decoder_factory, reward_factory
 
 URL_ENV = "WAVALIGN_REWARD_API_BASE"
 # A judge call ends within this share of reward.timeout_s, so a chunk's scoring (decoding, the
@@ -55,20 +59,50 @@ def build_judge(cfg: RewardConfig) -> OpenAIJudge | TwoJudges:
     )
 
 
+def _toy_answer(cfg: RewardConfig, seed: int) -> RewardFn:
+    if cfg.toy_noise_std > 0 or cfg.toy_flip_prob > 0:
+        return NoisyToyJudge(cfg.toy_noise_std, cfg.toy_flip_prob, seed, cfg.scale_min, cfg.scale_max)
+    return toy_answer_reward
+
+
+def _reward_model(cfg: RewardConfig, seed: int) -> RewardFn:
+    from rewards.reward_model import HFRewardModel  # torch + transformers: only when listed
+
+    return HFRewardModel(cfg.reward_model_path, scale=(cfg.scale_min, cfg.scale_max))
+
+
+# The built-in reward functions by name (wavalign/config.py: BUILTIN_REWARD_FUNCTIONS), each built
+# from the reward section and the run's seed; every other function is a plug-in by import path.
+BUILTIN_FUNCTIONS: dict[str, Callable[[RewardConfig, int], RewardFn]] = {
+    "toy_answer": _toy_answer,
+    "judge": lambda cfg, seed: build_judge(cfg),
+    "reward_model": _reward_model,
+}
+# The built-in speech decoders by name: the same loader as a plug-in's ("none": no audio).
+BUILTIN_DECODERS = {"toy": "rewards.speech:ToySpeechDecoder", "none": None}
+
+
+def reward_function_factories(cfg: RewardConfig, seed: int = 0) -> dict[str, Callable[[], RewardFn]]:
+    """Each configured function's builder, by name; a plug-in is imported and its signature checked
+    here (PluginError naming reward.functions[i].path), built only when its builder is called."""
+    factories = {}
+    for i, spec in enumerate(cfg.functions):
+        if spec.path is None:
+            factories[spec.name] = functools.partial(BUILTIN_FUNCTIONS[spec.name], cfg, seed)
+        else:
+            factories[spec.name] = reward_factory(spec.path, spec.kwargs, f"reward.functions[{i}].path")
+    return factories
+
+
 def build_reward_functions(cfg: RewardConfig, seed: int = 0) -> dict[str, RewardFn]:
     """`seed` (the run's) seeds the toy answer's judge noise when there is any."""
-    functions: dict[str, RewardFn] = {}
-    for spec in cfg.functions:
-        if spec.name == "toy_answer" and (cfg.toy_noise_std > 0 or cfg.toy_flip_prob > 0):
-            functions[spec.name] = NoisyToyJudge(
-                cfg.toy_noise_std, cfg.toy_flip_prob, seed, cfg.scale_min, cfg.scale_max
-            )
-        elif spec.name == "toy_answer":
-            functions[spec.name] = toy_answer_reward
-        elif spec.name == "judge":
-            functions[spec.name] = build_judge(cfg)
-        else:
-            from rewards.reward_model import HFRewardModel
+    return {name: build() for name, build in reward_function_factories(cfg, seed).items()}
 
-            functions[spec.name] = HFRewardModel(cfg.reward_model_path, scale=(cfg.scale_min, cfg.scale_max))
-    return functions
+
+def speech_decoder_factory(cfg: RewardConfig) -> Callable[[], SpeechDecoder | None]:
+    """The configured speech decoder's builder (a plug-in is imported and checked here)."""
+    spec = cfg.speech_decoder
+    path = BUILTIN_DECODERS.get(spec.path, spec.path)
+    if path is None:
+        return lambda: None
+    return decoder_factory(path, spec.kwargs, "reward.speech_decoder.path")

@@ -10,6 +10,7 @@ Pure module: imports pydantic and the standard library only.
 
 from __future__ import annotations
 
+import os
 import re
 import urllib.parse
 from typing import Any, Literal
@@ -361,9 +362,95 @@ class JudgeConfig(Section):
         return self
 
 
+# The reward functions and speech decoders the project ships (rewards/registry.py builds them); any
+# other is a plug-in named by its import path.
+BUILTIN_REWARD_FUNCTIONS = ("toy_answer", "judge", "reward_model")
+BUILTIN_SPEECH_DECODERS = ("toy", "none")
+_IMPORT_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+
+
+def import_path_problem(path: str) -> str | None:
+    """Why `path` is not 'package.module:attribute', or None."""
+    if _IMPORT_PATH.fullmatch(path):
+        return None
+    return f"{path!r} is not an import path 'package.module:attribute'"
+
+
 class RewardFunctionConfig(Section):
-    name: Literal["toy_answer", "judge", "reward_model"]
+    """A built-in reward function (by name), or a plug-in: `path` names a callable with the reward
+    signature (rewards/types.py: RewardFn; kwargs are passed with each call) or a class built once per
+    reward worker with the kwargs, whose instances are such callables."""
+
+    name: str = Field(description="the function's column (reward_<name>); a built-in's name when path is null")
     weight: float = Field(1.0, ge=0)
+    path: str | None = Field(None, description="'package.module:attribute' of a plug-in; null = the built-in")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="a plug-in's keyword arguments")
+
+    @model_validator(mode="after")
+    def _check(self) -> RewardFunctionConfig:
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", self.name):
+            raise ConfigError("name", f"{self.name!r} is not a plain name (letters, digits, '_'): it names columns")
+        if self.path is None and self.name not in BUILTIN_REWARD_FUNCTIONS:
+            raise ConfigError(
+                "path",
+                f"{self.name!r} is not a built-in reward function ({', '.join(BUILTIN_REWARD_FUNCTIONS)}): "
+                "give the import path of yours",
+            )
+        if self.path is not None and (problem := import_path_problem(self.path)):
+            raise ConfigError("path", problem)
+        if self.path is None and self.kwargs:
+            raise ConfigError("kwargs", f"the built-in {self.name!r} takes its settings from the reward section")
+        return self
+
+
+class SpeechDecoderConfig(Section):
+    """Speech codes -> audio for the reward functions (the judge hears it): a built-in, or a plug-in
+    class implementing rewards/speech.py: SpeechDecoder, built once per reward worker with kwargs."""
+
+    path: str = Field("toy", description="toy | none | 'package.module:Class' of your decoder")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="the plug-in's constructor arguments")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _name_alone(cls, value: Any) -> Any:
+        """`speech_decoder: toy` is short for `speech_decoder: {path: toy}`."""
+        return {"path": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _check(self) -> SpeechDecoderConfig:
+        if self.path not in BUILTIN_SPEECH_DECODERS and (problem := import_path_problem(self.path)):
+            raise ConfigError("path", f"{problem}, nor a built-in ({', '.join(BUILTIN_SPEECH_DECODERS)})")
+        if self.path in BUILTIN_SPEECH_DECODERS and self.kwargs:
+            raise ConfigError("kwargs", f"the built-in decoder {self.path!r} takes none")
+        return self
+
+
+class RuntimeEnvConfig(Section):
+    """What a role's workers need from outside the project, shipped by Ray to every node they run on
+    (Ray's runtime_env): the plug-ins' own code and packages, so `ray job submit` needs nothing
+    installed by hand. Local paths are relative to the driver's working directory."""
+
+    py_modules: list[str] = Field(
+        default_factory=list, description="package folders, .whl/.zip files or remote URIs, importable in the workers"
+    )
+    working_dir: str | None = Field(None, description="a folder (or URI) the workers start in, importable")
+    pip: list[str] = Field(default_factory=list, description="pip requirements installed for the workers")
+    env_vars: dict[str, str] = Field(default_factory=dict, description="environment variables of the workers")
+
+    def ray_runtime_env(self, base: str) -> dict[str, Any]:
+        """Ray's runtime_env dict (only the keys set), local paths made absolute from `base` (the
+        driver's working directory: Ray uploads them from there)."""
+
+        def local(entry: str) -> str:
+            return entry if "://" in entry else os.path.normpath(os.path.join(base, entry))
+
+        fields = {
+            "py_modules": [local(entry) for entry in self.py_modules],
+            "working_dir": local(self.working_dir) if self.working_dir else None,
+            "pip": self.pip,
+            "env_vars": self.env_vars,
+        }
+        return {key: value for key, value in fields.items() if value}
 
 
 class RewardConfig(Section):
@@ -375,7 +462,12 @@ class RewardConfig(Section):
     )
     judge: JudgeConfig = JudgeConfig()
     reward_model_path: str | None = Field(None, description="local HF sequence-classification model directory")
-    speech_decoder: Literal["toy", "none"] = Field("toy", description="speech codes -> audio for the judge")
+    speech_decoder: SpeechDecoderConfig = Field(
+        default_factory=SpeechDecoderConfig, description="speech codes -> audio for the reward functions"
+    )
+    runtime_env: RuntimeEnvConfig = Field(
+        default_factory=RuntimeEnvConfig, description="the plug-ins' code and packages, shipped to the reward workers"
+    )
     toy_noise_std: float = Field(0.0, ge=0, description="toy_answer as a noisy judge: Gaussian noise on its score")
     toy_flip_prob: float = Field(0.0, ge=0, le=1, description="... and the chance its right/wrong verdict is reversed")
     num_workers: int = Field(1, ge=1, description="reward workers")

@@ -6,6 +6,8 @@ checkpoints, its curves — the exact resume of a stopped run against it, and bo
 
 from __future__ import annotations
 
+import base64
+import io
 import math
 import os
 import re
@@ -17,6 +19,7 @@ import sys
 import threading
 import time
 import urllib.request
+import wave
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -483,20 +486,39 @@ def test_a_submitted_job_stopped_with_ray_job_stop_is_resumed_on_a_fresh_cluster
     assert any(p.suffix == ".safetensors" for p in (run_dir / "policy").iterdir())
 
 
-def test_bounded_staleness_on_the_exported_policy_with_a_failing_judge_and_nan_rewards(
-    main_job, tmp_path, address, toy_assets
+EXAMPLE_PLUGINS = ROOT / "examples" / "plugins" / "wavalign_example_plugins"
+# The example plug-ins as a user names them: two reward functions of theirs beside the built-ins, and
+# their speech decoder (16 kHz chirps of 50 ms a code, so the judge's audio shows whose it is).
+PLUGIN_SETS = {
+    "reward.functions": (
+        "[{name: toy_answer, weight: 0.4}, {name: judge, weight: 0.4}, "
+        "{name: concise, path: 'wavalign_example_plugins.rewards:concise', kwargs: {slack_words: 1}, weight: 0.1}, "
+        "{name: pace, path: 'wavalign_example_plugins.rewards:SpeechPace', kwargs: {seconds_per_word: 0.3}, "
+        "weight: 0.1}]"
+    ),
+    "reward.speech_decoder": (
+        "{path: 'wavalign_example_plugins.codec:ChirpDecoder', kwargs: {sample_rate: 16000, seconds_per_code: 0.05}}"
+    ),
+}
+
+
+def test_bounded_staleness_and_user_plugins_on_the_exported_policy_with_a_failing_judge_and_nan_rewards(
+    main_job, tmp_path, job_server, toy_assets
 ):
     """train.max_staleness 1: step 2 is sampled (by the weights before step 1) while the learner takes
     step 1, and the learner applies the importance ratio. The run starts from the main job's exported
-    policy: an HF directory that vLLM and the learner load as they load users' checkpoints. Its world
-    misbehaves: the judge drops 30% of its connections and hangs on 10% of its requests, and one
-    scoring call's functions return NaN for every other response; every step still finishes, with
-    the failures counted and λ and the losses finite."""
+    policy: an HF directory that vLLM and the learner load as they load users' checkpoints. It is
+    submitted with `ray job submit` and scores with a user's plug-ins — reward functions and a speech
+    decoder from a package outside the project, shipped to the reward workers by
+    reward.runtime_env.py_modules. Its world misbehaves: the judge drops 30% of its connections and
+    hangs on 10% of its requests, and one scoring call's functions return NaN for every other
+    response; every step still finishes, with the failures counted and λ and the losses finite."""
     # ratio_clip 1e-6: every ratio of a stale token that differs from 1 at all is clipped, so the
     # clip fraction shows whether the learner applied the importance ratio (0 if it did not)
     server = JudgeServer()
     failpoints = Failpoints(tmp_path)
     failpoints.arm("reward.scores", "corrupt")
+    shipped = shutil.copytree(EXAMPLE_PLUGINS, tmp_path / "user_code" / EXAMPLE_PLUGINS.name)
     extra = {
         "train.max_staleness": "1",
         "run.steps": "3",
@@ -504,15 +526,17 @@ def test_bounded_staleness_on_the_exported_policy_with_a_failing_judge_and_nan_r
         "algorithm.ratio_clip": "0.000001",
         "model.path": str(main_job[0] / "policy"),
         "data.train_files": f'["{toy_assets.data_file("train")}"]',
-        "reward.functions": "[{name: toy_answer, weight: 0.5}, {name: judge, weight: 0.5}]",
+        **PLUGIN_SETS,
+        "reward.runtime_env.py_modules": f"[{shipped}]",
         "reward.judge.url": server.url("chaos"),
         "reward.judge.timeout_s": "0.3",
         "reward.judge.backoff_s": "0.01",
     }
     try:
-        output = Job(
-            tmp_path / "stale.log", launch_args(tmp_path, "stale", toy_assets, extra), address, env=failpoints.env
-        ).finish()
+        job = SubmittedJob(
+            job_server, launch_args(tmp_path, "stale", toy_assets, extra), tmp_path / "stale.log", failpoints.env
+        )
+        output = job.finish()
     finally:
         server.close()
     assert f"policy: {main_job[0] / 'policy'}" in output
@@ -543,6 +567,33 @@ def test_bounded_staleness_on_the_exported_policy_with_a_failing_judge_and_nan_r
     for row in rows:
         assert all(math.isfinite(row[key]) for key in ("lambda", "loss", "rl_loss", "sft_loss", "reward_mean")), row
     assert all(math.isfinite(r["advantage"]) for r in rollouts)
+    assert_the_plugins_scored(rollouts, spoiled, server, toy_assets)
+
+
+def assert_the_plugins_scored(rollouts, spoiled, server, toy_assets):
+    """The user's functions' scores are in rollouts.parquet, as their code computes them from the
+    text and from the audio of their decoder (hand-computed here), and weighted into the total; the
+    judge heard their decoder's audio."""
+    references = {r["id"]: r["sft_target_text"] for r in pq.read_table(toy_assets.data_file("train")).to_pylist()}
+    for r in (r for r in rollouts if r not in spoiled):
+        extra_words = len(r["text"].split()) - len(references[r["prompt_id"]].split()) - 1
+        assert r["reward_concise"] == max(1.0, 5.0 - max(0, extra_words)), r
+        words, seconds = len(r["text"].split()), 0.05 * r["n_speech_tokens"]
+        off = abs(seconds / words / 0.3 - 1) if words and seconds else math.inf
+        assert r["reward_pace"] == pytest.approx(5.0 - 4.0 * min(1.0, off / 0.5)), r
+        weighted = 0.4 * (r["reward_toy_answer"] + r["reward_judge"]) + 0.1 * (r["reward_concise"] + r["reward_pace"])
+        assert r["reward"] == pytest.approx(weighted)
+    assert len({r["reward_pace"] for r in rollouts}) > 2  # the speech's length matters to it
+    heard = [
+        part["input_audio"]["data"]
+        for body in server.bodies
+        for part in body["messages"][1]["content"]
+        if isinstance(part, dict) and part.get("type") == "input_audio"
+    ]
+    assert heard
+    for data in heard:
+        with wave.open(io.BytesIO(base64.b64decode(data))) as wav:
+            assert wav.getframerate() == 16000 and wav.getnframes() % 800 == 0  # 50 ms chirps at 16 kHz
 
 
 def dpo_args(tmp_path, name, toy_assets, **extra):
