@@ -398,6 +398,8 @@ class RewardFunctionConfig(Section):
             )
         if self.path is not None and (problem := import_path_problem(self.path)):
             raise ConfigError("path", problem)
+        if self.path is not None and self.name in BUILTIN_REWARD_FUNCTIONS:
+            raise ConfigError("name", f"{self.name!r} is a built-in's name; give your function another")
         if self.path is None and self.kwargs:
             raise ConfigError("kwargs", f"the built-in {self.name!r} takes its settings from the reward section")
         return self

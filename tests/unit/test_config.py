@@ -91,6 +91,7 @@ def problems(tmp_path, overrides=(), tree=None):
         ("reward.functions=[{name: bad-name, path: 'a:b'}]", "reward.functions.0.name: 'bad-name' is not a plain name"),
         ("reward.functions=[{name: wer, path: my_pkg.wer}]", "reward.functions.0.path: 'my_pkg.wer' is not an import"),
         ("reward.functions=[{name: judge, kwargs: {a: 1}}]", "reward.functions.0.kwargs: the built-in 'judge' takes"),
+        ("reward.functions=[{name: judge, path: 'a:b'}]", "reward.functions.0.name: 'judge' is a built-in's name"),
         ("reward.speech_decoder=vocoder", "reward.speech_decoder.path: 'vocoder' is not an import path"),
         ("reward.speech_decoder={path: toy, kwargs: {rate: 1}}", "reward.speech_decoder.kwargs: the built-in"),
         ("reward.runtime_env.py_modules=plugins", "reward.runtime_env.py_modules: Input should be a valid list"),

@@ -26,18 +26,17 @@ CHAT_TEMPLATE = (
 
 def build_tokenizer(corpus: list[str], layout_fields: dict[str, Any]) -> Qwen2Tokenizer:
     """Ids: the special tokens, byte-level BPE pieces, then the speech tokens at the end."""
-    specials = list(
-        dict.fromkeys(
-            [
-                layout_fields["pad_token"],
-                IM_START,
-                layout_fields["eos_token"],
-                layout_fields["begin_audio_token"],
-                layout_fields["end_audio_token"],
-                AUDIO_PLACEHOLDER,
-            ]
-        )
-    )
+    specials = [IM_START, layout_fields["begin_audio_token"], layout_fields["end_audio_token"], AUDIO_PLACEHOLDER]
+    tokenizer = build_text_tokenizer(corpus, layout_fields["eos_token"], layout_fields["pad_token"], specials)
+    speech = [layout_fields["speech_token_format"].format(i=i) for i in range(layout_fields["num_speech_tokens"])]
+    tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in speech], special_tokens=True)
+    return tokenizer
+
+
+def build_text_tokenizer(corpus: list[str], eos: str, pad: str, specials: list[str] = (IM_START,)) -> Qwen2Tokenizer:
+    """A text LM's tokenizer (no speech tokens): the pad, eos and other special tokens, then
+    byte-level BPE pieces; Qwen's chat template."""
+    specials = list(dict.fromkeys([pad, *specials[:1], eos, *specials[1:]]))
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     trainer = trainers.BpeTrainer(
@@ -53,12 +52,10 @@ def build_tokenizer(corpus: list[str], layout_fields: dict[str, Any]) -> Qwen2To
         vocab=state["vocab"],
         merges=[tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in state["merges"]],
         unk_token=None,
-        eos_token=layout_fields["eos_token"],
-        pad_token=layout_fields["pad_token"],
+        eos_token=eos,
+        pad_token=pad,
         model_max_length=MAX_POSITIONS,
     )
     tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in specials], special_tokens=True)
-    speech = [layout_fields["speech_token_format"].format(i=i) for i in range(layout_fields["num_speech_tokens"])]
-    tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in speech], special_tokens=True)
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer

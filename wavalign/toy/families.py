@@ -1,0 +1,67 @@
+"""Tiny random-weight models of the architecture families spoken-dialogue LMs are built on, with a
+given tokenizer (the toy one, so the toy data's ids fit): what the pipeline is checked on beside its
+own tiny Qwen2. Built locally in seconds, nothing downloaded.
+
+Which real models each family stands for (README: "Your own model"):
+- `qwen2` (untied head): VITA-Audio (a Qwen2.5-7B backbone) and other Qwen2.5-based speech LMs;
+- `llama`: Llama-based speech LMs (LLaMA-Omni: Llama-3.1-8B-Instruct);
+- `qwen3`: Qwen3-based LMs (q/k norms, no attention bias);
+- `glm`: GLM-4-9B's architecture in transformers' native form (`GlmForCausalLM`, as
+  glm-4-9b-chat-hf: partial rotary, qkv bias, fused gate-up MLP), the backbone of GLM-4-Voice (whose
+  own checkpoint ships ChatGLM remote code);
+- `glm4`: GLM-4-0414's (`Glm4ForCausalLM`: GLM's layers with extra post-attention and post-MLP norms).
+Each uses head_dim 64 (vLLM's CPU attention needs it) and grouped-query attention (fewer key/value
+heads than query heads), so the learner-to-vLLM name mapping meets split q/k/v weights that vLLM
+fuses, and an untied output head.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+HEAD_DIM = 64
+# model_type -> the settings that make it that family's distinctive variant
+FAMILIES: dict[str, dict[str, Any]] = {
+    "qwen2": {"model_type": "qwen2"},
+    "llama": {"model_type": "llama", "attention_bias": False},
+    "qwen3": {"model_type": "qwen3"},
+    "glm": {"model_type": "glm"},
+    "glm4": {"model_type": "glm4"},
+}
+
+
+def save_family_model(
+    family: str, tokenizer_dir: str | Path, out_dir: str | Path, hidden: int = 128, layers: int = 2, seed: int = 0
+) -> Path:
+    """A random model of `family` (hidden size `hidden`, heads of 64, half as many key/value heads,
+    untied head) with the tokenizer of tokenizer_dir, saved to out_dir; returns out_dir."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    if family not in FAMILIES:
+        raise ValueError(f"family {family!r}: choose from {', '.join(FAMILIES)}")
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    heads = hidden // HEAD_DIM
+    settings = dict(FAMILIES[family])
+    config = AutoConfig.for_model(
+        settings.pop("model_type"),
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=4 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=max(1, heads // 2),
+        head_dim=HEAD_DIM,
+        max_position_embeddings=tokenizer.model_max_length,
+        tie_word_embeddings=False,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
+        **settings,
+    )
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config).float()
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    return Path(out_dir)
