@@ -3,7 +3,6 @@ every response comes back scored exactly once, even if a worker dies."""
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from collections.abc import Callable, Sequence
 
@@ -35,7 +34,6 @@ class RewardPool(WorkerPool):
             call_timeout_s=rc.timeout_s,
             max_redispatch=cfg.rollout.max_redispatch,
             bundle=tuple(rc.placement.bundle(rc.cpus_per_worker, 0).items()),
-            runtime_env=rc.runtime_env.ray_runtime_env(os.getcwd()),
         )
         super().__init__(settings, RewardWorker, (model_path, cfg), log, on_dispatch)
         self._last_counts: dict[str, dict[str, int]] = {}  # each live worker's last counters

@@ -39,7 +39,6 @@ class PoolSettings:
     call_timeout_s: float
     max_redispatch: int
     env_vars: tuple[tuple[str, str], ...] = ()  # set in each worker's process before it starts
-    runtime_env: dict[str, Any] = field(default_factory=dict)  # Ray's runtime_env of each worker (plug-ins)
     bundle: tuple[tuple[str, float], ...] = ()  # each worker's placement group (its CPUs, GPUs, resources)
 
 
@@ -81,10 +80,7 @@ class WorkerPool:
     ) -> None:
         self.settings, self.worker_args, self.log = settings, worker_args, log
         self.on_dispatch = on_dispatch  # called with (member, chunk index) as a chunk is sent (tests, metrics)
-        runtime_env = dict(settings.runtime_env)
-        if settings.env_vars:
-            runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), **dict(settings.env_vars)}
-        env = {"runtime_env": runtime_env} if runtime_env else {}
+        env = {"runtime_env": {"env_vars": dict(settings.env_vars)}} if settings.env_vars else {}
         self._remote_cls = ray.remote(num_cpus=settings.num_cpus, num_gpus=settings.num_gpus, max_restarts=0, **env)(
             worker_cls
         )

@@ -74,11 +74,21 @@ def read_prompt_rows(
     return rows
 
 
-def connect_ray(address: str | None, log_to_driver: bool = True, run_storage: str | None = None) -> None:
+def submitted_runtime_env() -> dict:
+    """The runtime env the job was submitted with (`ray job submit --runtime-env-json`/`--working-dir`),
+    empty for a driver started by hand."""
+    return json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")).get("runtime_env") or {}
+
+
+def connect_ray(
+    address: str | None, log_to_driver: bool = True, run_storage: str | None = None, shipped: dict | None = None
+) -> None:
     """Join the cluster we were submitted to (RAY_ADDRESS, set by `ray job submit`) or the given
     address; otherwise start a local cluster with its dashboard on 127.0.0.1. log_to_driver: the
     workers' output on this process's console too; run_storage: where the job's workers put their
-    logs (wavalign/worker_log.py)."""
+    logs (wavalign/worker_log.py); shipped: run.runtime_env as Ray's dict (the plug-ins' code and
+    packages), the job's runtime env for every worker, merged with the submitted one (preflight has
+    checked that they set no field twice)."""
     import ray
 
     from wavalign.failpoints import forwarded_env
@@ -86,11 +96,13 @@ def connect_ray(address: str | None, log_to_driver: bool = True, run_storage: st
     address = address or os.environ.get("RAY_ADDRESS")
     # fault tests' failpoints reach the workers (empty in real runs), unless the submitted job's own
     # runtime env sets them already (Ray refuses a variable set twice)
-    job_env = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")).get("runtime_env", {}).get("env_vars", {})
+    job_env = submitted_runtime_env().get("env_vars") or {}
     env = {key: value for key, value in forwarded_env().items() if key not in job_env}
     if run_storage:
         env[RUN_STORAGE_ENV] = run_storage
-    runtime_env = {"env_vars": env} if env else None
+    shipped = dict(shipped or {})
+    env.update(shipped.pop("env_vars", {}))
+    runtime_env = {**shipped, **({"env_vars": env} if env else {})} or None
     if address:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=log_to_driver)
     else:

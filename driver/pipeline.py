@@ -9,6 +9,7 @@ phases hand each other the records of driver/step_records.py.
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -94,7 +95,12 @@ class Pipeline:
             flush=True,
         )
 
-        connect_ray(address, log_to_driver=cfg.run.worker_logs_to_console, run_storage=store.location)
+        connect_ray(
+            address,
+            log_to_driver=cfg.run.worker_logs_to_console,
+            run_storage=store.location,
+            shipped=cfg.run.runtime_env.ray_runtime_env(os.getcwd()),
+        )
         # every worker starts at once (the learners are waited for first, then the pools)
         # a rollout worker that comes up after the first sync gets the last version from the learner
         self.rollouts = RolloutPool(

@@ -53,17 +53,27 @@ def check_reward_functions(cfg: PipelineConfig) -> None:
 
 def check_plugins(cfg: PipelineConfig, log=print) -> None:
     """The plug-ins (reward functions and speech decoder by import path) import and take the
-    arguments the pipeline passes, with the shipped code (reward.runtime_env's local py_modules and
+    arguments the pipeline passes, with the shipped code (run.runtime_env's local py_modules and
     working_dir) importable as it will be in the reward workers."""
     from rewards.registry import reward_function_factories, speech_decoder_factory
     from wavalign.plugins import PluginError, import_roots, importable
 
-    env, base = cfg.reward.runtime_env, Path.cwd()
+    env, base = cfg.run.runtime_env, Path.cwd()
     shipped = [(f"py_modules[{i}]", entry) for i, entry in enumerate(env.py_modules)]
     shipped += [("working_dir", env.working_dir)] if env.working_dir else []
     for key, entry in shipped:
         if "://" not in entry and not (base / entry).exists():
-            raise PreflightError(f"reward.runtime_env.{key}: {entry}: no such file or folder (from {base})")
+            raise PreflightError(f"run.runtime_env.{key}: {entry}: no such file or folder (from {base})")
+    from driver.inputs import submitted_runtime_env
+
+    submitted = submitted_runtime_env()
+    for key, value in env.ray_runtime_env(str(base)).items():
+        twice = sorted(set(value) & set(submitted.get(key) or {})) if key == "env_vars" else submitted.get(key)
+        if twice:
+            raise PreflightError(
+                f"run.runtime_env.{key}: the job was submitted with a runtime env that sets "
+                f"{'variables ' + ', '.join(twice) if key == 'env_vars' else key} too; name them in one place"
+            )
     with importable(import_roots(env.py_modules, env.working_dir, base)):
         try:
             reward_function_factories(cfg.reward, cfg.run.seed)
@@ -71,7 +81,7 @@ def check_plugins(cfg: PipelineConfig, log=print) -> None:
         except PluginError as err:
             if not (env.pip and "no module named" in str(err)):
                 raise PreflightError(str(err)) from None
-            log(f"note: {err}; left to the reward workers, which install reward.runtime_env.pip first")
+            log(f"note: {err}; left to the reward workers, which install run.runtime_env.pip first")
 
 
 def preflight(cfg: PipelineConfig, build_toy: bool = True, log=print) -> Inputs | None:

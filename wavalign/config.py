@@ -30,6 +30,35 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False)
 
 
+class RuntimeEnvConfig(Section):
+    """What the run's workers need from outside the project (the plug-ins' own code and packages),
+    shipped by Ray to every node they run on: the job's runtime_env, merged with the one the job was
+    submitted with (a field set in both is an error), so `ray job submit` needs nothing installed by
+    hand. Local paths are relative to the driver's working directory."""
+
+    py_modules: list[str] = Field(
+        default_factory=list, description="package folders, .whl/.zip files or remote URIs, importable in the workers"
+    )
+    working_dir: str | None = Field(None, description="a folder (or URI) the workers start in, importable")
+    pip: list[str] = Field(default_factory=list, description="pip requirements installed for the workers")
+    env_vars: dict[str, str] = Field(default_factory=dict, description="environment variables of the workers")
+
+    def ray_runtime_env(self, base: str) -> dict[str, Any]:
+        """Ray's runtime_env dict (only the keys set), local paths made absolute from `base` (the
+        driver's working directory: Ray uploads them from there)."""
+
+        def local(entry: str) -> str:
+            return entry if "://" in entry else os.path.normpath(os.path.join(base, entry))
+
+        fields = {
+            "py_modules": [local(entry) for entry in self.py_modules],
+            "working_dir": local(self.working_dir) if self.working_dir else None,
+            "pip": self.pip,
+            "env_vars": self.env_vars,
+        }
+        return {key: value for key, value in fields.items() if value}
+
+
 class RunConfig(Section):
     name: str = Field(
         "wavalign", min_length=1, max_length=100, description="run name; the run dir is output_dir/name-<time>"
@@ -39,6 +68,9 @@ class RunConfig(Section):
     steps: int = Field(2000, ge=1, description="optimizer steps (method: max_steps 2000)")
     worker_logs_to_console: bool = Field(
         False, description="workers' output on the console too (it always goes to <run>/logs/ and Ray's logs)"
+    )
+    runtime_env: RuntimeEnvConfig = Field(
+        default_factory=RuntimeEnvConfig, description="plug-ins' code and packages, shipped to every worker"
     )
 
     @field_validator("name")
@@ -427,34 +459,6 @@ class SpeechDecoderConfig(Section):
         return self
 
 
-class RuntimeEnvConfig(Section):
-    """What a role's workers need from outside the project, shipped by Ray to every node they run on
-    (Ray's runtime_env): the plug-ins' own code and packages, so `ray job submit` needs nothing
-    installed by hand. Local paths are relative to the driver's working directory."""
-
-    py_modules: list[str] = Field(
-        default_factory=list, description="package folders, .whl/.zip files or remote URIs, importable in the workers"
-    )
-    working_dir: str | None = Field(None, description="a folder (or URI) the workers start in, importable")
-    pip: list[str] = Field(default_factory=list, description="pip requirements installed for the workers")
-    env_vars: dict[str, str] = Field(default_factory=dict, description="environment variables of the workers")
-
-    def ray_runtime_env(self, base: str) -> dict[str, Any]:
-        """Ray's runtime_env dict (only the keys set), local paths made absolute from `base` (the
-        driver's working directory: Ray uploads them from there)."""
-
-        def local(entry: str) -> str:
-            return entry if "://" in entry else os.path.normpath(os.path.join(base, entry))
-
-        fields = {
-            "py_modules": [local(entry) for entry in self.py_modules],
-            "working_dir": local(self.working_dir) if self.working_dir else None,
-            "pip": self.pip,
-            "env_vars": self.env_vars,
-        }
-        return {key: value for key, value in fields.items() if value}
-
-
 class RewardConfig(Section):
     scale_min: float = Field(1.0, description="the judge's scale; λ's constants derive from it")
     scale_max: float = Field(5.0)
@@ -466,9 +470,6 @@ class RewardConfig(Section):
     reward_model_path: str | None = Field(None, description="local HF sequence-classification model directory")
     speech_decoder: SpeechDecoderConfig = Field(
         default_factory=SpeechDecoderConfig, description="speech codes -> audio for the reward functions"
-    )
-    runtime_env: RuntimeEnvConfig = Field(
-        default_factory=RuntimeEnvConfig, description="the plug-ins' code and packages, shipped to the reward workers"
     )
     toy_noise_std: float = Field(0.0, ge=0, description="toy_answer as a noisy judge: Gaussian noise on its score")
     toy_flip_prob: float = Field(0.0, ge=0, le=1, description="... and the chance its right/wrong verdict is reversed")

@@ -510,11 +510,13 @@ def test_bounded_staleness_and_user_plugins_on_the_exported_policy_with_a_failin
     policy: an HF directory that vLLM and the learner load as they load users' checkpoints. It is
     submitted with `ray job submit` and scores with a user's plug-ins — reward functions and a speech
     decoder from a package outside the project, shipped to the reward workers by
-    reward.runtime_env.py_modules. Its world misbehaves: the judge drops 30% of its connections and
+    run.runtime_env.py_modules. Its world misbehaves: the judge drops 30% of its connections and
     hangs on 10% of its requests, and one scoring call's functions return NaN for every other
     response; every step still finishes, with the failures counted and λ and the losses finite."""
     # ratio_clip 1e-6: every ratio of a stale token that differs from 1 at all is clipped, so the
-    # clip fraction shows whether the learner applied the importance ratio (0 if it did not)
+    # clip fraction shows whether the learner applied the importance ratio (0 if it did not). A judge
+    # attempt's deadline of 1 s: only the hanging requests reach it, even with the plug-ins' audio
+    # work in the same worker (at 0.3 s a busy worker's ordinary replies timed out too).
     server = JudgeServer()
     failpoints = Failpoints(tmp_path)
     failpoints.arm("reward.scores", "corrupt")
@@ -527,9 +529,9 @@ def test_bounded_staleness_and_user_plugins_on_the_exported_policy_with_a_failin
         "model.path": str(main_job[0] / "policy"),
         "data.train_files": f'["{toy_assets.data_file("train")}"]',
         **PLUGIN_SETS,
-        "reward.runtime_env.py_modules": f"[{shipped}]",
+        "run.runtime_env.py_modules": f"[{shipped}]",
         "reward.judge.url": server.url("chaos"),
-        "reward.judge.timeout_s": "0.3",
+        "reward.judge.timeout_s": "1.0",
         "reward.judge.backoff_s": "0.01",
     }
     try:

@@ -94,8 +94,8 @@ def problems(tmp_path, overrides=(), tree=None):
         ("reward.functions=[{name: judge, path: 'a:b'}]", "reward.functions.0.name: 'judge' is a built-in's name"),
         ("reward.speech_decoder=vocoder", "reward.speech_decoder.path: 'vocoder' is not an import path"),
         ("reward.speech_decoder={path: toy, kwargs: {rate: 1}}", "reward.speech_decoder.kwargs: the built-in"),
-        ("reward.runtime_env.py_modules=plugins", "reward.runtime_env.py_modules: Input should be a valid list"),
-        ("reward.runtime_env.conda=x", "reward.runtime_env.conda: Extra inputs are not permitted"),
+        ("run.runtime_env.py_modules=plugins", "run.runtime_env.py_modules: Input should be a valid list"),
+        ("run.runtime_env.conda=x", "run.runtime_env.conda: Extra inputs are not permitted"),
         ("reward.judge.out_of_range=ignore", "reward.judge.out_of_range: Input should be 'default' or 'clamp'"),
     ],
 )

@@ -13,7 +13,7 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "plugins"
 
 @pytest.fixture(scope="module", autouse=True)
 def shipped():
-    with importable([EXAMPLES]):  # as reward.runtime_env.py_modules=[examples/plugins/wavalign_example_plugins]
+    with importable([EXAMPLES]):  # as run.runtime_env.py_modules=[examples/plugins/wavalign_example_plugins]
         yield
 
 

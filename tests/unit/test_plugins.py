@@ -153,23 +153,32 @@ def test_built_ins_are_entries_of_the_same_registry(plugins):
 
 
 def test_the_dry_run_check_imports_plugins_from_the_shipped_folders(tmp_path, monkeypatch):
-    """What reward.runtime_env.py_modules ships is importable in the check as in the workers; a
+    """What run.runtime_env.py_modules ships is importable in the check as in the workers; a
     folder that is not there, or a plug-in missing from it, is one line."""
     package = tmp_path / "shipped" / "team_rewards"
     package.mkdir(parents=True)
     (package / "__init__.py").write_text("def fine(responses):\n    return [5.0] * len(responses)\n")
     monkeypatch.chdir(tmp_path)  # the driver's working directory: relative paths start there
     fine = "reward.functions=[{name: team, path: 'team_rewards:fine'}]"
-    check_plugins(read_config(PIPELINE, [fine, "reward.runtime_env.py_modules=[shipped/team_rewards]"]))
+    check_plugins(read_config(PIPELINE, [fine, "run.runtime_env.py_modules=[shipped/team_rewards]"]))
     assert "team_rewards" not in sys.path and not any("shipped" in p for p in sys.path)  # sys.path restored
     sys.modules.pop("team_rewards", None)
     with pytest.raises(PreflightError, match=r"^reward.functions\[0\].path: team_rewards:fine: no module named"):
         check_plugins(read_config(PIPELINE, [fine]))
-    with pytest.raises(PreflightError, match=r"^reward.runtime_env.py_modules\[0\]: gone: no such file or folder"):
-        check_plugins(read_config(PIPELINE, [fine, "reward.runtime_env.py_modules=[gone]"]))
+    with pytest.raises(PreflightError, match=r"^run.runtime_env.py_modules\[0\]: gone: no such file or folder"):
+        check_plugins(read_config(PIPELINE, [fine, "run.runtime_env.py_modules=[gone]"]))
+    submitted = '{"runtime_env": {"py_modules": ["gcs://_ray_pkg_x.zip"], "env_vars": {"A": "1"}}}'
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", submitted)  # as `ray job submit` sets it for the driver
+    shipped = "run.runtime_env.py_modules=[shipped/team_rewards]"
+    with pytest.raises(PreflightError, match=r"^run.runtime_env.py_modules: the job was submitted with a runtime env"):
+        check_plugins(read_config(PIPELINE, [fine, shipped]))
+    with pytest.raises(PreflightError, match=r"^run.runtime_env.env_vars: .* sets variables A too"):
+        check_plugins(read_config(PIPELINE, [fine, "run.runtime_env.env_vars={A: '2', B: '3'}"]))
+    check_plugins(read_config(PIPELINE, ["run.runtime_env.env_vars={B: '3'}"]))  # merged: no field twice
+    monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR")
     notes = []
-    check_plugins(read_config(PIPELINE, [fine, "reward.runtime_env.pip=[team-rewards==1.0]"]), notes.append)
-    assert notes and "left to the reward workers, which install reward.runtime_env.pip first" in notes[0]
+    check_plugins(read_config(PIPELINE, [fine, "run.runtime_env.pip=[team-rewards==1.0]"]), notes.append)
+    assert notes and "left to the reward workers, which install run.runtime_env.pip first" in notes[0]
 
 
 def test_a_decoder_that_returns_no_audio_is_a_one_line_error():

@@ -1,0 +1,141 @@
+"""The architecture families spoken-dialogue LMs are built on (wavalign/toy/families.py: Qwen2 with
+an untied head, Llama, Qwen3, GLM-4; tiny, random, the toy tokenizer), and a text LM given a speech
+vocabulary by `python -m wavalign.extend_vocab`, each through what a run does with a policy: the
+DeepSpeed learner's mixed step on toy rows, its HF export served by vLLM with the learner's logprobs,
+a weight sync after the next step (vLLM follows the learner, <= 1e-3, and moved with it), and an
+exact resume from a DeepSpeed checkpoint. One rollout worker serves each model in turn (its vLLM
+in its own process: one import, one engine at a time), so the file costs seconds per family."""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+
+import pytest
+import torch
+
+from actors.rollout import RolloutWorker
+from tests.integration.test_learner_worker import make_batch
+from wavalign.model_files import load_tokenizer_and_layout
+from wavalign.toy.families import FAMILIES, save_family_model
+
+MODELS = [*FAMILIES, "extended_llama"]
+
+
+class ServingRollout(RolloutWorker):
+    """A rollout worker that can be pointed at another model (tests only: a run's workers serve
+    one policy for life)."""
+
+    def serve(self, model_path: str, cfg) -> dict:
+        from vllm.distributed import cleanup_dist_env_and_memory
+
+        self.engine = None
+        gc.collect()
+        cleanup_dist_env_and_memory()  # the last engine's process group, before the next one's
+        RolloutWorker.__init__(self, model_path, cfg)
+        return self.ready()
+
+
+@pytest.fixture(scope="module")
+def serving(cfg, ray_cluster):
+    run_cfg = cfg.model_copy(deep=True)
+    # the engine in the worker's process (not a child): each model's engine starts in seconds
+    run_cfg.rollout = run_cfg.rollout.model_copy(update={"reproducible": True})
+    handles = {}
+    try:
+        yield run_cfg, handles
+    finally:
+        for handle in handles.values():
+            ray_cluster.kill(handle)
+
+
+def extended_llama(toy_assets, out):
+    """The toy tokenizer's text part as a text LM (Llama), then the speech vocabulary appended."""
+    from transformers import AutoTokenizer
+
+    from wavalign.extend_vocab import extend_vocab
+    from wavalign.toy.rows import toy_corpus
+    from wavalign.toy.task import AUDIO_PLACEHOLDER, all_questions
+    from wavalign.toy.tokenizer import IM_START, build_text_tokenizer
+
+    toy = AutoTokenizer.from_pretrained(toy_assets.model_dir)
+    text = build_text_tokenizer(
+        toy_corpus(all_questions(9)), eos=toy.eos_token, pad=toy.pad_token, specials=[IM_START, AUDIO_PLACEHOLDER]
+    )
+    text.save_pretrained(out / "text_tokenizer")
+    save_family_model("llama", out / "text_tokenizer", out / "text_lm")
+    layout = extend_vocab(out / "text_lm", out / "model", speech_tokens=256, log=lambda line: None)
+    assert layout == {"preset": "tiny"}
+    return out / "model"
+
+
+def remapped(batch, source, target):
+    """The toy rows' token ids in another tokenizer that names the same tokens (by name)."""
+    ids = {i: target.convert_tokens_to_ids(source.convert_ids_to_tokens(i)) for i in range(len(source))}
+    assert None not in ids.values() and target.unk_token_id not in ids.values()
+    fields = ("rollout_prompts", "rollout_responses", "sft_prompts", "sft_targets")
+    return dataclasses.replace(batch, **{f: [[ids[i] for i in seq] for seq in getattr(batch, f)] for f in fields})
+
+
+@pytest.mark.parametrize("family", MODELS)
+def test_a_family_steps_exports_serves_syncs_and_resumes(family, serving, toy_assets, cfg, dist_port, tmp_path):
+    import ray
+    from transformers import AutoTokenizer
+
+    from actors.learner import LearnerWorker
+    from wavalign.storage import RunStore
+
+    run_cfg, handles = serving
+    if family == "extended_llama":
+        model = extended_llama(toy_assets, tmp_path)
+    else:
+        model = save_family_model(family, toy_assets.model_dir, tmp_path / family)
+    tokenizer, layout = load_tokenizer_and_layout(model, run_cfg.model.layout)
+    toy_tokenizer = AutoTokenizer.from_pretrained(toy_assets.model_dir)
+    first, second = (remapped(make_batch(toy_assets, cfg, lam), toy_tokenizer, tokenizer) for lam in (0.5, 0.3))
+    learner_cfg = run_cfg.model_copy(deep=True)
+    learner_cfg.learner = learner_cfg.learner.model_copy(update={"warmup_steps": 0, "learning_rate": 1e-3})
+    store = RunStore(str(tmp_path / "run"))
+
+    # 1. A learner step (RL on text tokens + SFT), its export, and a checkpoint of it.
+    learner = LearnerWorker(str(model), learner_cfg, master_port=dist_port)
+    stats = learner.train_step(first)
+    assert stats["loss"] == stats["loss"] and stats["sft_loss"] > 0, stats
+    learner.save_hf(store, "export")
+    learner.save_checkpoint(store, "checkpoint", "step1")
+
+    # 2. vLLM serves the export with the learner's logprobs: its weight names map onto vLLM's model.
+    export = str(tmp_path / "run" / "export")
+    if "worker" in handles:
+        ray.get(handles["worker"].serve.remote(export, run_cfg), timeout=300)
+    else:  # the first model: the worker starts serving it
+        handles["worker"] = ray.remote(num_cpus=0)(ServingRollout).remote(export, run_cfg)
+        ray.get(handles["worker"].ready.remote(), timeout=300)
+    worker = handles["worker"]
+    prompt, answer = first.sft_prompts[0], first.sft_targets[0]
+
+    def served():
+        return ray.get(worker.continuation_logprobs.remote(prompt, answer), timeout=120)
+
+    def gap(a, b):
+        return max(abs(x - y) for x, y in zip(a, b))
+
+    exported = served()
+    assert gap(exported, learner.continuation_logprobs(prompt, answer)) <= 1e-3
+
+    # 3. The next step reaches vLLM through the weight sync (the learner's names, streamed).
+    learner.train_step(second)
+    report = learner.send_weights(1, [("family-worker", worker)])
+    assert not report.failed
+    now = learner.continuation_logprobs(prompt, answer)
+    assert gap(served(), now) <= 1e-3
+    assert gap(exported, now) > 1e-2  # the step moved the policy, and vLLM with it
+    learner.close_weight_sync()
+
+    # 4. Exact resume: a fresh learner from the checkpoint takes the same second step.
+    resumed = LearnerWorker(str(model), learner_cfg, master_port=dist_port)
+    resumed.load_checkpoint(store, "checkpoint", "step1")
+    resumed.train_step(second)
+    expected = dict(learner.full_weights())
+    assert all(torch.equal(expected[name], tensor) for name, tensor in resumed.full_weights())
+    resumed.close_weight_sync()
