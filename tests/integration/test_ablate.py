@@ -32,9 +32,7 @@ def test_ablation_command_writes_the_table_and_the_curves(tmp_path, address, toy
             "--set",
             f"toy.assets_dir={toy_assets.root}",
             "--set",
-            "train.eval_every=2",
-            "--set",
-            "train.eval_repeats=1",
+            "train.eval_every=0",  # (the eval split's summaries: tests/unit/test_ablate.py)
         ],
         cwd=ROOT,
         capture_output=True,
@@ -44,7 +42,7 @@ def test_ablation_command_writes_the_table_and_the_curves(tmp_path, address, toy
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     results = pq.read_table(out / "results.parquet").to_pylist()
     assert [(r["arm"], r["seed"]) for r in results] == [("full_token_rl", 7)]
-    assert all(0 <= r["rollout_semantic_accuracy"] <= 1 and r["eval_acoustic_wer"] is not None for r in results)
+    assert all(0 <= r["rollout_semantic_accuracy"] <= 1 and 0 <= r["rollout_acoustic_wer"] <= 1 for r in results)
     assert results[0]["lambda_mean"] == 1.0  # the arm's fixed λ, not the default adaptive one (≤ lambda_max 0.8)
     table = (out / "results.md").read_text()
     assert "| warm start (step 1) | - |" in table and "| full_token_rl | 1 |" in table
