@@ -137,8 +137,7 @@ def summarise(rows: list[dict], arm: str, seed: int, run_dir: Path) -> dict:
 
 
 def _heldout_start(run_dir: Path):
-    from driver.heldout import HeldOut
-    from driver.pipeline import HELDOUT_START
+    from driver.heldout import HELDOUT_START, HeldOut
 
     path = Path(run_dir) / HELDOUT_START
     return HeldOut.from_json(path.read_text()) if path.exists() else None
@@ -157,7 +156,7 @@ def warm_start_row(all_rows: list[list[dict]], results: list[dict] = ()) -> dict
 
 def paired_differences(results: list[dict]) -> str:
     """For each of the paper's comparisons, per seed, arm x minus arm y on the held-out and the
-    step axes; mean ± std over the seeds both arms ran, and the count of seeds where x is ahead."""
+    step axes: mean ± std over the seeds both arms ran, and each seed's difference."""
     by_key = {(r["arm"], r["seed"]): r for r in results}
     lines = [
         "| difference | seeds | " + " | ".join(PAIRED_AXES) + " |",

@@ -16,6 +16,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+HELDOUT_START = "eval_start.json"  # a run's file of its starting policy's held-out figures
+
 
 @dataclass(frozen=True)
 class HeldOut:

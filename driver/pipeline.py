@@ -24,7 +24,7 @@ from actors.worker_pool import WorkerError
 from driver.checkpoint import latest_checkpoint, load_checkpoint, random_states, save_checkpoint, set_random_states
 from driver.dashboard import DashboardMetrics
 from driver.evaluation import evaluate, heldout, scored_by_toy_task
-from driver.heldout import HeldOut, summary_line
+from driver.heldout import HELDOUT_START, HeldOut, summary_line
 from driver.inputs import connect_ray, model_for_workers
 from driver.outputs import RunOutputs
 from driver.preflight import Inputs
@@ -54,7 +54,6 @@ from wavalign.messages import RewardResult
 from wavalign.storage import RunStore
 
 REPEAT = "~"  # eval prompt id + REPEAT + k: the k-th ask of that prompt (train.eval_repeats)
-HELDOUT_START = "eval_start.json"  # the starting policy's held-out figures (driver/heldout.py)
 # A DPO run's own columns, in every one of its rows (NaN where a step had no pairs)
 DPO_NAN = {key: math.nan for key in ("dpo_loss", "dpo_accuracy", "dpo_margin", "sft_loss")}
 

@@ -54,18 +54,18 @@ def check_reward_functions(cfg: PipelineConfig) -> None:
 def check_plugins(cfg: PipelineConfig, log=print) -> None:
     """The plug-ins (reward functions and speech decoder by import path) import and take the
     arguments the pipeline passes, with the shipped code (run.runtime_env's local py_modules and
-    working_dir) importable as it will be in the reward workers."""
+    working_dir) importable as it will be in the workers."""
+    from driver.inputs import submitted_runtime_env
     from rewards.registry import reward_function_factories, speech_decoder_factory
-    from wavalign.plugins import PluginError, import_roots, importable
+    from wavalign.plugins import PluginError, importable
 
     env, base = cfg.run.runtime_env, Path.cwd()
-    shipped = [(f"py_modules[{i}]", entry) for i, entry in enumerate(env.py_modules)]
-    shipped += [("working_dir", env.working_dir)] if env.working_dir else []
-    for key, entry in shipped:
-        if "://" not in entry and not (base / entry).exists():
+    roots = []  # what Ray puts on the workers' sys.path: the folder above a package, a .whl/.zip, the working dir
+    for key, entry in env.shipped_files():
+        path = (base / entry).resolve()
+        if not path.exists():
             raise PreflightError(f"run.runtime_env.{key}: {entry}: no such file or folder (from {base})")
-    from driver.inputs import submitted_runtime_env
-
+        roots.append(path if key == "working_dir" or path.suffix in (".whl", ".zip") else path.parent)
     submitted = submitted_runtime_env()
     for key, value in env.ray_runtime_env(str(base)).items():
         twice = sorted(set(value) & set(submitted.get(key) or {})) if key == "env_vars" else submitted.get(key)
@@ -74,7 +74,7 @@ def check_plugins(cfg: PipelineConfig, log=print) -> None:
                 f"run.runtime_env.{key}: the job was submitted with a runtime env that sets "
                 f"{'variables ' + ', '.join(twice) if key == 'env_vars' else key} too; name them in one place"
             )
-    with importable(import_roots(env.py_modules, env.working_dir, base)):
+    with importable(roots):
         try:
             reward_function_factories(cfg.reward, cfg.run.seed)
             speech_decoder_factory(cfg.reward)

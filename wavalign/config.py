@@ -43,16 +43,24 @@ class RuntimeEnvConfig(Section):
     pip: list[str] = Field(default_factory=list, description="pip requirements installed for the workers")
     env_vars: dict[str, str] = Field(default_factory=dict, description="environment variables of the workers")
 
+    def shipped_files(self) -> list[tuple[str, str]]:
+        """(key, entry) of each local file or folder it ships (py_modules[i], working_dir); URIs
+        left out: Ray fetches those itself."""
+        entries = [(f"py_modules[{i}]", entry) for i, entry in enumerate(self.py_modules)]
+        entries += [("working_dir", self.working_dir)] if self.working_dir else []
+        return [(key, entry) for key, entry in entries if "://" not in entry]
+
     def ray_runtime_env(self, base: str) -> dict[str, Any]:
         """Ray's runtime_env dict (only the keys set), local paths made absolute from `base` (the
         driver's working directory: Ray uploads them from there)."""
+        files = dict(self.shipped_files())
 
-        def local(entry: str) -> str:
-            return entry if "://" in entry else os.path.normpath(os.path.join(base, entry))
+        def local(key: str, entry: str) -> str:
+            return os.path.normpath(os.path.join(base, entry)) if key in files else entry
 
         fields = {
-            "py_modules": [local(entry) for entry in self.py_modules],
-            "working_dir": local(self.working_dir) if self.working_dir else None,
+            "py_modules": [local(f"py_modules[{i}]", entry) for i, entry in enumerate(self.py_modules)],
+            "working_dir": local("working_dir", self.working_dir) if self.working_dir else None,
             "pip": self.pip,
             "env_vars": self.env_vars,
         }

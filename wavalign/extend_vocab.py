@@ -105,7 +105,7 @@ def extend_vocab(
         raise ExtendError(f"--model: the tokenizer already has {present[0]!r} ({len(present)} of the new tokens)")
     if tokenizer.eos_token is None or tokenizer.pad_token is None:
         raise ExtendError(f"--model: the tokenizer needs an eos and a pad token (the layout names them); {model_dir}")
-    model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype="auto", trust_remote_code=trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto", trust_remote_code=trust_remote_code)
     used = len(tokenizer)
     rows = model.get_input_embeddings().weight.shape[0]
     if used > rows:

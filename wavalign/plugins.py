@@ -102,20 +102,6 @@ def _built(cls: type, kwargs: dict[str, Any], key: str, path: str) -> Any:
         raise PluginError(key, path, f"building it failed: {type(err).__name__}: {err}") from None
 
 
-def import_roots(py_modules: Sequence[str], working_dir: str | None, base: Path) -> list[Path]:
-    """What Ray puts on the workers' sys.path for these runtime_env entries, as local paths (the
-    folder above each package folder, a .whl or .zip itself, the working dir); remote URIs left out."""
-    roots = []
-    for entry in py_modules:
-        if "://" in entry:
-            continue
-        path = (base / entry).resolve()
-        roots.append(path if path.suffix in (".whl", ".zip") else path.parent)
-    if working_dir and "://" not in working_dir:
-        roots.append((base / working_dir).resolve())
-    return roots
-
-
 @contextlib.contextmanager
 def importable(roots: Sequence[Path]) -> Iterator[None]:
     """sys.path with `roots` in front for the duration (the driver's check sees what workers see)."""
