@@ -331,25 +331,27 @@ def test_the_step_benchmark_measures_the_main_job_against_the_reference_loop(mai
     run_benchmark(["benchmarks/step.py", "--pipeline-run", str(main_job[0]), "--steps", "2"], "pipeline step ", address)
 
 
-def test_a_job_on_s3_storage_survives_its_learner_a_job_stop_and_a_fresh_cluster(
-    main_job, tmp_path, s3_server, job_server
+def test_a_submitted_job_on_s3_survives_its_learner_and_a_job_stop_and_resumes_on_a_fresh_cluster(
+    main_job, tmp_path, s3_server, job_server, head_node, address
 ):
-    """The operator's stop/resume cycle with the run's storage in an S3 bucket (an S3-compatible
-    server on 127.0.0.1), nothing of the run on local disk. The bucket holds the main job as if it
-    had died during step 35: rows and rollouts to step 35, the checkpoints of steps 10-30.
+    """The operator's whole cycle on two-node clusters, the run's storage in an S3 bucket (an
+    S3-compatible server on 127.0.0.1), nothing of the run on local disk. The bucket holds the main
+    job as if it had died during step 35: rows and rollouts to step 35, the checkpoints of steps 10-30.
 
-    1. `ray job submit -- launch.py --resume s3://...` to the session cluster: the driver fetches the
-       config, the pointer, the metrics and rollouts, the learner its DeepSpeed state, every worker
-       the policy (the toy model staged in the bucket); it drops what came after the checkpoint.
-       Its learner dies in its first step (a failpoint: os._exit, as under kill -9): the driver
-       rebuilds the learners from the checkpoint in the bucket by itself and takes the step again.
-    2. `ray job stop` two steps later: the job checkpoints the step it is in, into the bucket, and ends.
-    3. `launch.py --resume s3://...` alone, on a fresh cluster (a local Ray of its own, as the
-       README's commands start), finishes the run.
+    1. `ray job submit -- launch.py --resume s3://...` to the session cluster grown to two nodes: the
+       driver fetches the config, the pointer, the metrics and rollouts, the learner (placed on the
+       second node by resource, as the main job's config says) its DeepSpeed state, every worker the
+       policy (the toy model staged in the bucket); it drops what came after the checkpoint. Its
+       learner dies in its first step (a failpoint: os._exit, as under kill -9): the driver rebuilds
+       the learners from the checkpoint in the bucket by itself and takes the step again.
+    2. `launch.py status` answers for the submitted job; `ray job stop` two steps later: the job
+       checkpoints the step it is in, into the bucket, exports nothing, and ends.
+    3. `ray job submit -- launch.py --resume s3://...` on a *fresh* two-node cluster (started
+       meanwhile) finishes the run.
 
     Every output is in the bucket; the rows and rollouts equal the uninterrupted run's (timings
-    aside); pruning (keep_checkpoints 2) removed the older checkpoints there; the final policy is
-    there."""
+    aside; every response once); pruning (keep_checkpoints 2) removed the older checkpoints there;
+    the final policy is there."""
     import pyarrow.fs as pafs
 
     original = main_job[0]
@@ -369,51 +371,65 @@ def test_a_job_on_s3_storage_survives_its_learner_a_job_stop_and_a_fresh_cluster
     def stored_rows() -> list[dict]:
         return pq.read_table(f"{stored}/metrics.parquet", filesystem=fs).to_pylist()
 
+    def stored_names(folder: str = "") -> set[str]:
+        return {e.base_name for e in fs.get_file_info(pafs.FileSelector(f"{stored}/{folder}", allow_not_found=True))}
+
     location = s3_server.uri(f"runs/{original.name}")
-    # one node will do: the learner goes where it can (the main job's needed the second node)
-    sets = ["train.keep_checkpoints=2", "learner.placement.resources={}"]
     failpoints = Failpoints(tmp_path)
     failpoints.arm("learner.train_step", "exit")
+    # time for the step and its checkpoint (README: step 6)
     env = {**s3_server.env, **failpoints.env, "RAY_JOB_STOP_WAIT_TIME_S": "300"}
-    args = ["--resume", location, *(a for s in sets for a in ("--set", s))]
-    first = SubmittedJob(job_server, args, tmp_path / "first.log", env, f"s3-{time.time_ns()}")
-    try:
-        wait_until(lambda: "\nstep 32/40 |" in first.output(), first, "step 32", timeout=600)
-        first.stop()
-        first.process.wait(120)
-    finally:
-        first.kill()
-    output = first.output()
-    assert "resumed from step-000030: step 30" in output
-    assert re.search(
-        r"warning: learner rank 0: died during train_step \(.+\); rebuilding the learners from step-000030 "
-        r"\(rebuild 1, 1 more allowed in this job\)",
-        output,
-    ), output[-4000:]
-    assert "learners rebuilt: continuing after step 30, policy version 30" in output
-    stopped = len(stored_rows())
-    assert f"stopped after step {stopped} (SIGTERM); continue with: python launch.py --resume {location}" in output
+    args = ["--resume", location, "--set", "train.keep_checkpoints=2"]
+    with fresh_two_node_cluster(tmp_path, LEARNER_NODE) as fresh_cluster:
+        with second_node(head_node, LEARNER_NODE):
+            first = SubmittedJob(job_server, args, tmp_path / "first.log", env, f"s3-{time.time_ns()}")
+            try:
+                wait_until(lambda: "\nstep 32/40 |" in first.output(), first, "step 32", timeout=600)
+                status = operator_command(address, 0, "status", "--run", RUN).stdout  # of a submitted job
+                first.stop()
+                first.process.wait(120)
+            finally:
+                first.kill()
+        output = first.output()
+        assert "resumed from step-000030: step 30" in output
+        assert re.search(
+            r"warning: learner rank 0: died during train_step \(.+\); rebuilding the learners from step-000030 "
+            r"\(rebuild 1, 1 more allowed in this job\)",
+            output,
+        ), output[-4000:]
+        assert "learners rebuilt: continuing after step 30, policy version 30" in output
+        assert re.search(rf"^run '{RUN}': step 3\d/40 \| reward .* \| ETA ", status, re.M), status
+        stopped = len(stored_rows())
+        assert f"stopped after step {stopped} (SIGTERM); continue with: python launch.py --resume {location}" in output
+        assert "policy" not in stored_names()  # exported only at the last step
+        assert f"step-{stopped:06d}" in stored_names("checkpoints")
 
-    resumed = Job(tmp_path / "resumed.log", ["--resume", location], address=None, env=s3_server.env).finish()
-    assert "Started a local Ray instance" in resumed
-    assert f"resumed from step-{stopped:06d}: step {stopped}" in resumed and "done: 40 steps" in resumed
+        resumed = SubmittedJob(
+            fresh_cluster().dashboard_url, ["--resume", location], tmp_path / "resumed.log", s3_server.env
+        )
+        try:
+            resumed.process.wait(600)
+        finally:
+            resumed.kill()
+    assert resumed.process.returncode == 0 and "succeeded" in resumed.output(), resumed.output()[-4000:]
+    assert f"resumed from step-{stopped:06d}: step {stopped}" in resumed.output()
+    assert "done: 40 steps" in resumed.output()
     got = stored_rows()
     assert_same_trajectory(expected, got)  # the learner's death and the stop left no trace but the counter:
     assert [r["learner_restarts"] for r in got] == [float(r["step"] > 30) for r in got]
     assert math.isfinite(got[30]["grad_norm_text"])  # step 31: the learner's step count resumed too (norms every 10)
-    checkpoints = sorted(e.base_name for e in fs.get_file_info(pafs.FileSelector(f"{stored}/checkpoints")))
-    assert checkpoints == ["latest", f"step-{stopped:06d}", "step-000040"]
+    assert stored_names("checkpoints") == {"latest", f"step-{stopped:06d}", "step-000040"}
     with fs.open_input_stream(f"{stored}/checkpoints/latest") as pointer:
         assert pointer.read().decode().strip() == "step-000040"
     learner_files = fs.get_file_info(pafs.FileSelector(f"{stored}/checkpoints/step-000040/learner", recursive=True))
     assert any(e.base_name.endswith(".pt") for e in learner_files)  # the learner's state, from its own node
-    policy = {e.base_name for e in fs.get_file_info(pafs.FileSelector(f"{stored}/policy"))}
+    policy = stored_names("policy")
     assert "config.json" in policy and any(name.endswith(".safetensors") for name in policy), policy
-    assert {"inputs", "logs"} <= {e.base_name for e in fs.get_file_info(pafs.FileSelector(stored))}  # toy model
-    logs = [e.base_name for e in fs.get_file_info(pafs.FileSelector(f"{stored}/logs"))]
+    assert {"inputs", "logs"} <= stored_names()  # the toy model staged, the workers' logs
+    logs = stored_names("logs")
     assert sum(name.startswith("learner-") for name in logs) >= 2, logs  # the one that died, its successors
     texts = [(r["step"], r["text"]) for r in pq.read_table(f"{stored}/rollouts.parquet", filesystem=fs).to_pylist()]
-    assert texts == [(r["step"], r["text"]) for r in rollout_rows(original)]
+    assert texts == [(r["step"], r["text"]) for r in rollout_rows(original)]  # every response once, the same
 
 
 def assert_same_trajectory(expected: list[dict], got: list[dict]) -> None:
@@ -422,68 +438,6 @@ def assert_same_trajectory(expected: list[dict], got: list[dict]) -> None:
     for want, have in zip(expected, got):
         for key in DETERMINED:
             assert have[key] == pytest.approx(want[key], rel=1e-6, abs=1e-7, nan_ok=True), (want["step"], key)
-
-
-def test_a_submitted_job_stopped_with_ray_job_stop_is_resumed_on_a_fresh_cluster(
-    main_job, tmp_path, job_server, head_node, address, toy_assets, cfg
-):
-    """The operator's path on two-node clusters (the learner placed on the second node by resource),
-    the run folder a path given to the job:
-
-    1. the main job's config submitted with `ray job submit`; `launch.py status` answers for it;
-    2. `ray job stop` after its first step: the job checkpoints the step it is in and ends;
-    3. `ray job submit -- launch.py --resume <run folder>` on a *fresh* two-node cluster (started
-       meanwhile) finishes it, one step later.
-
-    Every output is complete in the one folder: a metrics row per step, every response once, the
-    checkpoints, the HF policy; up to the stop, the rows and rollouts equal the uninterrupted main
-    job's."""
-    root = tmp_path / "runs"
-    # (no evaluation: the eval split sampled before step 1 and after the last would add seconds, not checks)
-    args = main_job_args(root, toy_assets, "--set", PLACED, "--set", "train.eval_every=0")
-    env = {"RAY_JOB_STOP_WAIT_TIME_S": "300"}  # time for the step and its checkpoint (README: step 6)
-
-    with fresh_two_node_cluster(tmp_path, LEARNER_NODE) as fresh_cluster:
-        with second_node(head_node, LEARNER_NODE):
-            first = SubmittedJob(job_server, args, tmp_path / "first.log", env, f"stop-{time.time_ns()}")
-            try:
-                wait_until(lambda: rows_so_far(root, RUN), first, "step 1", timeout=600)
-                status = operator_command(address, 0, "status", "--run", RUN).stdout  # of a submitted job
-                first.stop()
-                first.process.wait(120)
-            finally:
-                first.kill()
-        output, run_dir = first.output(), run_dir_of(root, RUN)
-        stopped = len(metrics_rows(run_dir))
-        assert re.search(rf"^run '{RUN}': step \d+/40 \| reward .* \| ETA ", status, re.M), status
-        assert f"stopped after step {stopped} (SIGTERM); continue with: python launch.py --resume {run_dir}" in output
-        assert (run_dir / "checkpoints" / "latest").read_text().strip() == f"step-{stopped:06d}"
-        assert (run_dir / "checkpoints" / f"step-{stopped:06d}" / "learner").is_dir()
-        assert [r["step"] for r in metrics_rows(run_dir)] == list(range(1, stopped + 1))
-        assert not (run_dir / "policy").exists()  # exported only at the last step
-
-        steps = stopped + 1
-        resume = ["--resume", str(run_dir), "--set", f"run.steps={steps}"]
-        resumed = SubmittedJob(fresh_cluster().dashboard_url, resume, tmp_path / "resumed.log")
-        try:
-            resumed.process.wait(600)
-        finally:
-            resumed.kill()
-    assert resumed.process.returncode == 0 and "succeeded" in resumed.output(), resumed.output()[-4000:]
-    assert f"resumed from step-{stopped:06d}: step {stopped}" in resumed.output()
-
-    got = metrics_rows(run_dir)
-    assert [r["step"] for r in got] == list(range(1, steps + 1))  # one row per step, none twice
-    assert_same_trajectory(metrics_rows(main_job[0])[:stopped], got[:stopped])
-    rollouts = rollout_rows(run_dir)
-    for step in range(1, steps + 1):
-        keys = [(r["prompt_id"], r["sample_index"]) for r in rollouts if r["step"] == step]
-        assert len(keys) == len(set(keys)) == cfg.train.rollout_batch_size, step  # every response once
-    original = [(r["step"], r["text"]) for r in rollout_rows(main_job[0]) if r["step"] <= stopped]
-    assert [(r["step"], r["text"]) for r in rollouts if r["step"] <= stopped] == original
-    assert (run_dir / "checkpoints" / "latest").read_text().strip() == f"step-{steps:06d}"
-    assert (run_dir / "policy" / "config.json").is_file()
-    assert any(p.suffix == ".safetensors" for p in (run_dir / "policy").iterdir())
 
 
 EXAMPLE_PLUGINS = ROOT / "examples" / "plugins" / "wavalign_example_plugins"
@@ -621,15 +575,17 @@ class KilledRun:
 
 @pytest.fixture(scope="module")
 def online_dpo(tmp_path_factory, address, toy_assets, ray_cluster) -> KilledRun:
-    """The online DPO run of 4 steps, SIGKILLed once its outputs are complete: held at
-    driver.finishing (all its workers alive), its driver gets SIGKILL (no handler of the project's
-    runs). Ray ends the job's workers with it: which were alive before, which are left after 60 s."""
+    """The online DPO run of 5 steps told to stop after its 4th (`--stop-after-step 4`), SIGKILLed
+    once its outputs are complete: held at driver.finishing (all its workers alive), its driver gets
+    SIGKILL (no handler of the project's runs). Ray ends the job's workers with it: which were alive
+    before, which are left after 60 s."""
     from ray.util.state import list_actors
 
     root = tmp_path_factory.mktemp("dpo")
     failpoints = Failpoints(root)
     failpoints.arm("driver.finishing", "pause")
-    job = Job(root / "dpo.log", dpo_args(root, "dpo", toy_assets), address, env=failpoints.env)
+    args = [*dpo_args(root, "dpo", toy_assets, **{"run.steps": "5"}), "--stop-after-step", "4"]
+    job = Job(root / "dpo.log", args, address, env=failpoints.env)
     try:
         wait_until(lambda: failpoints.paused_pid("driver.finishing"), job, "the run's end", timeout=600)
         alive = list_actors(filters=[("state", "=", "ALIVE")], detail=True, limit=10_000)
@@ -675,6 +631,12 @@ def test_online_dpo_pairs_each_steps_best_and_worst_responses(online_dpo, cfg):
     rows = metrics_rows(online_dpo.run_dir)
     rollouts = rollout_rows(online_dpo.run_dir)
     assert [r["step"] for r in rows] == [1, 2, 3, 4] and "| dpo " in output
+    # --stop-after-step: a checkpoint of that step, the way on, no export (the run is not finished)
+    resume = (
+        f"stopped after step 4 (--stop-after-step 4); continue with: python launch.py --resume {online_dpo.run_dir}"
+    )
+    assert resume in output
+    assert (online_dpo.run_dir / "checkpoints" / "latest").read_text().strip() == "step-000004"
     for row in rows:
         groups = [
             [r["reward"] for r in rollouts if r["step"] == row["step"] and r["group_index"] == g] for g in range(8)
@@ -701,12 +663,13 @@ class FatalRun:
 
 
 @pytest.fixture(scope="module")
-def offline_dpo(main_job, tmp_path_factory, address, toy_assets, cfg) -> FatalRun:
+def offline_dpo(main_job, tmp_path_factory, toy_assets, cfg) -> FatalRun:
     """The pair builder makes token-id pairs from the main job's scored rollouts (`--from-rollouts`,
     the 8 widest gaps); a DPO run on that file (algorithm.dpo_pairs offline, 8 prompts a step: the
     same 8 pairs every step), with rollout.max_redispatch 0, ended by a failure its pools cannot
     heal: after its second step, the only rollout worker is killed while the learner steps (the sync
-    that follows removes it), and its replacement dies while its engine starts."""
+    that follows removes it), and its replacement dies while its engine starts. It is `launch.py`
+    run alone, as the README's first command runs: it starts a local Ray cluster of its own."""
     from wavalign.model_files import load_tokenizer_and_layout
 
     root = tmp_path_factory.mktemp("offline")
@@ -741,7 +704,7 @@ def offline_dpo(main_job, tmp_path_factory, address, toy_assets, cfg) -> FatalRu
         "rollout.max_redispatch": "0",
     }
     failpoints = Failpoints(root)
-    job = Job(root / "offline.log", dpo_args(root, "offline", toy_assets, **sets), address, env=failpoints.env)
+    job = Job(root / "offline.log", dpo_args(root, "offline", toy_assets, **sets), address=None, env=failpoints.env)
     try:
         wait_until(lambda: len(rows_so_far(root, "offline")) >= 2, job, "step 2")
         failpoints.arm("rollout.start", "exit")
@@ -768,6 +731,7 @@ def test_a_failure_the_pools_cannot_heal_ends_the_run_after_a_checkpoint(offline
     """The offline DPO run's end: the pools cannot go on; the run checkpoints its last complete
     step, names the worker and the cause, and says how to resume (exit 1)."""
     output, run_dir, step = offline_dpo.output, offline_dpo.run_dir, offline_dpo.step
+    assert "Started a local Ray instance" in output  # launch.py alone: a cluster of its own
     assert offline_dpo.returncode == 1, output[-3000:]
     assert re.search(r"error: rollout-\w+-\d+: failed to start \(.+\); 1 starts in a row failed", output), output[
         -3000:
