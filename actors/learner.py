@@ -36,21 +36,33 @@ class LearnerWorker:
         """model_path: a folder this node sees, or a URI, copied to this node (wavalign/node_inputs.py)."""
         log_worker_output()  # a run's worker: its output into <run>/logs/ too
         model_path = str(local_model_dir(model_path))
-        _, self.layout = load_tokenizer_and_layout(model_path, cfg.model.layout)
+        _, self.layout = load_tokenizer_and_layout(model_path, cfg.model.layout, cfg.model.trust_remote_code)
         self.cfg, self.model_path, self.rank = cfg, model_path, rank
         if cfg.learner.torch_threads:
             torch.set_num_threads(cfg.learner.torch_threads)
+        mc = cfg.model
         self.engine = DeepSpeedEngine(
-            model_path, cfg.learner, cfg.run.steps, rank=rank, world_size=world_size, master_port=master_port
+            model_path,
+            cfg.learner,
+            cfg.run.steps,
+            rank=rank,
+            world_size=world_size,
+            master_port=master_port,
+            trust_remote_code=mc.trust_remote_code,
+            frozen=tuple(mc.extra_modules),
         )
         self.device = self.engine.device  # batches are built on CPU and moved there (a GPU learner)
-        self.reference = frozen_policy(model_path, cfg.learner, self.device) if cfg.algorithm.needs_reference else None
+        self.reference = (
+            frozen_policy(model_path, cfg.learner, self.device, mc.trust_remote_code)
+            if cfg.algorithm.needs_reference
+            else None
+        )
         self.steps_done = 0
         rc = cfg.rollout
         self.weight_sync = LearnerSync(
             rc.weight_transfer_backend,
             rank,
-            self.engine.full_weights,
+            self.rollout_weights,
             chunk_bytes=int(rc.weight_bucket_mb * 2**20),
             timeout_s=rc.update_timeout_s,
             region_dir=rc.weight_staging_dir,
@@ -92,6 +104,12 @@ class LearnerWorker:
 
     def full_weights(self):
         return list(self.engine.full_weights())
+
+    def rollout_weights(self):
+        """What the rollout engines hold: every weight but the modules vLLM's model lacks
+        (model.extra_modules), which vLLM's loader would refuse."""
+        skipped = tuple(self.cfg.model.extra_modules)
+        return ((name, tensor) for name, tensor in self.engine.full_weights() if not name.startswith(skipped))
 
     # The weight sync (actors/weight_sync.py): this rank's side of vLLM's trainer engine.
 

@@ -29,7 +29,9 @@ class RewardWorker:
     def __init__(self, model_path: str, cfg: PipelineConfig) -> None:
         """model_path: a folder this node sees, or a URI (wavalign/node_inputs.py), as the reward model's."""
         log_worker_output()  # a run's worker: its output into <run>/logs/ too
-        self.tokenizer, self.layout = load_tokenizer_and_layout(local_model_dir(model_path), cfg.model.layout)
+        self.tokenizer, self.layout = load_tokenizer_and_layout(
+            local_model_dir(model_path), cfg.model.layout, cfg.model.trust_remote_code
+        )
         if cfg.reward.reward_model_path:
             local = local_model_dir(cfg.reward.reward_model_path, "reward.reward_model_path")
             cfg = cfg.model_copy(update={"reward": cfg.reward.model_copy(update={"reward_model_path": str(local)})})

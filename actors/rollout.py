@@ -23,7 +23,10 @@ from wavalign.failpoints import failpoint
 from wavalign.messages import RolloutRecord
 from wavalign.model_files import load_tokenizer_and_layout
 from wavalign.node_inputs import local_model_dir
+from wavalign.vllm_view import vllm_view
 from wavalign.worker_log import log_worker_output
+
+VIEW_CACHE = os.path.join(tempfile.gettempdir(), "wavalign-vllm-views")  # this node's views of checkpoints
 
 
 class RolloutWorker:
@@ -33,12 +36,14 @@ class RolloutWorker:
         """model_path: a folder this node sees, or a URI, copied to this node (wavalign/node_inputs.py)."""
         log_worker_output()  # a run's worker: its output into <run>/logs/ too
         model_path = str(local_model_dir(model_path))
-        _, self.layout = load_tokenizer_and_layout(model_path, cfg.model.layout)
+        _, self.layout = load_tokenizer_and_layout(model_path, cfg.model.layout, cfg.model.trust_remote_code)
         self.group_size = cfg.rollout.group_size
         self.update_timeout_s = cfg.rollout.update_timeout_s
         self.staging_dir = shared_folder(cfg.rollout.weight_staging_dir)
         self.policy_version = 0
         failpoint("rollout.start")  # fault tests: a worker (a replacement) that dies while its engine starts
+        if cfg.model.extra_modules:  # modules vLLM's model lacks: the engine loads a view without them
+            model_path = str(vllm_view(model_path, cfg.model.extra_modules, VIEW_CACHE))
         self.engine = VLLMEngine(
             model_path,
             cfg.rollout,
@@ -46,6 +51,8 @@ class RolloutWorker:
             max_model_len=cfg.model.max_model_len,
             seed=cfg.run.seed,
             eos_id=self.layout.eos_id,
+            trust_remote_code=cfg.model.trust_remote_code,
+            architecture=cfg.model.vllm_architecture,
         )
         self.stage_chunks = not self.engine.in_process  # vLLM's worker in another process reads a file
         self.node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""

@@ -43,8 +43,18 @@ class VLLMEngine:
     """Samples `n` responses per token-id prompt with the configured sampler; reloads weights live."""
 
     def __init__(
-        self, model_path: str, rollout: RolloutConfig, *, dtype: str, max_model_len: int, seed: int, eos_id: int
+        self,
+        model_path: str,
+        rollout: RolloutConfig,
+        *,
+        dtype: str,
+        max_model_len: int,
+        seed: int,
+        eos_id: int,
+        trust_remote_code: bool = False,
+        architecture: str | None = None,
     ) -> None:
+        """architecture: the vLLM model class to run the checkpoint as (model.vllm_architecture)."""
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(rollout.kv_cache_gib))))
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # per-call INFO lines would drown the progress
         if rollout.reproducible:
@@ -67,6 +77,8 @@ class VLLMEngine:
             enforce_eager=True,
             worker_extension_cls=WEIGHT_RECEIVER,
             disable_log_stats=False,  # vLLM's own statistics, for engine_metrics
+            trust_remote_code=trust_remote_code,
+            hf_overrides={"architectures": [architecture]} if architecture else None,
             **_engine_args(rollout),
         )
 

@@ -90,8 +90,9 @@ def preflight(cfg: PipelineConfig, build_toy: bool = True, log=print) -> Inputs 
     check_reward_functions(cfg)
     check_plugins(cfg, log)
     from driver.inputs import read_prompt_rows, resolve_inputs
-    from wavalign.model_files import load_tokenizer_and_layout
+    from wavalign.model_files import check_model_code, load_tokenizer_and_layout
     from wavalign.toy.cache import foreign_assets_dir, toy_assets_ready
+    from wavalign.vllm_view import unmatched_prefixes
 
     if cfg.model.path is None and (problem := foreign_assets_dir(cfg.toy)):
         raise PreflightError(problem)
@@ -104,7 +105,10 @@ def preflight(cfg: PipelineConfig, build_toy: bool = True, log=print) -> Inputs 
 
     try:
         model_path, train_files, eval_files = resolve_inputs(cfg)
-        tokenizer, layout = load_tokenizer_and_layout(model_path, cfg.model.layout)
+        tokenizer, layout = load_tokenizer_and_layout(model_path, cfg.model.layout, cfg.model.trust_remote_code)
+        check_model_code(model_path, cfg.model.trust_remote_code)
+        if unmatched := unmatched_prefixes(model_path, cfg.model.extra_modules):
+            raise ValueError(f"model.extra_modules: {', '.join(map(repr, unmatched))} names no tensor of {model_path}")
     except (OSError, ValueError) as err:
         raise PreflightError(
             _one_line(err if str(err).startswith(("model.", "toy.")) else f"model.path: {cfg.model.path}: {err}")

@@ -29,7 +29,11 @@ class DeepSpeedEngine:
         world_size: int = 1,
         master_addr: str = "127.0.0.1",
         master_port: int = 29500,
+        trust_remote_code: bool = False,
+        frozen: tuple[str, ...] = (),
     ) -> None:
+        """trust_remote_code: the checkpoint's own modeling code (model.trust_remote_code); frozen:
+        name prefixes of modules kept as they are (model.extra_modules), left out of the optimizer."""
         os.environ.update(
             MASTER_ADDR=master_addr,
             MASTER_PORT=str(master_port),
@@ -42,11 +46,13 @@ class DeepSpeedEngine:
 
         self._deepspeed = deepspeed
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
+        self.trust_remote_code = trust_remote_code
         if not torch.distributed.is_initialized():
             deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
-        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=_dtype(cfg))
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=_dtype(cfg), trust_remote_code=trust_remote_code)
+        freeze(model, frozen)
         optimizer = torch.optim.AdamW(
-            model.parameters(),
+            [p for p in model.parameters() if p.requires_grad],
             lr=cfg.learning_rate,
             betas=tuple(cfg.adam_betas),
             eps=cfg.adam_eps,
@@ -153,7 +159,13 @@ class DeepSpeedEngine:
             state = {name: tensor.clone() for name, tensor in self.full_weights()}
             if self.rank == 0:
                 self.module.save_pretrained(staging, state_dict=state, safe_serialization=True)
-                AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(staging)
+                AutoTokenizer.from_pretrained(tokenizer_dir, trust_remote_code=self.trust_remote_code).save_pretrained(
+                    staging
+                )
+                # the checkpoint's own modeling code, which its config names (auto_map)
+                for code in Path(tokenizer_dir).glob("*.py"):
+                    if not (staging / code.name).exists():
+                        shutil.copy2(code, staging / code.name)
                 staging.chmod(0o755)
                 shutil.rmtree(target, ignore_errors=True)
                 staging.rename(target)
@@ -168,12 +180,33 @@ class DeepSpeedEngine:
         return client_state or {}
 
 
-def frozen_policy(model_path: str, cfg: LearnerConfig, device: torch.device | str = "cpu") -> torch.nn.Module:
+def frozen_policy(
+    model_path: str, cfg: LearnerConfig, device: torch.device | str = "cpu", trust_remote_code: bool = False
+) -> torch.nn.Module:
     """The initial policy, frozen: the reference of the KL term and of DPO (method §3.4, §8)."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=_dtype(cfg)).eval()
+    model = AutoModelForCausalLM.from_pretrained(
+        model_path, dtype=_dtype(cfg), trust_remote_code=trust_remote_code
+    ).eval()
     return model.requires_grad_(False).to(device)
+
+
+def freeze(model: torch.nn.Module, prefixes: tuple[str, ...]) -> None:
+    """The parameters under `prefixes` kept as they are: no gradient, not in the optimizer (AdamW's
+    weight decay would shrink them even without one). Each prefix must name some parameter: a
+    checkpoint loaded without its own code (model.trust_remote_code) has lost such modules."""
+    names = [name for name, _ in model.named_parameters()]
+    for prefix in prefixes:
+        if not any(name.startswith(prefix) for name in names):
+            modules = sorted({name.split(".")[0] for name in names})
+            raise ValueError(
+                f"model.extra_modules: {prefix!r} names no parameter of the loaded model (its modules: "
+                f"{', '.join(modules)}); a checkpoint that ships its own modeling code needs model.trust_remote_code"
+            )
+    for name, param in model.named_parameters():
+        if name.startswith(prefixes):
+            param.requires_grad_(False)
 
 
 def _dtype(cfg: LearnerConfig) -> torch.dtype:

@@ -192,6 +192,33 @@ class ModelConfig(Section):
     layout: LayoutConfig = LayoutConfig()
     dtype: Literal["float32", "bfloat16"] = Field("bfloat16", description="method: bf16; CPU runs use float32")
     max_model_len: int = Field(4096, ge=16, description="tokens: prompt + response")
+    trust_remote_code: bool = Field(
+        False,
+        description="run the modeling and tokenizer code the checkpoint ships (its config's auto_map), in the learner, "
+        "the rollout engines and the reward workers: checkpoints whose architecture transformers lacks (GLM-4-Voice's "
+        "ChatGLM format, a model with extra heads). Only for checkpoints whose code you trust",
+    )
+    extra_modules: list[str] = Field(
+        [],
+        description="parameter-name prefixes of modules the checkpoint has and vLLM's model of its architecture lacks "
+        "(VITA-Audio-style multi-token-prediction heads, e.g. 'mtp_heads.'): the learner keeps them frozen (the "
+        "objective does not train them) and exports them unchanged, the weight sync skips them, and the rollout "
+        "engines load a view of the checkpoint without them",
+    )
+    vllm_architecture: str | None = Field(
+        None,
+        description="the vLLM architecture to run the checkpoint as (vLLM's hf_overrides), when vLLM does not know its "
+        "own class: e.g. Qwen2ForCausalLM for a Qwen2 with extra heads; null = the checkpoint's",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelConfig:
+        for prefix in self.extra_modules:
+            if not prefix or prefix != prefix.strip() or not prefix.replace(".", "").replace("_", "").isalnum():
+                raise ConfigError("extra_modules", f"{prefix!r} is not a parameter-name prefix (e.g. 'mtp_heads.')")
+        if self.vllm_architecture is not None and not self.vllm_architecture.isidentifier():
+            raise ConfigError("vllm_architecture", f"{self.vllm_architecture!r} is not a class name")
+        return self
 
 
 class WarmStartConfig(Section):

@@ -1,5 +1,7 @@
 """The architecture families spoken-dialogue LMs are built on (wavalign/toy/families.py: Qwen2 with
-an untied head, Llama, Qwen3, GLM-4; tiny, random, the toy tokenizer), and a text LM given a speech
+an untied head, Llama, Qwen3, GLM-4; tiny, random, the toy tokenizer), a checkpoint that ships its
+own modeling code and holds heads vLLM lacks (a Qwen2 with VITA-Audio-style multi-token-prediction
+heads: model.trust_remote_code, model.extra_modules), and a text LM given a speech
 vocabulary by `python -m wavalign.extend_vocab`, each through what a run does with a policy: the
 DeepSpeed learner's mixed step on toy rows, its HF export served by vLLM with the learner's logprobs,
 a weight sync after the next step (vLLM follows the learner, <= 1e-3, and moved with it), and an
@@ -17,7 +19,7 @@ import torch
 from actors.rollout import RolloutWorker
 from tests.integration.test_learner_worker import make_batch
 from wavalign.model_files import load_tokenizer_and_layout
-from wavalign.toy.families import FAMILIES, save_family_model
+from wavalign.toy.families import FAMILIES, REMOTE_CODE_SETTINGS, save_family_model
 
 MODELS = [*FAMILIES, "extended_llama"]
 
@@ -86,11 +88,13 @@ def test_a_family_steps_exports_serves_syncs_and_resumes(family, serving, toy_as
     from wavalign.storage import RunStore
 
     run_cfg, handles = serving
+    run_cfg = run_cfg.model_copy(deep=True)  # the family's model.* settings (its own code, extra heads)
+    run_cfg.model = run_cfg.model.model_copy(update=REMOTE_CODE_SETTINGS.get(family, {}))
     if family == "extended_llama":
         model = extended_llama(toy_assets, tmp_path)
     else:
         model = save_family_model(family, toy_assets.model_dir, tmp_path / family)
-    tokenizer, layout = load_tokenizer_and_layout(model, run_cfg.model.layout)
+    tokenizer, layout = load_tokenizer_and_layout(model, run_cfg.model.layout, run_cfg.model.trust_remote_code)
     toy_tokenizer = AutoTokenizer.from_pretrained(toy_assets.model_dir)
     first, second = (remapped(make_batch(toy_assets, cfg, lam), toy_tokenizer, tokenizer) for lam in (0.5, 0.3))
     learner_cfg = run_cfg.model_copy(deep=True)
@@ -102,6 +106,8 @@ def test_a_family_steps_exports_serves_syncs_and_resumes(family, serving, toy_as
     stats = learner.train_step(first)
     assert stats["loss"] == stats["loss"] and stats["sft_loss"] > 0, stats
     learner.save_hf(store, "export")
+    if family in REMOTE_CODE_SETTINGS:
+        assert_extra_heads_kept(learner, model, tmp_path / "run" / "export")
     learner.save_checkpoint(store, "checkpoint", "step1")
 
     # 2. vLLM serves the export with the learner's logprobs: its weight names map onto vLLM's model.
@@ -140,3 +146,19 @@ def test_a_family_steps_exports_serves_syncs_and_resumes(family, serving, toy_as
     assert any(not torch.equal(expected[name], tensor) for name, tensor in learner.full_weights())
     learner.train_step(second)
     assert all(torch.equal(expected[name], tensor) for name, tensor in learner.full_weights())
+
+
+def assert_extra_heads_kept(learner, model, export):
+    """The heads vLLM lacks: frozen in the learner (the step moved the rest, not them), and in the
+    export unchanged, with the code that builds them, loadable with trust_remote_code."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    initial = load_file(model / "model.safetensors")
+    now = dict(learner.full_weights())
+    heads = [name for name in initial if name.startswith("mtp_heads.")]
+    assert heads and all(torch.equal(now[name], initial[name]) for name in heads)
+    assert not torch.equal(now["model.layers.0.mlp.up_proj.weight"], initial["model.layers.0.mlp.up_proj.weight"])
+    assert {"configuration_mtp_qwen2.py", "modeling_mtp_qwen2.py"} <= {p.name for p in export.iterdir()}
+    reloaded = AutoModelForCausalLM.from_pretrained(export, trust_remote_code=True).state_dict()
+    assert all(torch.equal(reloaded[name], initial[name]) for name in heads)

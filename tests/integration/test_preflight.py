@@ -116,3 +116,31 @@ def test_a_real_launch_fails_its_start_checks_before_creating_anything(tmp_path,
     assert done.returncode == 2 and done.stdout == "", done.stdout + done.stderr
     assert done.stderr.strip() == "error: reward.judge.url: not set, and $WAVALIGN_REWARD_API_BASE is empty"
     assert not runs.exists()  # no run directory holding only config.yaml
+
+
+def test_a_checkpoint_with_its_own_code_and_extra_heads_needs_its_settings(dry_run, tmp_path, toy_assets, capsys):
+    """The MTP model (wavalign/toy/families.py: its own modeling code, heads vLLM lacks): without
+    model.trust_remote_code, and with an extra_modules prefix that names nothing, the dry run says
+    so in one line; with the family's settings it passes."""
+    from wavalign.toy.families import REMOTE_CODE_SETTINGS, save_family_model
+
+    model = save_family_model("mtp_qwen2", toy_assets.model_dir, tmp_path / "mtp")
+    capsys.readouterr()  # (what the build printed)
+    base = [
+        f"model.path={model}",
+        f"data.train_files=[{toy_assets.data_file('train', '.jsonl')}]",
+        "train.eval_every=0",
+    ]
+    settings = REMOTE_CODE_SETTINGS["mtp_qwen2"]
+    own = [f"model.vllm_architecture={settings['vllm_architecture']}", "model.trust_remote_code=true"]
+    for overrides, expected in (
+        (base, f"error: model.path: {model} ships its own modeling code (config.json auto_map)"),
+        (
+            [*base, *own, "model.extra_modules=[heads.]"],
+            f"error: model.extra_modules: 'heads.' names no tensor of {model}",
+        ),
+    ):
+        code, out, err = dry_run(*overrides)
+        assert code == 2 and err.startswith(expected) and len(err.strip().splitlines()) == 1, err
+    code, _, err = dry_run(*base, *own, "model.extra_modules=[mtp_heads.]")
+    assert code == 0, err

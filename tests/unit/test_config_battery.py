@@ -200,6 +200,18 @@ CASES = [
         ["reward.functions=[{name: reward_model}]", "reward.reward_model_path=/nope"],
         "reward.reward_model_path: /nope is not an HF model directory (no config.json)",
     ),
+    (
+        "an extra module that is not a name prefix",
+        None,
+        ["model.extra_modules=['mtp heads']"],
+        "model.extra_modules: 'mtp heads' is not a parameter-name prefix (e.g. 'mtp_heads.')",
+    ),
+    (
+        "a vLLM architecture that is not a class name",
+        None,
+        ["model.vllm_architecture=qwen2-7b"],
+        "model.vllm_architecture: 'qwen2-7b' is not a class name",
+    ),
 ]
 
 

@@ -10,6 +10,10 @@ Which real models each family stands for (README: "Your own model"):
   glm-4-9b-chat-hf: partial rotary, qkv bias, fused gate-up MLP), the backbone of GLM-4-Voice (whose
   own checkpoint ships ChatGLM remote code). (GLM-4-0414's `Glm4ForCausalLM` loads in both too; it
   is left out of the suite to keep it within its time.)
+- `mtp_qwen2`: a checkpoint that ships its own modeling code (config `auto_map`, loaded only with
+  model.trust_remote_code) and holds modules vLLM's model lacks: a Qwen2 with VITA-Audio-style
+  multi-token-prediction heads (wavalign/toy/remote_code/), run with the settings of
+  REMOTE_CODE_SETTINGS (vLLM serves it as its Qwen2, from a view without the heads).
 Each uses head_dim 64 (vLLM's CPU attention needs it) and grouped-query attention (fewer key/value
 heads than query heads), so the learner-to-vLLM name mapping meets split q/k/v weights that vLLM
 fuses, and an untied output head.
@@ -17,8 +21,11 @@ fuses, and an untied output head.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
+
+REMOTE_CODE = Path(__file__).parent / "remote_code"
 
 HEAD_DIM = 64
 # model_type -> the settings that make it that family's distinctive variant
@@ -27,6 +34,11 @@ FAMILIES: dict[str, dict[str, Any]] = {
     "llama": {"model_type": "llama", "attention_bias": False},
     "qwen3": {"model_type": "qwen3"},
     "glm": {"model_type": "glm"},
+    "mtp_qwen2": {"model_type": "qwen2"},  # built as its own code's class (below)
+}
+# model.* settings a family needs beyond the path
+REMOTE_CODE_SETTINGS: dict[str, dict[str, Any]] = {
+    "mtp_qwen2": {"trust_remote_code": True, "extra_modules": ["mtp_heads."], "vllm_architecture": "Qwen2ForCausalLM"},
 }
 
 
@@ -60,7 +72,29 @@ def save_family_model(
         **settings,
     )
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config).float()
+    if family in REMOTE_CODE_SETTINGS:
+        model = _with_own_code(config)
+    else:
+        model = AutoModelForCausalLM.from_config(config).float()
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
+    if family in REMOTE_CODE_SETTINGS:  # the code beside the weights, as such checkpoints ship it
+        for code in ("configuration_mtp_qwen2.py", "modeling_mtp_qwen2.py"):
+            shutil.copy2(REMOTE_CODE / code, Path(out_dir) / code)
     return Path(out_dir)
+
+
+def _with_own_code(config):
+    """The MTP model of `config`'s settings, its config naming its code (auto_map)."""
+    from wavalign.toy.remote_code.configuration_mtp_qwen2 import MtpQwen2Config
+    from wavalign.toy.remote_code.modeling_mtp_qwen2 import MtpQwen2ForCausalLM
+
+    own = MtpQwen2Config(
+        **{k: v for k, v in config.to_dict().items() if k not in ("model_type", "transformers_version")}
+    )
+    own.auto_map = {
+        "AutoConfig": "configuration_mtp_qwen2.MtpQwen2Config",
+        "AutoModelForCausalLM": "modeling_mtp_qwen2.MtpQwen2ForCausalLM",
+    }
+    own.architectures = ["MtpQwen2ForCausalLM"]
+    return MtpQwen2ForCausalLM(own).float()
