@@ -4,7 +4,8 @@ own modeling code and holds heads vLLM lacks (a Qwen2 with VITA-Audio-style mult
 heads: model.trust_remote_code, model.extra_modules), and a text LM given a speech
 vocabulary by `python -m wavalign.extend_vocab`, each through what a run does with a policy: the
 DeepSpeed learner's mixed step on toy rows, its HF export served by vLLM with the learner's logprobs,
-a weight sync after the next step (vLLM follows the learner, <= 1e-3, and moved with it), and an
+vLLM's samples from it trained on by the next step (the sampler's logprobs the learner's), a weight
+sync after that step (vLLM follows the learner, <= 1e-3, and moved with it), and an
 exact resume from a DeepSpeed checkpoint. One rollout worker serves each model in turn (its vLLM
 in its own process: one import, one engine at a time), so the file costs seconds per family."""
 
@@ -17,6 +18,8 @@ import pytest
 import torch
 
 from actors.rollout import RolloutWorker
+from learner.advantages import group_advantages
+from tests.integration.conftest import MISMATCH_FLOOR
 from tests.integration.test_learner_worker import make_batch
 from wavalign.model_files import load_tokenizer_and_layout
 from wavalign.toy.families import FAMILIES, REMOTE_CODE_SETTINGS, save_family_model
@@ -129,8 +132,28 @@ def test_a_family_steps_exports_serves_syncs_and_resumes(family, serving, toy_as
     exported = served()
     assert gap(exported, learner.continuation_logprobs(prompt, answer)) <= 1e-3
 
-    # 3. The next step reaches vLLM through the weight sync (the learner's names, streamed).
-    learner.train_step(second)
+    # 3. vLLM samples G responses from the export (a logprob and a modality code per token); the
+    # next learner step trains on them (its RL rows) and finds the sampler's logprobs its own (the
+    # mismatch is float noise); that step reaches vLLM through the weight sync (the learner's names,
+    # streamed).
+    G = run_cfg.rollout.group_size
+    records = ray.get(worker.generate.remote([("family", prompt)], 1), timeout=120)
+    assert len(records) == G and all(len(r.modality) == len(r.response_token_ids) for r in records)
+    assert all(set(r.modality) <= {1, 2, 3} for r in records)
+    second = dataclasses.replace(
+        second,
+        rollout_prompts=[prompt] * G,
+        rollout_responses=[list(r.response_token_ids) for r in records],
+        advantages=group_advantages(torch.arange(G, dtype=torch.float32).view(1, G)).flatten().tolist(),
+        rollout_logprobs=[list(r.logprobs) for r in records],
+    )
+    stats = learner.train_step(second)
+    assert stats["mismatch_kl"] <= MISMATCH_FLOOR["kl"], stats
+    assert all(
+        stats[f"mismatch_{kind}_max_abs"] <= MISMATCH_FLOOR["max_abs"]
+        for kind in ("text", "speech")
+        if stats[f"mismatch_{kind}_max_abs"] == stats[f"mismatch_{kind}_max_abs"]
+    ), stats
     report = learner.send_weights(1, [("family-worker", worker)])
     assert not report.failed
     now = learner.continuation_logprobs(prompt, answer)
