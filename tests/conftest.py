@@ -6,13 +6,17 @@ process of its own behind."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
+from tests import background
+from wavalign.config_file import read_config
 from wavalign.layout import SpeechLayout
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,6 +29,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "token")
 TOY_SETTINGS = [f"toy.assets_dir={ROOT / '.assets' / 'toy'}"]
 ASSET_BUILD_TIMEOUT_S = 1800
 _background_build: dict = {}  # the asset build started at collection: process, log
+_background_logs: list[Path] = []  # the folder of the subprocesses started at collection
 
 
 @pytest.fixture(scope="session")
@@ -54,20 +59,26 @@ def pytest_collection_modifyitems(config, items):
     """The toy asset build (minutes on both cores when the cache is cold) starts in the background
     now, and the test modules that need no assets run first, while it builds: their time is mostly
     spent waiting (judge deadlines, subprocesses), so the session gains most of it. Whole modules
-    move, so module fixtures are still set up once."""
+    move, so module fixtures are still set up once. With the assets there, the selected tests'
+    long subprocesses that need nothing else start at once instead (tests/background.py)."""
     needing = {item.path for item in items if "toy_assets" in item.fixturenames}
     items.sort(key=lambda item: item.path in needing)  # stable: the order within each group stays
-    if needing and not config.option.collectonly:
-        _start_asset_build(config)
+    if needing and not config.option.collectonly and not _start_asset_build(config):
+        # the assets are there: the long subprocesses that need nothing else start now (tests/background.py)
+        from wavalign.toy.assets import ensure_toy_assets
+
+        toy = read_config(ROOT / "pipeline.yaml", TOY_SETTINGS)
+        _background_logs.append(Path(tempfile.mkdtemp(prefix="wavalign-tests-")))
+        background.start_for(items, ensure_toy_assets(toy.toy, toy.model.layout), _background_logs[0])
 
 
-def _start_asset_build(config) -> None:
-    from wavalign.config_file import read_config
+def _start_asset_build(config) -> bool:
+    """True when a build started (the assets are not ready)."""
     from wavalign.toy.cache import toy_assets_ready
 
     toy = read_config(ROOT / "pipeline.yaml", TOY_SETTINGS)
     if toy_assets_ready(toy.toy, toy.model.layout):
-        return
+        return False
     log = Path(config.rootpath) / ".assets" / "build.log"  # .assets is the project's (ignored) cache folder
     log.parent.mkdir(exist_ok=True)
     settings = [a for s in TOY_SETTINGS for a in ("--set", s)]
@@ -79,6 +90,7 @@ def _start_asset_build(config) -> None:
             stdout=out,
             stderr=subprocess.STDOUT,
         )
+    return True
 
 
 # Hand layout for mask tests: ids 0..9 text-ish, BOA 10, EOA 11, eos 12, pad 13, speech codes 20..29.
@@ -110,6 +122,9 @@ def pytest_sessionfinish(session, exitstatus):
     if (build := _background_build.get("process")) and build.poll() is None:  # an interrupted session
         build.terminate()  # the build removes its staging folder on SIGTERM
         build.wait(60)
+    background.stop_all()
+    for folder in _background_logs:
+        shutil.rmtree(folder, ignore_errors=True)
     deadline = time.monotonic() + 15  # a stopping Ray node takes a moment to take its workers along
     while (left := [p for p in psutil.Process().children(recursive=True) if _alive(p)]) and time.monotonic() < deadline:
         time.sleep(0.5)

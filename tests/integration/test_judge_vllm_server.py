@@ -2,25 +2,28 @@
 server (`vllm.entrypoints.openai.api_server`, what `vllm serve` runs) serving the tiny model on
 127.0.0.1, constrained by vLLM's structured outputs to answer in the rubric's `<score>` format."""
 
-import os
-import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
 from rewards.judge import JudgeSettings, OpenAIJudge
 from rewards.types import ScoredResponse
+from tests import background
+from tests.background import Background
+from tests.integration.conftest import ROOT
 from wavalign.ports import free_port
 
+TEST = "test_judge_client_speaks_to_a_real_openai_compatible_server"
 
-@pytest.fixture(scope="module")
-def vllm_server(toy_assets, tmp_path_factory):
+
+def start_server(toy_assets, folder: Path) -> Background:
+    """vLLM's OpenAI server on the tiny model, on a free port of 127.0.0.1 (info: port)."""
     port = free_port()
-    log = tmp_path_factory.mktemp("vllm-server") / "server.log"
     # eager sampler helpers, as the rollout engines run them on CPU (actors/vllm_engine.py: eager_torch_on_cpu)
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "TORCH_COMPILE_DISABLE": "1"}
+    env = {"VLLM_CPU_KVCACHE_SPACE": "1", "TORCH_COMPILE_DISABLE": "1"}
     command = [
         sys.executable,
         "-m",
@@ -39,13 +42,22 @@ def vllm_server(toy_assets, tmp_path_factory):
         "--max-model-len",
         "512",
     ]
-    with open(log, "w") as out:
-        server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+    return Background.start(command, folder / "vllm-server.log", ROOT, env, port=port)
+
+
+# Its minute of start-up overlaps with the tests that go first (tests/background.py).
+PRESTART = {TEST: start_server}
+
+
+@pytest.fixture(scope="module")
+def vllm_server(toy_assets, tmp_path_factory):
+    server = background.take(TEST) or start_server(toy_assets, tmp_path_factory.mktemp("vllm-server"))
+    port = server.info["port"]
     try:
         deadline = time.monotonic() + 300
         while True:  # wait for the health endpoint (or the process to die), bounded by the deadline
-            if server.poll() is not None:
-                pytest.fail(f"vLLM server exited: {log.read_text()[-3000:]}")
+            if server.process.poll() is not None:
+                pytest.fail(f"vLLM server exited: {server.log.read_text()[-3000:]}")
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as reply:
                     if reply.status == 200:
@@ -57,11 +69,7 @@ def vllm_server(toy_assets, tmp_path_factory):
             time.sleep(1)
         yield f"http://127.0.0.1:{port}/v1/chat/completions"
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        server.stop()
 
 
 def test_judge_client_speaks_to_a_real_openai_compatible_server(vllm_server):
