@@ -56,7 +56,7 @@ def check_plugins(cfg: PipelineConfig, log=print) -> None:
     arguments the pipeline passes, with the shipped code (run.runtime_env's local py_modules and
     working_dir) importable as it will be in the workers."""
     from driver.inputs import submitted_runtime_env
-    from rewards.registry import reward_function_factories, speech_decoder_factory
+    from rewards.registry import asr_backend_factory, reward_function_factories, speech_decoder_factory
     from wavalign.plugins import PluginError, importable
 
     env, base = cfg.run.runtime_env, Path.cwd()
@@ -78,6 +78,8 @@ def check_plugins(cfg: PipelineConfig, log=print) -> None:
         try:
             reward_function_factories(cfg.reward, cfg.run.seed)
             speech_decoder_factory(cfg.reward)
+            if any(f.name == "asr_consistency" for f in cfg.reward.functions):
+                asr_backend_factory(cfg.reward)
         except PluginError as err:
             if not (env.pip and "no module named" in str(err)):
                 raise PreflightError(str(err)) from None

@@ -11,7 +11,7 @@ from rewards.speech import SpeechDecoder
 from rewards.toy import NoisyToyJudge, toy_answer_reward
 from rewards.types import RewardFn
 from wavalign.config import ConfigError, RewardConfig, http_url_problem
-from wavalign.plugins import decoder_factory, reward_factory
+from wavalign.plugins import class_factory, decoder_factory, reward_factory
 
 URL_ENV = "WAVALIGN_REWARD_API_BASE"
 # A judge call ends within this share of reward.timeout_s, so a chunk's scoring (decoding, the
@@ -71,15 +71,24 @@ def _reward_model(cfg: RewardConfig, seed: int) -> RewardFn:
     return HFRewardModel(cfg.reward_model_path, scale=(cfg.scale_min, cfg.scale_max))
 
 
+def _asr_consistency(cfg: RewardConfig, seed: int) -> RewardFn:
+    from rewards.asr import AsrConsistency  # jiwer, and pocketsphinx for the default backend: only when listed
+
+    return AsrConsistency(asr_backend_factory(cfg)(), cfg.scale_min, cfg.scale_max, cfg.asr.worst_wer)
+
+
 # The built-in reward functions by name (wavalign/config.py: BUILTIN_REWARD_FUNCTIONS), each built
 # from the reward section and the run's seed; every other function is a plug-in by import path.
 BUILTIN_FUNCTIONS: dict[str, Callable[[RewardConfig, int], RewardFn]] = {
     "toy_answer": _toy_answer,
     "judge": lambda cfg, seed: build_judge(cfg),
     "reward_model": _reward_model,
+    "asr_consistency": _asr_consistency,
 }
 # The built-in speech decoders by name: the same loader as a plug-in's ("none": no audio).
 BUILTIN_DECODERS = {"toy": "rewards.speech:ToySpeechDecoder", "none": None}
+# The built-in ASR backends of asr_consistency by name: the same loader as a plug-in's.
+BUILTIN_ASR_BACKENDS = {"pocketsphinx": "rewards.asr:PocketSphinxRecognizer"}
 
 
 def reward_function_factories(cfg: RewardConfig, seed: int = 0) -> dict[str, Callable[[], RewardFn]]:
@@ -106,3 +115,9 @@ def speech_decoder_factory(cfg: RewardConfig) -> Callable[[], SpeechDecoder | No
     if path is None:
         return lambda: None
     return decoder_factory(path, spec.kwargs, "reward.speech_decoder.path")
+
+
+def asr_backend_factory(cfg: RewardConfig) -> Callable[[], object]:
+    """The asr_consistency backend's builder (a plug-in is imported and checked here)."""
+    path = BUILTIN_ASR_BACKENDS.get(cfg.asr.backend, cfg.asr.backend)
+    return class_factory(path, cfg.asr.kwargs, "reward.asr.backend", "transcribe", "audios", "an ASR backend")

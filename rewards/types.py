@@ -5,7 +5,7 @@
 A reward function scores a batch of responses and returns one float per response, on the judge's
 scale (method.md §4: 1 to 5). It sees the *semantic* view of a response: the plain question, the
 response's text channel (special tokens stripped), the decoded speech if a speech decoder is
-configured, and the dataset's reference answer. Pure module: standard library only.
+configured, and the dataset's reference answer. Pure module: standard library only (and wavalign.audio).
 """
 
 from __future__ import annotations
@@ -14,17 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-
-@dataclass(frozen=True)
-class Audio:
-    """A mono waveform: samples in [-1, 1] (float) at `sample_rate` Hz."""
-
-    samples: Sequence[float]
-    sample_rate: int
-
-    @property
-    def seconds(self) -> float:
-        return len(self.samples) / self.sample_rate
+from wavalign.audio import Audio  # what speech decoders return (re-exported: rewards.types.Audio)
 
 
 @dataclass(frozen=True)

@@ -52,4 +52,18 @@ cfg = read_config("pipeline.yaml", [])
 print("install: toy assets ready in", ensure_toy_assets(cfg.toy, cfg.model.layout).root)' \
         || { echo "install: the toy assets did not build (see above)" >&2; exit 1; }
 fi
+# Speech synthesizers for the tests' real speech (flite: its 16 kHz voices are what the built-in
+# recogniser understands; espeak-ng beside it), from Debian where this script may install packages.
+# Without them the tests that need speech skip, saying why.
+if ! command -v flite > /dev/null || ! command -v espeak-ng > /dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get > /dev/null; then
+        echo "install: flite and espeak-ng (Debian packages, for the tests' synthesized speech)"
+        { apt-get install -y -q flite espeak-ng > /dev/null 2>&1 \
+            || { apt-get update -q > /dev/null 2>&1 && apt-get install -y -q flite espeak-ng > /dev/null 2>&1; }; } \
+            || echo "install: note: flite / espeak-ng not installed; the tests that need speech will skip"
+    else
+        echo "install: note: flite / espeak-ng are not installed (apt-get install flite espeak-ng as root);" \
+            "the tests that need speech will skip"
+    fi
+fi
 echo "install: ready (.venv)"

@@ -431,7 +431,7 @@ class JudgeConfig(Section):
 
 # The reward functions and speech decoders the project ships (rewards/registry.py builds them); any
 # other is a plug-in named by its import path.
-BUILTIN_REWARD_FUNCTIONS = ("toy_answer", "judge", "reward_model")
+BUILTIN_REWARD_FUNCTIONS = ("toy_answer", "judge", "reward_model", "asr_consistency")
 BUILTIN_SPEECH_DECODERS = ("toy", "none")
 _IMPORT_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 
@@ -494,6 +494,31 @@ class SpeechDecoderConfig(Section):
         return self
 
 
+BUILTIN_ASR_BACKENDS = ("pocketsphinx",)
+
+
+class AsrConfig(Section):
+    """The asr_consistency reward: each response's speech, decoded by reward.speech_decoder, is
+    transcribed and compared with the response's own text channel (word error rate), so a spoken
+    answer that says something else than its text scores low."""
+
+    backend: str = Field(
+        "pocketsphinx",
+        description="pocketsphinx (offline CPU recogniser, its English model inside the package) | "
+        "'package.module:Class' with transcribe(self, audios) -> list[str] (e.g. a Whisper wrapper on a GPU)",
+    )
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="the backend's constructor arguments")
+    worst_wer: float = Field(
+        1.0, gt=0, description="WER at or above which the score is scale_min; WER 0 scores scale_max, linear between"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> AsrConfig:
+        if self.backend not in BUILTIN_ASR_BACKENDS and (problem := import_path_problem(self.backend)):
+            raise ConfigError("backend", f"{problem}, nor a built-in ({', '.join(BUILTIN_ASR_BACKENDS)})")
+        return self
+
+
 class RewardConfig(Section):
     scale_min: float = Field(1.0, description="the judge's scale; λ's constants derive from it")
     scale_max: float = Field(5.0)
@@ -506,6 +531,7 @@ class RewardConfig(Section):
     speech_decoder: SpeechDecoderConfig = Field(
         default_factory=SpeechDecoderConfig, description="speech codes -> audio for the reward functions"
     )
+    asr: AsrConfig = AsrConfig()
     toy_noise_std: float = Field(0.0, ge=0, description="toy_answer as a noisy judge: Gaussian noise on its score")
     toy_flip_prob: float = Field(0.0, ge=0, le=1, description="... and the chance its right/wrong verdict is reversed")
     num_workers: int = Field(1, ge=1, description="reward workers")
@@ -533,6 +559,8 @@ class RewardConfig(Section):
             )
         if "reward_model" in names and not self.reward_model_path:
             raise ConfigError("reward_model_path", "required when 'reward_model' is among the functions")
+        if "asr_consistency" in names and self.speech_decoder.path == "none":
+            raise ConfigError("speech_decoder", "'asr_consistency' transcribes the decoded speech: it needs a decoder")
         return self
 
 

@@ -56,11 +56,21 @@ def _bind(target: Callable, args: tuple, kwargs: dict[str, Any], key: str, path:
 
 
 def _described(args: tuple, kwargs: dict[str, Any]) -> str:
-    shown = [*("responses" if a is _RESPONSES else "codes" if a is _CODES else "self" for a in args), *kwargs]
+    shown = [*(str(a) for a in args), *kwargs]
     return "(" + ", ".join(shown) + ")" if shown else "no arguments"
 
 
-_RESPONSES, _CODES, _SELF = object(), object(), object()  # stand-ins for the signature checks
+class _StandIn:
+    """An argument in a signature check, shown by its name."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __str__(self) -> str:
+        return self.name
+
+
+_RESPONSES, _SELF = _StandIn("responses"), _StandIn("self")
 
 
 def reward_factory(path: str, kwargs: dict[str, Any], key: str) -> Callable[[], Callable]:
@@ -84,14 +94,21 @@ def reward_factory(path: str, kwargs: dict[str, Any], key: str) -> Callable[[], 
 def decoder_factory(path: str, kwargs: dict[str, Any], key: str) -> Callable[[], Any]:
     """A speech-decoder plug-in's builder: a class with decode(self, codes) -> rewards.types.Audio,
     built as cls(**kwargs)."""
+    return class_factory(path, kwargs, key, "decode", "codes", "a speech decoder")
+
+
+def class_factory(path: str, kwargs: dict[str, Any], key: str, method: str, argument: str, role: str):
+    """The builder of a plug-in class built as cls(**kwargs) whose instances are called as
+    instance.method(argument): a speech decoder (decode(codes)), an ASR backend (transcribe(audios)),
+    a speech tokenizer (encode(audios))."""
     obj = load(path, key)
     if not inspect.isclass(obj):
-        raise PluginError(key, path, f"is a {type(obj).__name__}, not a class with decode(codes)")
+        raise PluginError(key, path, f"is a {type(obj).__name__}, not a class with {method}({argument})")
     _bind(obj, (), kwargs, key, path, "its constructor")
-    decode = getattr(obj, "decode", None)
-    if not callable(decode):
-        raise PluginError(key, path, "a speech decoder class must define decode(self, codes)")
-    _bind(decode, (_SELF, _CODES), {}, key, path, "its decode")
+    bound = getattr(obj, method, None)
+    if not callable(bound):
+        raise PluginError(key, path, f"{role} class must define {method}(self, {argument})")
+    _bind(bound, (_SELF, _StandIn(argument)), {}, key, path, f"its {method}")
     return functools.partial(_built, obj, kwargs, key, path)
 
 

@@ -15,6 +15,7 @@ import pytest
 from tests import background
 from tests.background import Background
 from tests.integration.conftest import ROOT
+from wavalign.speech.synthesize import available
 
 BENCHMARKS = [
     pytest.param(
@@ -99,3 +100,16 @@ def test_a_pipeline_run_that_is_not_one_is_a_one_line_error(tmp_path):
         )
         lines = out.stderr.strip().splitlines()
         assert out.returncode == 1 and len(lines) == 1 and expected in lines[0], out.stderr
+
+
+@pytest.mark.skipif(not available("flite"), reason="flite is not installed (scripts/install.sh)")
+def test_the_asr_benchmark_runs_and_prints_its_ratio():
+    out = subprocess.run(
+        [sys.executable, "benchmarks/asr.py", "--utterances", "2", "--repeats", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert_ratio_line(out.stdout, "asr_consistency / bare recogniser responses/s = ")

@@ -207,6 +207,18 @@ CASES = [
         "model.extra_modules: 'mtp heads' is not a parameter-name prefix (e.g. 'mtp_heads.')",
     ),
     (
+        "the ASR reward without a decoder",
+        None,
+        ["reward.functions=[{name: asr_consistency}]", "reward.speech_decoder=none"],
+        "reward.speech_decoder: 'asr_consistency' transcribes the decoded speech: it needs a decoder",
+    ),
+    (
+        "an ASR backend that is not an import path",
+        None,
+        ["reward.asr.backend=whisper"],
+        "reward.asr.backend: 'whisper'",
+    ),
+    (
         "a vLLM architecture that is not a class name",
         None,
         ["model.vllm_architecture=qwen2-7b"],

@@ -56,6 +56,8 @@ PURE_MODULES = [
     "rewards.judge_reply",
     "rewards.speech",
     "rewards.wav",
+    "rewards.consistency",
+    "wavalign.audio",
 ]
 HEAVY = ["ray", "vllm", "deepspeed", "transformers", "pyarrow", "aiohttp", "requests"]
 

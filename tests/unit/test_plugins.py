@@ -127,6 +127,18 @@ def test_a_bad_decoder_plugin_is_one_line(plugins, path, expected):
         decoder_factory(path, {}, "k")
 
 
+def test_an_asr_backend_is_a_plugin_of_the_same_kind(plugins):
+    """reward.asr.backend: a class with transcribe(audios), or the built-in pocketsphinx."""
+    from rewards.registry import asr_backend_factory
+
+    cfg = read_config(PIPELINE, [f"reward.asr.backend='{plugins}:NoDecode'"])
+    with pytest.raises(
+        PluginError, match=r"^reward.asr.backend: .*an ASR backend class must define transcribe\(self, audios\)"
+    ):
+        asr_backend_factory(cfg.reward)
+    assert type(asr_backend_factory(read_config(PIPELINE, []).reward)()).__name__ == "PocketSphinxRecognizer"
+
+
 def test_a_plugin_that_fails_to_build_says_why(plugins):
     build = reward_factory(f"{plugins}:Failing", {}, "reward.functions[1].path")
     with pytest.raises(PluginError, match=r"^reward.functions\[1\].path: .*: building it failed: RuntimeError: model"):

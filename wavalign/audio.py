@@ -1,0 +1,33 @@
+"""A mono waveform, the type speech decoders return and the speech tokenizers and recognisers take,
+and 16-bit PCM WAV files read as one. Pure module: standard library only."""
+
+from __future__ import annotations
+
+import wave
+from array import array
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Audio:
+    """A mono waveform: samples in [-1, 1] (float) at `sample_rate` Hz."""
+
+    samples: Sequence[float]
+    sample_rate: int
+
+    @property
+    def seconds(self) -> float:
+        return len(self.samples) / self.sample_rate
+
+
+def read_wav(path: str | Path) -> Audio:
+    """A 16-bit PCM WAV file as Audio (channels averaged)."""
+    with wave.open(str(path)) as wav:
+        if wav.getsampwidth() != 2:
+            raise ValueError(f"{path}: {8 * wav.getsampwidth()}-bit samples; 16-bit PCM expected")
+        channels, rate = wav.getnchannels(), wav.getframerate()
+        pcm = array("h", wav.readframes(wav.getnframes()))
+    samples = [sum(pcm[i : i + channels]) / (channels * 32768.0) for i in range(0, len(pcm), channels)]
+    return Audio(samples=array("f", samples), sample_rate=rate)

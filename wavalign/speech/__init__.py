@@ -1,0 +1,1 @@
+"""Real audio: speech synthesized with the system's text-to-speech programs (for tests and benchmarks)."""

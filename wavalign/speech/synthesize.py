@@ -1,0 +1,38 @@
+"""Speech from text with a Debian text-to-speech program, for the tests and benchmarks that need
+real speech (no model downloads here): flite (CMU's synthesizer; its 16 kHz voices rms, slt, awb are
+what the built-in recogniser, CMU's PocketSphinx, understands) or espeak-ng (a formant synthesizer:
+intelligible to people, mostly not to PocketSphinx — measured: "the cat sat on the mat" heard as
+"so my"). scripts/install.sh installs both where it may.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from wavalign.audio import Audio, read_wav
+
+ENGINES = ("flite", "espeak-ng")
+
+
+def available(engine: str = "flite") -> bool:
+    return shutil.which(engine) is not None
+
+
+def synthesize(text: str, voice: str = "rms", engine: str = "flite") -> Audio:
+    """`text` spoken by `voice` of `engine`, as a mono waveform in [-1, 1] at the program's rate."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine {engine!r}: choose from {', '.join(ENGINES)}")
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "speech.wav"
+        command = (
+            ["flite", "-voice", voice, "-t", text, "-o", str(out)]
+            if engine == "flite"
+            else ["espeak-ng", "-v", voice, "-w", str(out), text]
+        )
+        done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        if done.returncode != 0 or not out.is_file():
+            raise RuntimeError(f"{engine} failed on {text!r}: {done.stderr.strip()[-300:]}")
+        return read_wav(out)
