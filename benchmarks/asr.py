@@ -19,16 +19,6 @@ from pathlib import Path
 # Run as a script, this file's folder leads sys.path, where learner.py would shadow the `learner` package.
 sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-SENTENCES = [
-    "please call me tomorrow morning",
-    "seven plus two is nine",
-    "the train leaves at ten",
-    "i would like a cup of coffee",
-    "open the window please",
-    "we met at the station",
-    "the meeting starts at noon",
-    "turn left at the next corner",
-]
 VOICES = ("slt", "awb", "rms")
 
 
@@ -40,11 +30,11 @@ def main() -> None:
 
     from rewards.asr import AsrConsistency, PocketSphinxRecognizer
     from rewards.types import ScoredResponse
-    from wavalign.speech.synthesize import available, synthesize
+    from wavalign.speech.synthesize import SAMPLE_SENTENCES, available, synthesize
 
     if not available("flite"):
         sys.exit("error: flite is not installed (apt-get install flite, or scripts/install.sh as root)")
-    pairs = [(text, voice) for voice in VOICES for text in SENTENCES]
+    pairs = [(text, voice) for voice in VOICES for text in SAMPLE_SENTENCES]
     pairs = (pairs * (1 + args.utterances // len(pairs)))[: args.utterances]
     speech = [(text, synthesize(text, voice)) for text, voice in pairs]
     responses = [ScoredResponse("q", text, audio) for text, audio in speech]

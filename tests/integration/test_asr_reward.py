@@ -13,20 +13,11 @@ import pytest
 from rewards.registry import build_reward_functions
 from rewards.types import Audio, ScoredResponse
 from wavalign.config import RewardConfig
-from wavalign.speech.synthesize import available, synthesize
+from wavalign.speech.synthesize import SAMPLE_SENTENCES, available, synthesize
 
 pytestmark = pytest.mark.skipif(not available("flite"), reason="flite is not installed (scripts/install.sh)")
 
-SENTENCES = [
-    "please call me tomorrow morning",
-    "seven plus two is nine",
-    "the train leaves at ten",
-    "i would like a cup of coffee",
-    "open the window please",
-    "we met at the station",
-    "the meeting starts at noon",
-    "turn left at the next corner",
-]
+SENTENCES = SAMPLE_SENTENCES
 VOICES = ("slt", "awb")
 
 

@@ -15,6 +15,17 @@ from pathlib import Path
 from wavalign.audio import Audio, read_wav
 
 ENGINES = ("flite", "espeak-ng")
+# Everyday sentences for the tests' and benchmarks' synthesized speech
+SAMPLE_SENTENCES = (
+    "please call me tomorrow morning",
+    "seven plus two is nine",
+    "the train leaves at ten",
+    "i would like a cup of coffee",
+    "open the window please",
+    "we met at the station",
+    "the meeting starts at noon",
+    "turn left at the next corner",
+)
 
 
 def available(engine: str = "flite") -> bool:
