@@ -44,7 +44,7 @@ ARG TRANSFORMERS_VERSION=5.19.0
 # A layer of its own, so that editing the project does not reinstall the stack.
 RUN pip install --upgrade pip \
  && pip install "torch==${TORCH_VERSION}" \
- && pip install "vllm==${VLLM_VERSION}" "ray[default]==${RAY_VERSION}" "deepspeed==${DEEPSPEED_VERSION}" \
+ && pip install "vllm==${VLLM_VERSION}" "ray[default,data]==${RAY_VERSION}" "deepspeed==${DEEPSPEED_VERSION}" \
         "transformers==${TRANSFORMERS_VERSION}"
 
 WORKDIR /opt/wavalign

@@ -78,7 +78,9 @@ class PocketSphinxRecognizer:
     def _one(self, audio: Audio) -> str:
         import torch
 
-        samples = resampled(torch.as_tensor(audio.samples, dtype=torch.float32), audio.sample_rate, self.sample_rate)
+        from wavalign.speech.mel_codec import resample
+
+        samples = resample(torch.as_tensor(audio.samples, dtype=torch.float32), audio.sample_rate, self.sample_rate)
         if samples.numel() == 0:
             return ""
         pcm = (samples.clamp(-1, 1) * 32767).round().to(torch.int16).numpy().tobytes()
@@ -87,19 +89,3 @@ class PocketSphinxRecognizer:
         self.decoder.end_utt()
         hypothesis = self.decoder.hyp()
         return hypothesis.hypstr if hypothesis is not None else ""
-
-
-def resampled(samples, rate: int, target: int):
-    """Band-limited resampling by FFT (the spectrum cut or padded at the new Nyquist): no aliasing of
-    what lies above the target's band, as plain interpolation would leave (it costs a recogniser
-    words)."""
-    import torch
-
-    if rate == target or samples.numel() == 0:
-        return samples
-    length = max(1, round(samples.numel() * target / rate))
-    spectrum = torch.fft.rfft(samples.double())
-    kept = torch.zeros(length // 2 + 1, dtype=spectrum.dtype)
-    n = min(kept.numel(), spectrum.numel())
-    kept[:n] = spectrum[:n]
-    return (torch.fft.irfft(kept, n=length) * (length / samples.numel())).float()

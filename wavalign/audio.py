@@ -23,11 +23,24 @@ class Audio:
 
 
 def read_wav(path: str | Path) -> Audio:
-    """A 16-bit PCM WAV file as Audio (channels averaged)."""
-    with wave.open(str(path)) as wav:
-        if wav.getsampwidth() != 2:
-            raise ValueError(f"{path}: {8 * wav.getsampwidth()}-bit samples; 16-bit PCM expected")
-        channels, rate = wav.getnchannels(), wav.getframerate()
-        pcm = array("h", wav.readframes(wav.getnframes()))
+    """A 16-bit PCM WAV file as Audio (channels averaged); ValueError when it is not one."""
+    try:
+        with wave.open(str(path)) as wav:
+            if wav.getsampwidth() != 2:
+                raise ValueError(f"{path}: {8 * wav.getsampwidth()}-bit samples; 16-bit PCM expected")
+            channels, rate = wav.getnchannels(), wav.getframerate()
+            pcm = array("h", wav.readframes(wav.getnframes()))
+    except (wave.Error, EOFError) as err:
+        raise ValueError(f"{path}: not a WAV file ({err})") from None
     samples = [sum(pcm[i : i + channels]) / (channels * 32768.0) for i in range(0, len(pcm), channels)]
     return Audio(samples=array("f", samples), sample_rate=rate)
+
+
+def write_wav(path: str | Path, audio: Audio) -> None:
+    """Audio as a 16-bit PCM mono WAV file (samples clipped to [-1, 1])."""
+    pcm = array("h", (int(round(max(-1.0, min(1.0, x)) * 32767)) for x in audio.samples))
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(audio.sample_rate)
+        out.writeframes(pcm.tobytes())

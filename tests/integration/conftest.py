@@ -353,3 +353,17 @@ def fresh_two_node_cluster(log_dir: Path, resources: dict[str, float]):
     finally:
         stop_process_group(process)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def prepared_speech(tmp_path_factory, toy_assets, job_server):
+    """Real speech prepared into training rows (tests/integration/speech_data.py); skipped where
+    flite is missing."""
+    from tests.integration.speech_data import prepare_speech
+    from wavalign.speech.synthesize import available
+
+    if not available("flite"):
+        pytest.skip("flite is not installed (scripts/install.sh)")
+    return prepare_speech(
+        tmp_path_factory.mktemp("speech"), tmp_path_factory.mktemp("prepared"), toy_assets, job_server
+    )

@@ -92,9 +92,11 @@ class SubmittedJob(Job):
         log_path: Path,
         env: dict[str, str] | None = None,
         submission_id: str | None = None,
+        program: tuple[str, ...] = ("launch.py",),
     ) -> None:
+        """program: what the job runs with `args` (e.g. ("-m", "wavalign.prepare"))."""
         self.log_path, self.job_server, self.submission_id = log_path, job_server, submission_id
-        command = f"cd {shlex.quote(str(ROOT))} && {shlex.quote(sys.executable)} launch.py {shlex.join(args)}"
+        command = f"cd {shlex.quote(str(ROOT))} && {shlex.quote(sys.executable)} {shlex.join([*program, *args])}"
         options = ["--runtime-env-json", json.dumps({"env_vars": env})] if env else []
         options += ["--submission-id", submission_id] if submission_id else []
         with open(log_path, "w") as log:
@@ -194,7 +196,8 @@ def live_workers(output: str, kind: str) -> dict[str, int]:
     """name -> pid of the run's `kind` workers that came up and have not died or been removed since."""
     live: dict[str, int] = {}
     for line in output.splitlines():
-        if up := re.fullmatch(rf"{kind} pool: ({kind}-\w+-\d+) up \(pid (\d+)\)", line):
+        # (searched, not matched whole: a raylet message without its newline may come first)
+        if up := re.search(rf"{kind} pool: ({kind}-\w+-\d+) up \(pid (\d+)\)$", line):
             live[up[1]] = int(up[2])
         for name in [n for n in live if n in line and ("died" in line or "removed" in line)]:
             del live[name]

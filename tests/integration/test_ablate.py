@@ -1,7 +1,10 @@
 """The ablation command end to end, shrunk: one arm (full-token RL, whose fixed λ 1 shows that the
-arm's settings reach its run), one seed, two steps, on the test session's cluster and the default
-toy task; it writes the results and the curves. (The arms' settings: tests/unit/test_ablate.py.)"""
+arm's settings reach its run), one seed, two steps, on the test session's cluster; it writes the
+results and the curves. (The arms' settings: tests/unit/test_ablate.py.) Its run is also the one
+that trains on real speech prepared by `python -m wavalign.prepare` (the session's prepared_speech),
+scored with the asr_consistency reward beside toy_answer, decoding responses with the fitted codebook."""
 
+import math
 import subprocess
 import sys
 
@@ -10,7 +13,7 @@ import pyarrow.parquet as pq
 from tests.integration.conftest import ROOT
 
 
-def test_ablation_command_writes_the_table_and_the_curves(tmp_path, address, toy_assets):
+def test_ablation_command_writes_the_table_and_the_curves(tmp_path, address, toy_assets, prepared_speech):
     out = tmp_path / "ablation"
     done = subprocess.run(
         [
@@ -33,6 +36,7 @@ def test_ablation_command_writes_the_table_and_the_curves(tmp_path, address, toy
             f"toy.assets_dir={toy_assets.root}",
             "--set",
             "train.eval_every=0",  # (the eval split's summaries: tests/unit/test_ablate.py)
+            *(a for key, value in prepared_speech.run_sets().items() for a in ("--set", f"{key}={value}")),
         ],
         cwd=ROOT,
         capture_output=True,
@@ -52,3 +56,11 @@ def test_ablation_command_writes_the_table_and_the_curves(tmp_path, address, toy
     # each run is a complete pipeline run of its own
     for r in results:
         assert [row["step"] for row in pq.read_table(f"{r['run_dir']}/metrics.parquet").to_pylist()] == [1, 2]
+    # trained on the prepared rows, the asr_consistency reward in rollouts.parquet, weighted in
+    rollouts = pq.read_table(f"{results[0]['run_dir']}/rollouts.parquet").to_pylist()
+    prepared_ids = {r["id"] for shard in prepared_speech.shards for r in pq.read_table(shard).to_pylist()}
+    assert len(rollouts) == 16 and {r["prompt_id"] for r in rollouts} <= prepared_ids
+    assert all(1.0 <= r["reward_asr_consistency"] <= 5.0 for r in rollouts)
+    assert all(
+        math.isclose(r["reward"], 0.5 * (r["reward_toy_answer"] + r["reward_asr_consistency"])) for r in rollouts
+    )

@@ -113,3 +113,9 @@ def test_the_asr_benchmark_runs_and_prints_its_ratio():
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert_ratio_line(out.stdout, "asr_consistency / bare recogniser responses/s = ")
+
+
+@pytest.mark.skipif(not available("flite"), reason="flite is not installed (scripts/install.sh)")
+def test_the_prepare_benchmark_runs_and_prints_its_ratio(toy_assets, address):
+    command = ["benchmarks/prepare.py", "--utterances", "4", "--workers", "1"]
+    run_benchmark([*command, "--set", f"toy.assets_dir={toy_assets.root}"], "prepare job / bare tokenizer", address)

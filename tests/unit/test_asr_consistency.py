@@ -9,9 +9,10 @@ import math
 
 import pytest
 
-from rewards.asr import AsrConsistency, resampled
+from rewards.asr import AsrConsistency
 from rewards.consistency import consistency_score, normalized_words
 from rewards.types import Audio, ScoredResponse
+from wavalign.speech.mel_codec import resample
 
 
 class Hears:
@@ -68,7 +69,7 @@ def test_band_limited_resampling_keeps_a_tone_and_drops_what_lies_above_the_new_
     rate, seconds = 22050, 0.5
     t = torch.arange(int(rate * seconds)) / rate
     low, high = torch.sin(2 * math.pi * 440 * t), torch.sin(2 * math.pi * 9000 * t)  # 9 kHz: above 16 kHz's band
-    out = resampled(low + high, rate, 16000)
+    out = resample(low + high, rate, 16000)
     assert out.numel() == 8000
     spectrum = torch.fft.rfft(out.double()).abs()
     assert spectrum.argmax().item() == 220  # 440 Hz at 2 Hz per bin

@@ -170,7 +170,7 @@ GOOD = """# a comment
 FROM nvidia/cuda:13.0.0-devel-ubuntu22.04 AS build
 ARG TORCH_VERSION=2.13.0
 RUN pip install "torch==${TORCH_VERSION}" \\
-    "vllm==0.32.0" "ray[default]==2.60.0" deepspeed==0.19.8 transformers==5.19.0
+    "vllm==0.32.0" "ray[default,data]==2.60.0" deepspeed==0.19.8 transformers==5.19.0
 COPY pyproject.toml README.md ./
 COPY --from=build /opt/venv /opt/venv
 """

@@ -58,6 +58,7 @@ PURE_MODULES = [
     "rewards.wav",
     "rewards.consistency",
     "wavalign.audio",
+    "wavalign.speech.mel_codec",
 ]
 HEAVY = ["ray", "vllm", "deepspeed", "transformers", "pyarrow", "aiohttp", "requests"]
 

@@ -47,3 +47,28 @@ def synthesize(text: str, voice: str = "rms", engine: str = "flite") -> Audio:
         if done.returncode != 0 or not out.is_file():
             raise RuntimeError(f"{engine} failed on {text!r}: {done.stderr.strip()[-300:]}")
         return read_wav(out)
+
+
+def toy_manifest(folder: Path, count: int, voices: tuple[str, ...] = ("slt", "awb", "rms")) -> list[dict]:
+    """Manifest rows of the toy task spoken by flite: prompt = a train question's text, transcript
+    and audio = its right answer ("seven plus two is nine"), answer = the result; the WAVs written
+    into `folder`. Every word is in the toy tokenizer's vocabulary."""
+    from wavalign.audio import write_wav
+    from wavalign.toy.task import all_questions
+
+    rows = []
+    for i, question in enumerate(all_questions(9)[::5][:count]):  # every fifth: varied operands
+        transcript = " ".join(question.answer_words())
+        audio_file = folder / f"answer-{i:03d}.wav"
+        write_wav(audio_file, synthesize(transcript, voices[i % len(voices)]))
+        prompt = " ".join(question.question_words())
+        rows.append(
+            {
+                "id": f"toy-{i}",
+                "audio": audio_file.name,
+                "transcript": transcript,
+                "prompt": prompt,
+                "answer": question.result,
+            }
+        )
+    return rows
