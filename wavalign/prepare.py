@@ -32,6 +32,7 @@ import argparse
 import csv
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -132,7 +133,7 @@ class Preparer:
             return None, f"unreadable audio {path}: {type(err).__name__}: {err}"
         if audio.seconds > self.s["max_seconds"]:
             return None, f"audio of {audio.seconds:.1f} s > --max-seconds {self.s['max_seconds']:g}"
-        if not any(abs(x) > 1e-4 for x in audio.samples):
+        if max(map(abs, audio.samples), default=0.0) <= 1e-4:
             return None, f"silent audio {path}"
         return audio, None
 
@@ -236,7 +237,9 @@ def run(args) -> int:
 
     from wavalign.plugins import PluginError, class_factory
 
-    ray.init(address=args.address, logging_level="ERROR", log_to_driver=False)
+    # "local" when none is named: a new cluster, never whatever /tmp/ray last recorded (possibly dead)
+    address = args.address or os.environ.get("RAY_ADDRESS") or "local"
+    ray.init(address=address, logging_level="ERROR", log_to_driver=False)
     try:
         if args.tokenizer == "mel_kmeans" and "codebook" not in kwargs:
             kwargs["codebook"] = str(fitted_codebook(args, rows, cfg, model_dir))
@@ -358,11 +361,12 @@ def prepare_shards(args, rows: list[dict[str, Any]], settings: dict[str, Any]) -
 
 def _progress(args, shard, kept, rejects, done, rejected, total, started):
     done, rejected = done + len(kept) + len(rejects), rejected + len(rejects)
-    rate = done / max(time.monotonic() - started, 1e-9)
+    elapsed = time.monotonic() - started
+    rate = done / max(elapsed, 1e-9)
     left = (total - done) / rate if rate else float("nan")
     print(
         f"prepare: part-{shard:05d}: {len(kept)} rows, {len(rejects)} rejected | {done}/{total} "
-        f"({rejected} rejected so far) | {rate:.1f} utterances/s | ETA {left:.0f}s",
+        f"({rejected} rejected so far) | {rate:.1f} utterances/s | {elapsed:.1f}s elapsed | ETA {left:.0f}s",
         flush=True,
     )
     return done, rejected

@@ -117,5 +117,5 @@ def test_the_asr_benchmark_runs_and_prints_its_ratio():
 
 @pytest.mark.skipif(not available("flite"), reason="flite is not installed (scripts/install.sh)")
 def test_the_prepare_benchmark_runs_and_prints_its_ratio(toy_assets, address):
-    command = ["benchmarks/prepare.py", "--utterances", "4", "--workers", "1"]
+    command = ["benchmarks/prepare.py", "--utterances", "4", "--rows", "8", "--workers", "1"]
     run_benchmark([*command, "--set", f"toy.assets_dir={toy_assets.root}"], "prepare job / bare tokenizer", address)

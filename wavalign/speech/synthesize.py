@@ -57,7 +57,8 @@ def toy_manifest(folder: Path, count: int, voices: tuple[str, ...] = ("slt", "aw
     from wavalign.toy.task import all_questions
 
     rows = []
-    for i, question in enumerate(all_questions(9)[::5][:count]):  # every fifth: varied operands
+    questions = all_questions(9)
+    for i, question in enumerate(questions[:: max(1, len(questions) // count)][:count]):  # spread over them
         transcript = " ".join(question.answer_words())
         audio_file = folder / f"answer-{i:03d}.wav"
         write_wav(audio_file, synthesize(transcript, voices[i % len(voices)]))
