@@ -46,7 +46,8 @@ def test_ablation_command_writes_the_table_and_the_curves(tmp_path, address, toy
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     results = pq.read_table(out / "results.parquet").to_pylist()
     assert [(r["arm"], r["seed"]) for r in results] == [("full_token_rl", 7)]
-    assert all(0 <= r["rollout_semantic_accuracy"] <= 1 and 0 <= r["rollout_acoustic_wer"] <= 1 for r in results)
+    # (a WER has no upper bound: speech may hold more words than the text it is compared with)
+    assert all(0 <= r["rollout_semantic_accuracy"] <= 1 and 0 <= r["rollout_acoustic_wer"] < math.inf for r in results)
     assert results[0]["lambda_mean"] == 1.0  # the arm's fixed λ, not the default adaptive one (≤ lambda_max 0.8)
     table = (out / "results.md").read_text()
     assert "| warm start (step 1) | - |" in table and "| full_token_rl | 1 |" in table
