@@ -10,7 +10,7 @@ from pathlib import Path
 from wavalign.config import PipelineConfig
 from wavalign.data import PromptRow
 from wavalign.layout import SpeechLayout
-from wavalign.node_inputs import local_model_dir, stage_directory
+from wavalign.node_inputs import policy_directory, stage_directory
 from wavalign.storage import RunStore, is_uri
 from wavalign.worker_log import RUN_STORAGE_ENV
 
@@ -19,13 +19,14 @@ def resolve_inputs(cfg: PipelineConfig) -> tuple[Path, list[str], list[str]]:
     """(the policy's directory on this node, train files, eval files). A model.path URI is fetched
     to this node first; the toy assets are built here first when missing. (The data files are read
     by the driver alone: they need to be on its node only.)"""
+    model_dir = policy_directory(cfg)
     if cfg.model.path is not None:
-        return local_model_dir(cfg.model.path), cfg.data.train_files, cfg.data.eval_files
+        return model_dir, cfg.data.train_files, cfg.data.eval_files
     from wavalign.toy.assets import ensure_toy_assets
 
     assets = ensure_toy_assets(cfg.toy, cfg.model.layout)
     return (
-        assets.model_dir.resolve(),
+        model_dir,
         cfg.data.train_files or [str(assets.data_file("train"))],
         cfg.data.eval_files or [str(assets.data_file("eval"))],
     )

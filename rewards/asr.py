@@ -73,14 +73,19 @@ class PocketSphinxRecognizer:
         self.decoder = Decoder(samprate=self.sample_rate, loglevel="FATAL", **{**FAST_SEARCH, **options})
 
     def transcribe(self, audios: Sequence[Audio]) -> list[str]:
-        return [self._one(audio) for audio in audios]
-
-    def _one(self, audio: Audio) -> str:
         import torch
 
         from wavalign.speech.mel_codec import resample
 
-        samples = resample(torch.as_tensor(audio.samples, dtype=torch.float32), audio.sample_rate, self.sample_rate)
+        return [
+            self._one(resample(torch.as_tensor(a.samples, dtype=torch.float32), a.sample_rate, self.sample_rate))
+            for a in audios
+        ]
+
+    def _one(self, samples) -> str:
+        """samples: a float tensor at self.sample_rate."""
+        import torch
+
         if samples.numel() == 0:
             return ""
         pcm = (samples.clamp(-1, 1) * 32767).round().to(torch.int16).numpy().tobytes()

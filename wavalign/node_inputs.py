@@ -39,6 +39,16 @@ def check_model_dir(location: str, key: str = "model.path") -> dict[str, int]:
     return listing
 
 
+def policy_directory(cfg) -> Path:
+    """The policy checkpoint on this node: model.path (a URI fetched here first), or the project's
+    tiny model when it is null (the toy assets built here first when missing)."""
+    if cfg.model.path is not None:
+        return local_model_dir(cfg.model.path)
+    from wavalign.toy.assets import ensure_toy_assets
+
+    return ensure_toy_assets(cfg.toy, cfg.model.layout).model_dir.resolve()
+
+
 def local_model_dir(location: str, key: str = "model.path") -> Path:
     """The HF directory at `location` as a folder on this node (check_model_dir's errors)."""
     listing = check_model_dir(location, key)

@@ -30,18 +30,24 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 import math
 import os
+import queue
 import sys
+import threading
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from wavalign.atomic import write_text_atomic
+from wavalign.node_inputs import policy_directory
 
 BUILTIN_TOKENIZERS = {"mel_kmeans": "wavalign.speech.codebook:MelKMeansTokenizer"}
 REQUIRED_COLUMNS = ("audio", "transcript", "prompt")
+CODEBOOK = "codebook.safetensors"  # fitted into --out when --tokenizer-kwargs names none
 FIT_FRAMES = 50_000  # the most log-mel frames the codebook is fitted on
 
 
@@ -119,17 +125,12 @@ class Preparer:
         return {"row": [r["row"] for r in rows], "prepared": out, "reject": [r or "" for r in reasons]}
 
     def _audio(self, row: dict[str, Any]):
-        from wavalign.audio import read_wav
-
         if not str(row.get("transcript") or "").strip():
             return None, "empty transcript"
         if not str(row.get("prompt") or "").strip():
             return None, "empty prompt"
-        path = Path(str(row["audio"]))
-        path = path if path.is_absolute() else Path(self.s["manifest_dir"]) / path
-        try:
-            audio = read_wav(path)
-        except (OSError, EOFError, ValueError) as err:
+        path, audio, err = manifest_audio(row["audio"], self.s["manifest_dir"])
+        if err is not None:
             return None, f"unreadable audio {path}: {type(err).__name__}: {err}"
         if audio.seconds > self.s["max_seconds"]:
             return None, f"audio of {audio.seconds:.1f} s > --max-seconds {self.s['max_seconds']:g}"
@@ -170,21 +171,72 @@ class Preparer:
         }, None
 
 
+def manifest_audio(audio_column: Any, manifest_dir: str):
+    """(the path, its Audio or None, the error or None) of a manifest row's `audio`: relative to
+    the manifest's folder unless absolute."""
+    from wavalign.audio import read_wav
+
+    path = Path(str(audio_column))
+    path = path if path.is_absolute() else Path(manifest_dir) / path
+    try:
+        return path, read_wav(path), None
+    except (OSError, EOFError, ValueError) as err:
+        return path, None, err
+
+
 def frames_of(batch: dict[str, Any], manifest_dir: str, max_seconds: float) -> dict[str, Any]:
     """The log-mel frames of a batch's readable audio (for fitting the codebook), flattened."""
-    from wavalign.audio import read_wav
     from wavalign.speech.mel_codec import MelFrames
 
     mel, frames = MelFrames(), []
-    for audio_path in batch["audio"]:
-        path = Path(str(audio_path))
-        try:
-            audio = read_wav(path if path.is_absolute() else Path(manifest_dir) / path)
-        except (OSError, EOFError, ValueError):
-            continue  # the preparation rejects it, with its reason
-        if audio.seconds <= max_seconds:
+    for audio_column in batch["audio"]:
+        _, audio, err = manifest_audio(audio_column, manifest_dir)
+        if err is None and audio.seconds <= max_seconds:  # unreadable: the preparation rejects it
             frames.extend(mel.log_mel(audio).tolist())
     return {"frame": frames}
+
+
+def within_stall_deadline(rows: Iterable[Any], stall_s: float, what: str) -> Iterator[Any]:
+    """`rows` as they come, read on a thread of their own: more than stall_s without the next one
+    (e.g. no free CPU or GPU on the cluster for the workers) is an error naming what stalled."""
+    handoff: queue.Queue = queue.Queue(maxsize=64)
+    done, stop = object(), threading.Event()
+
+    def hand(item: Any) -> bool:
+        while not stop.is_set():  # the reading side may stop early (or fail): never block forever
+            try:
+                handoff.put(item, timeout=0.5)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def read() -> None:
+        try:
+            for row in rows:
+                if not hand(row):
+                    return
+            hand(done)
+        except BaseException as err:  # re-raised on the reading side
+            hand(err)
+
+    threading.Thread(target=read, name=f"prepare-{what}", daemon=True).start()
+    try:
+        while True:
+            try:
+                item = handoff.get(timeout=stall_s)
+            except queue.Empty:
+                raise PrepareError(
+                    f"{what}: no row for {stall_s:g} s (--stall-timeout-s); are there free CPUs "
+                    "(and GPUs, with --gpus-per-worker) on the cluster for --workers?"
+                ) from None
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -210,6 +262,9 @@ def parse_args(argv):
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--gpus-per-worker", type=float, default=0.0)
     parser.add_argument(
+        "--stall-timeout-s", type=float, default=300.0, help="the most seconds the job waits for its next row"
+    )
+    parser.add_argument(
         "--address", default=None, help="a running Ray cluster (or $RAY_ADDRESS); default: a new local one"
     )
     return parser.parse_args(argv)
@@ -229,24 +284,32 @@ def run(args) -> int:
     for name in ("shard_rows", "workers"):
         if getattr(args, name) < 1:
             raise PrepareError(f"--{name.replace('_', '-')}: {getattr(args, name)} must be >= 1")
+    for name in ("max_seconds", "stall_timeout_s"):
+        if not getattr(args, name) > 0:
+            raise PrepareError(f"--{name.replace('_', '-')}: {getattr(args, name)} must be > 0")
+    if args.gpus_per_worker < 0:
+        raise PrepareError(f"--gpus-per-worker: {args.gpus_per_worker} must be >= 0")
     rows = read_manifest(args.manifest)
-    model_dir = model_directory(cfg)
-    args.out.mkdir(parents=True, exist_ok=True)
     tokenizer = BUILTIN_TOKENIZERS.get(args.tokenizer, args.tokenizer)
-    import ray
-
+    fit_codebook = args.tokenizer == "mel_kmeans" and "codebook" not in kwargs
+    if fit_codebook:
+        kwargs["codebook"] = str(args.out / CODEBOOK)
     from wavalign.plugins import PluginError, class_factory
+
+    try:  # before any cluster starts: a plug-in that cannot work is one line
+        class_factory(tokenizer, kwargs, "--tokenizer", "encode", "audios", "a speech tokenizer")
+    except PluginError as err:
+        raise PrepareError(str(err)) from None
+    model_dir = policy_directory(cfg)
+    args.out.mkdir(parents=True, exist_ok=True)
+    import ray
 
     # "local" when none is named: a new cluster, never whatever /tmp/ray last recorded (possibly dead)
     address = args.address or os.environ.get("RAY_ADDRESS") or "local"
     ray.init(address=address, logging_level="ERROR", log_to_driver=False)
     try:
-        if args.tokenizer == "mel_kmeans" and "codebook" not in kwargs:
-            kwargs["codebook"] = str(fitted_codebook(args, rows, cfg, model_dir))
-        try:
-            class_factory(tokenizer, kwargs, "--tokenizer", "encode", "audios", "a speech tokenizer")
-        except PluginError as err:
-            raise PrepareError(str(err)) from None
+        if fit_codebook:
+            fitted_codebook(args, rows, cfg, model_dir)
         settings = {
             "model_dir": str(model_dir),
             "layout": cfg.model.layout.model_dump(),
@@ -264,14 +327,6 @@ def run(args) -> int:
     return validate(args, cfg, model_dir)
 
 
-def model_directory(cfg) -> Path:
-    if cfg.model.path is not None:
-        return Path(cfg.model.path)
-    from wavalign.toy.assets import ensure_toy_assets
-
-    return ensure_toy_assets(cfg.toy, cfg.model.layout).model_dir
-
-
 def fitted_codebook(args, rows, cfg, model_dir: Path) -> Path:
     """<out>/codebook.safetensors, fitted on the manifest's audio unless a previous run of this job
     fitted it (then reused: the shards already written used it)."""
@@ -282,7 +337,7 @@ def fitted_codebook(args, rows, cfg, model_dir: Path) -> Path:
     from wavalign.speech.codebook import save_codebook
     from wavalign.speech.mel_codec import MelSettings, fit_codebook
 
-    path = args.out / "codebook.safetensors"
+    path = args.out / CODEBOOK
     if path.is_file():
         print(f"prepare: codebook {path} (from the earlier run)", flush=True)
         return path
@@ -294,7 +349,8 @@ def fitted_codebook(args, rows, cfg, model_dir: Path) -> Path:
     frames = dataset.map_batches(
         frames_of, batch_size=8, fn_kwargs={"manifest_dir": manifest_dir, "max_seconds": args.max_seconds}
     )
-    found = torch.tensor([r["frame"] for r in frames.take(FIT_FRAMES)], dtype=torch.float32)
+    taken = itertools.islice(within_stall_deadline(frames.iter_rows(), args.stall_timeout_s, "codebook"), FIT_FRAMES)
+    found = torch.tensor([r["frame"] for r in taken], dtype=torch.float32)
     if found.shape[0] < size:
         raise PrepareError(f"--codebook-size: {found.shape[0]} frames of readable audio cannot fit {size} codes")
     save_codebook(path, fit_codebook(found, size), MelSettings())
@@ -334,7 +390,7 @@ def prepare_shards(args, rows: list[dict[str, Any]], settings: dict[str, Any]) -
     )
     started, done, rejected = time.monotonic(), 0, 0
     current, kept, rejects = None, [], []
-    for result in prepared.iter_rows():
+    for result in within_stall_deadline(prepared.iter_rows(), args.stall_timeout_s, "preparation"):
         row = int(result["row"])
         shard = row // args.shard_rows
         if current is not None and shard != current:
