@@ -40,20 +40,39 @@ class RewardWorker:
         self.decoder = speech_decoder_factory(cfg.reward)()
         self.reward_cfg = cfg.reward
         self.invalid_scores = {name: 0 for name in self.functions}  # replaced by the default score, per function
+        self.decoder_failures = 0  # responses whose speech the decoder could not decode
 
     def ready(self) -> dict[str, int]:
         return {"pid": os.getpid()}
 
     def view(self, request: RewardRequest) -> ScoredResponse:
         text_ids, codes, _ = response_channels(request.response_token_ids, self.layout)
-        audio = checked_audio(self.decoder.decode(codes)) if self.decoder is not None and codes else None
+        audio, speech_error = None, None
+        if self.decoder is not None and codes:
+            try:
+                decoded = self.decoder.decode(codes)
+            except Exception as err:  # this response's codes, not the run: its audio is unusable, counted
+                audio, speech_error = None, f"{type(err).__name__}: {err}"
+                self._decoder_failed(request, speech_error)
+            else:
+                audio = checked_audio(decoded)  # a decoder returning the wrong thing is a bug: an error
         return ScoredResponse(
             question=request.question_text,
             text=text_string(text_ids, self.tokenizer),
             audio=audio,
             reference=request.reference_text,
             extra=request.extra,
+            speech_error=speech_error,
         )
+
+    def _decoder_failed(self, request: RewardRequest, why: str) -> None:
+        self.decoder_failures += 1
+        if self.decoder_failures == 1:  # the first of this worker into its log; then counted only
+            print(
+                f"reward.speech_decoder failed on prompt {request.prompt_id} sample {request.sample_index} "
+                f"({why}); such responses' audio is unusable: counted in judge_speech_decoder_failures",
+                flush=True,
+            )
 
     def score(self, requests: Sequence[RewardRequest]) -> list[RewardResult]:
         failpoint("reward.score")
@@ -85,6 +104,8 @@ class RewardWorker:
         replaced scores (`<name>/invalid_scores`, once any), by function."""
         failpoint("reward.counters")
         out = {f"{name}/invalid_scores": n for name, n in self.invalid_scores.items() if n}
+        if self.decoder_failures:
+            out["speech_decoder/failures"] = self.decoder_failures
         for name, fn in self.functions.items():
             if hasattr(fn, "counters"):
                 out.update({f"{name}/{key}": value for key, value in fn.counters().items()})

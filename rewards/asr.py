@@ -27,13 +27,15 @@ class AsrConsistency:
         self.recognizer = recognizer
         self.scale = (scale_min, scale_max)
         self.worst_wer = worst_wer
-        self.stats = {"transcribed": 0, "failures": 0, "no_text": 0, "no_words_heard": 0}
+        self.stats = {"transcribed": 0, "failures": 0, "no_text": 0, "no_words_heard": 0, "undecodable": 0}
 
     def __call__(self, responses: Sequence[ScoredResponse]) -> list[float]:
         import jiwer
 
-        wanted = [i for i, r in enumerate(responses) if normalized_words(r.text)]
-        self.stats["no_text"] += len(responses) - len(wanted)
+        texted = [i for i, r in enumerate(responses) if normalized_words(r.text)]
+        wanted = [i for i in texted if responses[i].speech_error is None]  # no audio to hear: NaN
+        self.stats["no_text"] += len(responses) - len(texted)
+        self.stats["undecodable"] += len(texted) - len(wanted)
         scores = [math.nan] * len(responses)
         audios = [responses[i].audio or Audio(samples=[], sample_rate=16000) for i in wanted]
         try:

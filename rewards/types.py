@@ -24,6 +24,9 @@ class ScoredResponse:
     audio: Audio | None = None  # the decoded speech channel, when a speech decoder is configured
     reference: str | None = None  # the dataset's reference answer text (`sft_target_text`)
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. the toy task's `answer`
+    # why the speech channel has no audio although it has codes (the speech decoder failed on them):
+    # a function that listens scores such a response NaN (the default score, counted)
+    speech_error: str | None = None
 
 
 RewardFn = Callable[[Sequence[ScoredResponse]], list[float]]

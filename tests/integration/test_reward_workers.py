@@ -126,3 +126,45 @@ def test_unusable_scores_of_any_function_become_the_default_and_are_counted(toy_
     worker.functions["toy_answer"] = lambda responses: [3.0]
     with pytest.raises(ValueError, match="reward function 'toy_answer' returned 1 values for 6 responses"):
         worker.score(requests)
+
+
+def test_a_decoder_that_fails_on_some_responses_costs_their_audio_not_the_run(toy_assets, cfg):
+    from actors.reward import RewardWorker
+    from rewards.speech import ToySpeechDecoder
+
+    worker = RewardWorker(str(toy_assets.model_dir), cfg)
+    tokenizer, layout = load_tokenizer_and_layout(toy_assets.model_dir, cfg.model.layout)
+    rows = read_rows(toy_assets.data_file("train"), vocab_size=len(tokenizer), max_prompt_tokens=128).rows[:4]
+    requests = [
+        RewardRequest(r.row_id, 0, r.reference_token_ids, r.question_text, None, {"answer": r.answer}) for r in rows
+    ]
+
+    class FailsOnTheSecond(ToySpeechDecoder):
+        calls = 0
+
+        def decode(self, codes):
+            FailsOnTheSecond.calls += 1
+            if FailsOnTheSecond.calls % 4 == 2:  # the second response of each pass
+                raise RuntimeError("padding size should be less than the input dimension")
+            return super().decode(codes)
+
+    worker.decoder = FailsOnTheSecond()
+    views = [worker.view(r) for r in requests]
+    assert [v.speech_error for v in views] == [
+        None,
+        "RuntimeError: padding size should be less than the input dimension",
+        None,
+        None,
+    ]
+    assert views[1].audio is None and all(v.audio is not None for v in views[::2])
+    assert (
+        len(worker.score(requests)) == 4 and worker.counters()["speech_decoder/failures"] == 2
+    )  # views above, then score
+
+    class ReturnsText(ToySpeechDecoder):
+        def decode(self, codes):
+            return "not audio"
+
+    worker.decoder = ReturnsText()  # a decoder that returns the wrong thing is a bug: one line, the run ends
+    with pytest.raises(TypeError, match="reward.speech_decoder: decode\\(\\) returned str"):
+        worker.view(requests[0])

@@ -63,6 +63,14 @@ def test_no_text_and_a_failing_backend_give_no_score_counted():
     assert all(math.isnan(s) for s in short([response("a", 0), response("b", 0)]))
 
 
+def test_a_response_whose_speech_did_not_decode_is_not_heard_and_gets_no_score():
+    fn = AsrConsistency(Hears(["a b", "c d"]), 1.0, 5.0, 1.0)
+    undecoded = ScoredResponse("q", "a b", None, speech_error="RuntimeError: bad codes")
+    scores = fn([undecoded, response("c d", 1)])
+    assert math.isnan(scores[0]) and scores[1] == 5.0  # not "said nothing" (WER 1): no audio to judge
+    assert fn.recognizer.calls == [1] and fn.counters() == {"transcribed": 1, "undecodable": 1}
+
+
 def test_band_limited_resampling_keeps_a_tone_and_drops_what_lies_above_the_new_band():
     import torch
 

@@ -54,3 +54,13 @@ def test_tones_encode_by_pitch_and_decode_back_to_their_pitch():
         )
         assert abs(peak_hz - pitch) <= 0.2 * pitch, (pitch, peak_hz)
     assert codec.decode([]).seconds == 0
+
+
+@pytest.mark.parametrize("n_codes", [1, 2])
+def test_a_response_of_one_or_two_codes_decodes_and_audio_of_one_frame_encodes(n_codes):
+    # one frame is 1280 samples, a centred window mirrors 1280 at each edge: more than one frame holds
+    codec = MelCodec(fit_codebook(MelFrames().log_mel(tones([300, 600, 1200, 2400] * 2)), 4))
+    back = codec.decode([1] * n_codes)
+    assert len(back.samples) == 1280 * n_codes and all(math.isfinite(x) for x in back.samples)
+    (codes,) = codec.encode([Audio(back.samples[:1000], 16000)])  # under one frame
+    assert len(codes) == 1

@@ -81,10 +81,22 @@ class MelFrames:
         samples = resample(torch.as_tensor(audio.samples, dtype=torch.float32), audio.sample_rate, self.s.sample_rate)
         frames = max(1, math.ceil(samples.numel() / self.s.hop))
         padded = torch.nn.functional.pad(samples, (0, frames * self.s.hop - samples.numel()))
-        spectrum = torch.stft(
-            padded, self.s.n_fft, self.s.hop, window=self.window, center=True, return_complex=True
-        ).abs()[:, :frames]
+        spectrum = self._stft(padded).abs()[:, :frames]
         return torch.log(self.filters @ spectrum.pow(2) + 1e-5).T
+
+    def _stft(self, signal: torch.Tensor) -> torch.Tensor:
+        """The centred STFT. Its edges are mirrored, which needs more than half a window of signal:
+        a shorter one (a single frame, e.g. a response of one speech code) is padded with zeros."""
+        mirror = signal.numel() > self.s.n_fft // 2
+        return torch.stft(
+            signal,
+            self.s.n_fft,
+            self.s.hop,
+            window=self.window,
+            center=True,
+            pad_mode="reflect" if mirror else "constant",
+            return_complex=True,
+        )
 
     def waveform(self, log_mel: torch.Tensor, iterations: int = 32) -> torch.Tensor:
         """A waveform whose log-mel frames approach `log_mel`: power through the filterbank's
@@ -95,12 +107,12 @@ class MelFrames:
         length = log_mel.shape[0] * self.s.hop
         generator = torch.Generator().manual_seed(0)
         phase = torch.exp(2j * math.pi * torch.rand(magnitude.shape, generator=generator))
-        stft_args = {"n_fft": self.s.n_fft, "hop_length": self.s.hop, "window": self.window, "center": True}
+        istft_args = {"n_fft": self.s.n_fft, "hop_length": self.s.hop, "window": self.window, "center": True}
         for _ in range(iterations):
-            signal = torch.istft(magnitude * phase, length=length, **stft_args)
-            rebuilt = torch.stft(signal, return_complex=True, **stft_args)[:, : magnitude.shape[1]]
+            signal = torch.istft(magnitude * phase, length=length, **istft_args)
+            rebuilt = self._stft(signal)[:, : magnitude.shape[1]]
             phase = torch.exp(1j * torch.angle(rebuilt))
-        signal = torch.istft(magnitude * phase, length=length, **stft_args)
+        signal = torch.istft(magnitude * phase, length=length, **istft_args)
         peak = signal.abs().max()
         return signal / peak * 0.9 if peak > 0.9 else signal
 
