@@ -44,7 +44,14 @@ def main(argv: list[str] | None = None) -> int:
 
         return (scale_main if argv[0] == "scale" else status_main)(argv[1:])
     args = parse_args(argv)
-    from driver.preflight import PreflightError, check_resume, new_run_store, preflight, resumed_run_store
+    from driver.preflight import (
+        PreflightError,
+        check_cluster,
+        check_resume,
+        new_run_store,
+        preflight,
+        resumed_run_store,
+    )
     from wavalign.config import InvalidConfig
     from wavalign.config_file import config_yaml, read_config, save_config
 
@@ -58,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         resumed, saved_config = resumed_run_store(args.resume) if args.resume else (None, None)
         cfg = read_config(args.config or saved_config, args.set)
         inputs = preflight(cfg, build_toy=not args.dry_run, log=note)
+        check_cluster(args.address)  # a cluster named but not there: before anything is written
         if resumed:
             check_resume(resumed)
         store = resumed or new_run_store(cfg, time.strftime("%Y%m%d-%H%M%S"))
@@ -78,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     # 3. Policy, data, Ray and the workers: rollout pool, reward pool, learners, operator control.
     from actors.learner_group import LearnerLost
     from actors.worker_pool import WorkerError
+    from driver.inputs import ClusterUnreachable
     from driver.pipeline import Pipeline
 
     try:
@@ -86,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.resume:
             pipe.resume()
         pipe.evaluate_start()  # the eval split on the starting policy (a new run), or read back
-    except WorkerError as err:  # workers that cannot start (their replacements neither), or take the state
+    except (WorkerError, ClusterUnreachable) as err:  # no cluster; workers that cannot start (nor their replacements)
         print(f"error: {err}", file=sys.stderr, flush=True)
         return 1
     stop = {"requested": False}

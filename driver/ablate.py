@@ -252,6 +252,12 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         parser.error(f"--seeds takes comma-separated integers, got {args.seeds!r}")
     sets = [*TASKS[args.task], *args.set]
+    from driver.preflight import PreflightError, check_cluster
+
+    try:
+        check_cluster(args.address)
+    except PreflightError as err:
+        parser.error(str(err))
     out = (args.out or ROOT / "runs" / f"ablation-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     out.mkdir(parents=True, exist_ok=True)
 

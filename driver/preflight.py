@@ -6,6 +6,7 @@ unreadable, invalid or empty: each is one PreflightError line naming the key or 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,16 @@ def check_plugins(cfg: PipelineConfig, log=print) -> None:
             if not (env.pip and "no module named" in str(err)):
                 raise PreflightError(str(err)) from None
             log(f"note: {err}; left to the reward workers, which install run.runtime_env.pip first")
+
+
+def check_cluster(address: str | None) -> None:
+    """The cluster a run joins (--address, else RAY_ADDRESS; none: a local one of its own) answers
+    there: a wrong address is one line before anything is written, not minutes of Ray's retries."""
+    from wavalign.ports import unreachable
+
+    named_by, address = ("--address", address) if address else ("RAY_ADDRESS", os.environ.get("RAY_ADDRESS"))
+    if address and (problem := unreachable(address, named_by)):
+        raise PreflightError(problem)
 
 
 def preflight(cfg: PipelineConfig, build_toy: bool = True, log=print) -> Inputs | None:

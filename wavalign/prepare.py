@@ -44,6 +44,7 @@ from typing import Any
 
 from wavalign.atomic import write_text_atomic
 from wavalign.node_inputs import policy_directory
+from wavalign.ports import unreachable
 
 BUILTIN_TOKENIZERS = {"mel_kmeans": "wavalign.speech.codebook:MelKMeansTokenizer"}
 REQUIRED_COLUMNS = ("audio", "transcript", "prompt")
@@ -300,13 +301,18 @@ def run(args) -> int:
         class_factory(tokenizer, kwargs, "--tokenizer", "encode", "audios", "a speech tokenizer")
     except PluginError as err:
         raise PrepareError(str(err)) from None
+    # "local" when none is named: a new cluster, never whatever /tmp/ray last recorded (possibly dead)
+    address = args.address or os.environ.get("RAY_ADDRESS") or "local"
+    if problem := unreachable(address, "--address" if args.address else "RAY_ADDRESS"):
+        raise PrepareError(problem)
     model_dir = policy_directory(cfg)
     args.out.mkdir(parents=True, exist_ok=True)
     import ray
 
-    # "local" when none is named: a new cluster, never whatever /tmp/ray last recorded (possibly dead)
-    address = args.address or os.environ.get("RAY_ADDRESS") or "local"
-    ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+    try:
+        ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+    except ConnectionError as err:
+        raise PrepareError(f"Ray cluster {address}: {str(err).splitlines()[0]}") from None
     try:
         if fit_codebook:
             fitted_codebook(args, rows, cfg, model_dir)

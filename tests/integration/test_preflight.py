@@ -144,3 +144,43 @@ def test_a_checkpoint_with_its_own_code_and_extra_heads_needs_its_settings(dry_r
         assert code == 2 and err.startswith(expected) and len(err.strip().splitlines()) == 1, err
     code, _, err = dry_run(*base, *own, "model.extra_modules=[mtp_heads.]")
     assert code == 0, err
+
+
+def closed_port() -> int:
+    from wavalign.ports import free_port
+
+    return free_port()  # free now: nothing listens there
+
+
+@pytest.mark.parametrize("named_by", ["--address", "RAY_ADDRESS"])
+def test_a_cluster_address_nothing_answers_at_is_one_line_before_anything_is_written(
+    tmp_path, toy_assets, capsys, monkeypatch, named_by
+):
+    address = f"127.0.0.1:{closed_port()}"
+    sets = [f"toy.assets_dir={toy_assets.root}", f"run.output_dir={tmp_path / 'runs'}"]
+    argv = ["--config", str(ROOT / "pipeline.yaml"), *(a for s in sets for a in ("--set", s))]
+    if named_by == "--address":
+        argv += ["--address", address]
+    else:
+        monkeypatch.setenv("RAY_ADDRESS", address)
+    code = launch.main(argv)  # a real launch: it would write the run folder next
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err == (
+        f"error: {named_by} {address}: no Ray cluster answers at {address} (Connection refused); "
+        "start one there (`ray start --head`), or name none for a local cluster"
+    )
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_cluster_that_never_lets_the_driver_in_ends_it_with_one_line_within_the_join_deadline():
+    """A port that accepts connections but is no GCS that lets this driver in (as a token cluster
+    does to a driver without the token): ray.init would retry for minutes; the driver's deadline
+    ends it with one line, exit 2."""
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        code = f"from driver.inputs import connect_ray; connect_ray('127.0.0.1:{port}', join_timeout_s=3)"
+        done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines()[-1].startswith(f"error: Ray cluster 127.0.0.1:{port}: not joined within 3s")

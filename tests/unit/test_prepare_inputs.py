@@ -110,3 +110,21 @@ def test_a_reader_that_stops_early_stops_the_source():
     seen = len(pulled)
     time.sleep(1.0)
     assert len(pulled) == seen < 200  # the thread stopped handing rows over
+
+
+def test_a_cluster_address_nothing_answers_at_is_one_line(tmp_path, capsys):
+    from wavalign.ports import free_port
+
+    address = f"127.0.0.1:{free_port()}"
+    line = _run(tmp_path, capsys, GOOD, extra=["--address", address])
+    assert line == (
+        f"error: --address {address}: no Ray cluster answers at {address} (Connection refused); "
+        "start one there (`ray start --head`), or name none for a local cluster"
+    )
+
+
+@pytest.mark.parametrize("address", ["auto", "local", "ray://", "http://127.0.0.1:8265/x", "no-port"])
+def test_addresses_ray_resolves_itself_are_not_probed(address):
+    from wavalign.ports import unreachable
+
+    assert unreachable(address, "--address") is None
