@@ -121,7 +121,16 @@ def _control(args):
     """The run's control worker on the cluster, or None (said) when no such job runs there."""
     import ray
 
-    ray.init(address=args.address, namespace=NAMESPACE, logging_level="ERROR")
+    from wavalign.ports import unreachable
+
+    if problem := unreachable(args.address, "--address"):
+        print(f"error: {problem}", flush=True)
+        return None
+    try:
+        ray.init(address=args.address, namespace=NAMESPACE, logging_level="ERROR")
+    except ConnectionError as err:
+        print(f"error: Ray cluster {args.address}: {str(err).splitlines()[0]}", flush=True)
+        return None
     try:
         return ray.get_actor(control_name(args.run), namespace=NAMESPACE)
     except ValueError:

@@ -184,3 +184,13 @@ def test_a_cluster_that_never_lets_the_driver_in_ends_it_with_one_line_within_th
         done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr[-2000:]
     assert done.stderr.strip().splitlines()[-1].startswith(f"error: Ray cluster 127.0.0.1:{port}: not joined within 3s")
+
+
+@pytest.mark.parametrize("command", [["status"], ["scale", "--workers", "2"]])
+def test_operator_commands_against_an_address_nothing_answers_at_are_one_line(capsys, command):
+    address = f"127.0.0.1:{closed_port()}"
+    assert launch.main([*command, "--address", address]) == 1
+    assert capsys.readouterr().out.strip() == (
+        f"error: --address {address}: no Ray cluster answers at {address} (Connection refused); "
+        "start one there (`ray start --head`), or name none for a local cluster"
+    )
