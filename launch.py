@@ -86,8 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     # 3. Policy, data, Ray and the workers: rollout pool, reward pool, learners, operator control.
     from actors.learner_group import LearnerLost
     from actors.worker_pool import WorkerError
-    from driver.inputs import ClusterUnreachable
     from driver.pipeline import Pipeline
+    from wavalign.ray_join import ClusterUnreachable
 
     try:
         pipe = Pipeline(cfg, store, args.address, inputs)

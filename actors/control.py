@@ -122,14 +122,15 @@ def _control(args):
     import ray
 
     from wavalign.ports import unreachable
+    from wavalign.ray_join import ClusterUnreachable, join_cluster
 
     if problem := unreachable(args.address, "--address"):
         print(f"error: {problem}", flush=True)
         return None
     try:
-        ray.init(address=args.address, namespace=NAMESPACE, logging_level="ERROR")
-    except ConnectionError as err:
-        print(f"error: Ray cluster {args.address}: {str(err).splitlines()[0]}", flush=True)
+        join_cluster(args.address, namespace=NAMESPACE, logging_level="ERROR")
+    except ClusterUnreachable as err:
+        print(f"error: {err}", flush=True)
         return None
     try:
         return ray.get_actor(control_name(args.run), namespace=NAMESPACE)

@@ -5,20 +5,15 @@ from __future__ import annotations
 
 import json
 import os
-import sys
-import threading
 from pathlib import Path
 
 from wavalign.config import PipelineConfig
 from wavalign.data import PromptRow
 from wavalign.layout import SpeechLayout
 from wavalign.node_inputs import policy_directory, stage_directory
+from wavalign.ray_join import JOIN_TIMEOUT_S, join_cluster
 from wavalign.storage import RunStore, is_uri
 from wavalign.worker_log import RUN_STORAGE_ENV
-
-
-class ClusterUnreachable(RuntimeError):
-    """The named Ray cluster could not be joined: one line naming it."""
 
 
 def resolve_inputs(cfg: PipelineConfig) -> tuple[Path, list[str], list[str]]:
@@ -87,22 +82,6 @@ def submitted_runtime_env() -> dict:
     return json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")).get("runtime_env") or {}
 
 
-# ray.init retries a cluster that does not let it in (a token it lacks, a GCS that never answers)
-# for minutes, silently: past this, the driver says so and ends.
-JOIN_TIMEOUT_S = 90.0
-
-
-def _join_timed_out(address: str, timeout_s: float) -> None:
-    print(
-        f"error: Ray cluster {address}: not joined within {timeout_s:g}s; its GCS does not accept this "
-        "driver (a cluster with token authentication needs RAY_AUTH_MODE=token and its token, "
-        "`ray get-auth-token`; or the port is not a Ray GCS)",
-        file=sys.stderr,
-        flush=True,
-    )
-    os._exit(2)  # ray.init holds the main thread; nothing of the run was started yet
-
-
 def connect_ray(
     address: str | None,
     log_to_driver: bool = True,
@@ -131,15 +110,7 @@ def connect_ray(
     env.update(shipped.pop("env_vars", {}))
     runtime_env = {**shipped, **({"env_vars": env} if env else {})} or None
     if address:
-        watchdog = threading.Timer(join_timeout_s, _join_timed_out, (address, join_timeout_s))
-        watchdog.daemon = True
-        watchdog.start()
-        try:
-            ray.init(address=address, runtime_env=runtime_env, log_to_driver=log_to_driver)
-        except ConnectionError as err:
-            raise ClusterUnreachable(f"Ray cluster {address}: {str(err).splitlines()[0]}") from None
-        finally:
-            watchdog.cancel()
+        join_cluster(address, join_timeout_s, runtime_env=runtime_env, log_to_driver=log_to_driver)
     else:
         # "local": always a new cluster, never whatever /tmp/ray last recorded (possibly dead)
         ray.init(

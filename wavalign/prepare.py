@@ -309,10 +309,12 @@ def run(args) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     import ray
 
+    from wavalign.ray_join import ClusterUnreachable, join_cluster
+
     try:
-        ray.init(address=address, logging_level="ERROR", log_to_driver=False)
-    except ConnectionError as err:
-        raise PrepareError(f"Ray cluster {address}: {str(err).splitlines()[0]}") from None
+        join_cluster(address, logging_level="ERROR", log_to_driver=False)
+    except ClusterUnreachable as err:
+        raise PrepareError(str(err)) from None
     try:
         if fit_codebook:
             fitted_codebook(args, rows, cfg, model_dir)
