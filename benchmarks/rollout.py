@@ -43,6 +43,10 @@ class BareVLLM:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(cfg.rollout.kv_cache_gib))))
         if cfg.rollout.reproducible:  # the pool's engine mode (see actors/vllm_engine.py)
             os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        if not cfg.rollout.gpus_per_worker:  # the pool's CPU engines run torch eagerly, so does the baseline
+            from actors.vllm_engine import eager_torch_on_cpu
+
+            eager_torch_on_cpu()
         from vllm import LLM, SamplingParams
 
         rc = cfg.rollout
