@@ -52,7 +52,7 @@ class RewardWorker:
             try:
                 decoded = self.decoder.decode(codes)
             except Exception as err:  # this response's codes, not the run: its audio is unusable, counted
-                audio, speech_error = None, f"{type(err).__name__}: {err}"
+                speech_error = f"{type(err).__name__}: {err}"
                 self._decoder_failed(request, speech_error)
             else:
                 audio = checked_audio(decoded)  # a decoder returning the wrong thing is a bug: an error

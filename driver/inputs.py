@@ -20,12 +20,12 @@ def resolve_inputs(cfg: PipelineConfig) -> tuple[Path, list[str], list[str]]:
     """(the policy's directory on this node, train files, eval files). A model.path URI is fetched
     to this node first; the toy assets are built here first when missing. (The data files are read
     by the driver alone: they need to be on its node only.)"""
-    model_dir = policy_directory(cfg)
+    model_dir = policy_directory(cfg)  # the toy assets are built there when they are the policy
     if cfg.model.path is not None:
         return model_dir, cfg.data.train_files, cfg.data.eval_files
-    from wavalign.toy.assets import ensure_toy_assets
+    from wavalign.toy.assets import ToyAssets
 
-    assets = ensure_toy_assets(cfg.toy, cfg.model.layout)
+    assets = ToyAssets(Path(cfg.toy.assets_dir))
     return (
         model_dir,
         cfg.data.train_files or [str(assets.data_file("train"))],

@@ -292,8 +292,8 @@ def run(args) -> int:
         raise PrepareError(f"--gpus-per-worker: {args.gpus_per_worker} must be >= 0")
     rows = read_manifest(args.manifest)
     tokenizer = BUILTIN_TOKENIZERS.get(args.tokenizer, args.tokenizer)
-    fit_codebook = args.tokenizer == "mel_kmeans" and "codebook" not in kwargs
-    if fit_codebook:
+    codebook_to_fit = args.tokenizer == "mel_kmeans" and "codebook" not in kwargs
+    if codebook_to_fit:
         kwargs["codebook"] = str(args.out / CODEBOOK)
     from wavalign.plugins import PluginError, class_factory
 
@@ -316,8 +316,8 @@ def run(args) -> int:
     except ClusterUnreachable as err:
         raise PrepareError(str(err)) from None
     try:
-        if fit_codebook:
-            fitted_codebook(args, rows, cfg, model_dir)
+        if codebook_to_fit:
+            fit_codebook_into_out(args, rows, cfg, model_dir)
         settings = {
             "model_dir": str(model_dir),
             "layout": cfg.model.layout.model_dump(),
@@ -335,8 +335,8 @@ def run(args) -> int:
     return validate(args, cfg, model_dir)
 
 
-def fitted_codebook(args, rows, cfg, model_dir: Path) -> Path:
-    """<out>/codebook.safetensors, fitted on the manifest's audio unless a previous run of this job
+def fit_codebook_into_out(args, rows, cfg, model_dir: Path) -> None:
+    """<out>/codebook.safetensors fitted on the manifest's audio, unless a previous run of this job
     fitted it (then reused: the shards already written used it)."""
     import ray
     import torch
@@ -348,7 +348,7 @@ def fitted_codebook(args, rows, cfg, model_dir: Path) -> Path:
     path = args.out / CODEBOOK
     if path.is_file():
         print(f"prepare: codebook {path} (from the earlier run)", flush=True)
-        return path
+        return
     _, layout = load_tokenizer_and_layout(model_dir, cfg.model.layout, cfg.model.trust_remote_code)
     size = args.codebook_size or (layout.speech_end - layout.speech_start)
     started = time.monotonic()
@@ -367,7 +367,6 @@ def fitted_codebook(args, rows, cfg, model_dir: Path) -> Path:
         f"in {time.monotonic() - started:.1f}s: {path}",
         flush=True,
     )
-    return path
 
 
 def prepare_shards(args, rows: list[dict[str, Any]], settings: dict[str, Any]) -> None:
