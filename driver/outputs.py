@@ -32,6 +32,16 @@ def write_parquet_atomic(path: Path, table: pa.Table) -> None:
         pq.write_table(table, tmp)
 
 
+def read_parquet(path: Path) -> pa.Table:
+    """The table in a file that a running job may replace (write_parquet_atomic) at any moment.
+
+    pq.read_table(path) looks the file up twice, once for its size and once to read it, so a
+    replacement in between reads the new file's bytes with the old size: a corrupt page. One open
+    file holds one version."""
+    with open(path, "rb") as file:
+        return pq.read_table(file)
+
+
 class RunOutputs:
     def __init__(self, store: RunStore, resume_step: int | None = None) -> None:
         from torch.utils.tensorboard import SummaryWriter
@@ -53,7 +63,7 @@ class RunOutputs:
             if self.store.exists(stored):
                 self.store.fetch(stored)  # a fresh node's mirror holds nothing yet
         if self.metrics_path.exists():
-            self.metrics = [row for row in pq.read_table(self.metrics_path).to_pylist() if row["step"] <= step]
+            self.metrics = [row for row in read_parquet(self.metrics_path).to_pylist() if row["step"] <= step]
             write_parquet_atomic(self.metrics_path, _table(self.metrics))
             self.store.publish("metrics.parquet")
         for part in self._parts():

@@ -61,12 +61,12 @@ def finite_points(rows: list[dict], key: str) -> list[tuple[float, float]]:
 
 
 def render(run_dir: Path, out_dir: Path) -> list[Path]:
-    import pyarrow.parquet as pq
+    from driver.outputs import read_parquet
 
     metrics = run_dir / "metrics.parquet"
     if not metrics.exists():
         raise FileNotFoundError(f"{metrics} does not exist: is {run_dir} a run directory with at least one step?")
-    rows = pq.read_table(metrics).to_pylist()
+    rows = read_parquet(metrics).to_pylist()  # the run may be going on
     written = []
     for name, (ylabel, keys) in PANELS.items():
         series = {key: points for key in keys if (points := finite_points(rows, key))}

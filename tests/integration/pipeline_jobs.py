@@ -12,8 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
+from driver.outputs import read_parquet
 from tests.integration.conftest import RAY, ROOT
 from wavalign.atomic import write_text_atomic
 from wavalign.failpoints import ENV as FAILPOINTS_ENV
@@ -125,11 +124,11 @@ def run_dir_of(root: Path, name: str) -> Path:
 
 
 def metrics_rows(run_dir: Path) -> list[dict]:
-    return pq.read_table(run_dir / "metrics.parquet").to_pylist()
+    return read_parquet(run_dir / "metrics.parquet").to_pylist()  # the run may be writing it
 
 
 def rollout_rows(run_dir: Path) -> list[dict]:
-    return pq.read_table(run_dir / "rollouts.parquet").to_pylist()
+    return read_parquet(run_dir / "rollouts.parquet").to_pylist()
 
 
 def wait_until(condition, job: Job, what: str, timeout: float = 300, poll: float = 0.2):
