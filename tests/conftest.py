@@ -24,6 +24,12 @@ ROOT = Path(__file__).resolve().parents[1]
 # ray.init); a driver or CLI sends it in token mode. Set before anything imports ray (Ray reads it
 # once), for this process and every driver the tests start, as an operator's shell would have it.
 os.environ.setdefault("RAY_AUTH_MODE", "token")
+# The suite runs in two pytest workers (pytest-xdist, README): two streams of tests share the 2 cores.
+# torch's OpenMP threads spin at each barrier while their partner thread waits for a core, so two
+# processes of 2 threads each on 2 cores take up to 15x longer per step: every process of the tests
+# (this one, the drivers and Ray workers it starts) computes on one thread.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")  # gw0, gw1, ...: a worker of `pytest -n`
 
 
 TOY_SETTINGS = [f"toy.assets_dir={ROOT / '.assets' / 'toy'}"]
@@ -54,6 +60,53 @@ def toy_assets(cfg):
     return ensure_toy_assets(cfg.toy, cfg.model.layout)  # the cache the build left (or built here)
 
 
+# Under `pytest -n 2` (README), pytest-xdist hands each worker whole modules, so that a module's
+# fixtures are set up once; modules that share a session fixture which costs a minute go to one
+# worker together. The costliest go first, in this order, so that none ends the session alone
+# (measured: tests/README.md).
+SHARED_SESSION_FIXTURE = {"test_prepare.py": "prepared_speech", "test_ablate.py": "prepared_speech"}
+COSTLIEST_FIRST = ["test_pipeline.py", "test_faults.py", "prepared_speech"]
+
+
+def worker_group(nodeid: str) -> str:
+    """tests/integration/test_x.py::test_y[z] -> the work unit it belongs to."""
+    module = nodeid.split("::")[0].rsplit("/", 1)[-1]
+    return SHARED_SESSION_FIXTURE.get(module, module)
+
+
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleGroups(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return worker_group(nodeid)
+
+    config.option.loadscopereorder = False  # the units in collection order: see below
+    return ModuleGroups(config, log)
+
+
+class _CostliestFirst:
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, items):
+        """(In each worker: the collection it reports, whose order the scheduler keeps.)"""
+        rank = {group: position for position, group in enumerate(COSTLIEST_FIRST)}
+        items.sort(key=lambda item: rank.get(worker_group(item.nodeid), len(rank)))
+
+
+def pytest_configure(config):
+    if XDIST_WORKER:
+        config.pluginmanager.register(_CostliestFirst(), "wavalign-costliest-first")
+
+
+def pytest_sessionstart(session):
+    """The toy assets, built before pytest-xdist's workers start (each would build its own at once)."""
+    if not XDIST_WORKER and getattr(session.config.option, "numprocesses", None):
+        from wavalign.toy.assets import ensure_toy_assets
+
+        toy = read_config(ROOT / "pipeline.yaml", TOY_SETTINGS)
+        ensure_toy_assets(toy.toy, toy.model.layout)
+
+
 @pytest.hookimpl(trylast=True)  # after -m / -k have deselected: only the tests that will run count
 def pytest_collection_modifyitems(config, items):
     """The toy asset build (minutes on both cores when the cache is cold) starts in the background
@@ -61,6 +114,8 @@ def pytest_collection_modifyitems(config, items):
     spent waiting (judge deadlines, subprocesses), so the session gains most of it. Whole modules
     move, so module fixtures are still set up once. With the assets there, the selected tests'
     long subprocesses that need nothing else start at once instead (tests/background.py)."""
+    if XDIST_WORKER:  # the assets are built (pytest_sessionstart); the other worker fills idle cores
+        return
     needing = {item.path for item in items if "toy_assets" in item.fixturenames}
     items.sort(key=lambda item: item.path in needing)  # stable: the order within each group stays
     if needing and not config.option.collectonly and not _start_asset_build(config):

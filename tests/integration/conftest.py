@@ -5,7 +5,9 @@ is test_rollout_pool.py's.)"""
 
 from __future__ import annotations
 
+import fcntl
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -119,14 +121,24 @@ def head_node(tmp_path_factory, toy_assets) -> HeadNode:
     log = tmp_path_factory.mktemp("head") / "head.log"
     # The cluster's token (~/.ray/auth_token), made once per machine as an operator would; a driver
     # in token mode (tests/conftest.py) sends it.
-    token = subprocess.run([RAY, "get-auth-token", "--generate"], capture_output=True, text=True, timeout=120)
+    # (One pytest worker at a time: two that both find none would each write their own.)
+    with open(ROOT / ".assets" / ".auth-token.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        token = subprocess.run([RAY, "get-auth-token", "--generate"], capture_output=True, text=True, timeout=120)
     assert token.returncode == 0, token.stderr[-2000:]
-    with ray_cluster_head(log) as node:
-        ray.init(address=node.gcs_address, logging_level="ERROR")
-        try:
-            yield node
-        finally:
-            ray.shutdown()
+    # Its own temporary folder: a submitted job's driver finds its cluster by the folder's record of
+    # the cluster started last (Ray's job supervisor: RAY_ADDRESS=auto), and the other pytest
+    # worker's session cluster, or a test's, may have started later in the shared /tmp/ray.
+    temp = short_temp_dir("rs-")
+    try:
+        with ray_cluster_head(log, temp) as node:
+            ray.init(address=node.gcs_address, logging_level="ERROR")
+            try:
+                yield node
+            finally:
+                ray.shutdown()
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def _wait_for_gcs(head: subprocess.Popen, node: HeadNode, timeout: float) -> bool:
@@ -267,7 +279,6 @@ def second_node(head: HeadNode, resources: dict[str, float], num_cpus: int = 2):
     folder of its own (so a relative path resolves differently there than on the head), offering
     `resources`. Yields its WorkerNode; stopped (and its processes gone) on exit."""
     import json
-    import shutil
 
     temp = short_temp_dir("rn2-")
     log = Path(temp) / "start.log"
@@ -330,7 +341,6 @@ def fresh_two_node_cluster(log_dir: Path, resources: dict[str, float]):
     second node offering `resources`, each with its own temporary folder. Its head starts at once
     (while the test does something else); yields a function that waits until the whole cluster is
     up and returns its head. Stopped, its processes gone, on exit."""
-    import shutil
     from contextlib import ExitStack
 
     temp = short_temp_dir("rf-")

@@ -17,6 +17,9 @@ from tests.integration.conftest import RAY, ROOT
 from wavalign.atomic import write_text_atomic
 from wavalign.failpoints import ENV as FAILPOINTS_ENV
 
+# The learner computes on one thread, as every process of the tests does (tests/conftest.py: two
+# streams of tests share the cores).
+ONE_THREAD = {"learner.torch_threads": "1"}
 # Every run of these tests: 4 steps of the embedded default, per-modality gradient norms on, so that
 # those columns are filled; no evaluation (the main job's test checks it: a run evaluates before
 # its first step too, seconds that these runs need not spend).
@@ -25,6 +28,7 @@ DEFAULT_SETS = {
     "train.eval_every": "0",
     "train.checkpoint_every": "2",
     "learner.grad_norm_every": "1",
+    **ONE_THREAD,
 }
 
 
@@ -36,7 +40,12 @@ def launch_args(root: Path, name: str, assets, extra: dict[str, str] | None = No
         **DEFAULT_SETS,
         **(extra or {}),
     }
-    return ["--config", "pipeline.yaml", *(a for key, value in sets.items() for a in ("--set", f"{key}={value}"))]
+    return ["--config", "pipeline.yaml", *set_args(sets)]
+
+
+def set_args(sets: dict[str, str]) -> list[str]:
+    """--set key=value, for each."""
+    return [a for key, value in sets.items() for a in ("--set", f"{key}={value}")]
 
 
 class Job:

@@ -11,6 +11,7 @@ import sys
 import pyarrow.parquet as pq
 
 from tests.integration.conftest import ROOT
+from tests.integration.pipeline_jobs import ONE_THREAD, set_args
 
 
 def test_ablation_command_writes_the_table_and_the_curves(tmp_path, address, toy_assets, prepared_speech):
@@ -36,7 +37,8 @@ def test_ablation_command_writes_the_table_and_the_curves(tmp_path, address, toy
             f"toy.assets_dir={toy_assets.root}",
             "--set",
             "train.eval_every=0",  # (the eval split's summaries: tests/unit/test_ablate.py)
-            *(a for key, value in prepared_speech.run_sets().items() for a in ("--set", f"{key}={value}")),
+            *set_args(ONE_THREAD),
+            *set_args(prepared_speech.run_sets()),
         ],
         cwd=ROOT,
         capture_output=True,

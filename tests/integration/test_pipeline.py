@@ -40,6 +40,7 @@ from learner.schedule import lr_factor
 from tests.integration.conftest import MISMATCH_FLOOR, ROOT, fresh_two_node_cluster, second_node
 from tests.integration.judge_server import JudgeServer
 from tests.integration.pipeline_jobs import (
+    ONE_THREAD,
     Failpoints,
     Job,
     SubmittedJob,
@@ -50,6 +51,7 @@ from tests.integration.pipeline_jobs import (
     rollout_rows,
     rows_so_far,
     run_dir_of,
+    set_args,
     wait_until,
 )
 from tests.integration.test_benchmarks import run_benchmark
@@ -85,6 +87,7 @@ def main_job_args(root, assets, *extra: str) -> list[str]:
         f"run.output_dir={root}",
         "--set",
         f"toy.assets_dir={assets.root}",
+        *set_args(ONE_THREAD),
         *extra,
     ]
 
@@ -115,7 +118,9 @@ def main_job(tmp_path_factory, job_server, toy_assets, metrics_port, head_node):
     with second_node(head_node, LEARNER_NODE) as node2:
         job = SubmittedJob(job_server, main_job_args(root, toy_assets, "--set", PLACED), log)
         seen = watch_until_done(job.process, [metrics_port, node2.metrics_port])
-        learners = list_actors(filters=[("class_name", "=", "LearnerWorker")], detail=True, limit=10_000)
+        learners = list_actors(
+            address=job_server, filters=[("class_name", "=", "LearnerWorker")], detail=True, limit=10_000
+        )
     output = log.read_text()
     assert job.process.returncode == 0 and "succeeded" in output, output[-4000:]
     ours = [a for a in learners if a.name and a.name.startswith(f"learner-{RUN}-0-")]
@@ -178,6 +183,7 @@ def test_the_main_job_trains_every_step_and_the_toy_reward_rises(main_job, cfg, 
     expected = cfg.model_dump(mode="json")
     expected["run"]["output_dir"] = str(run_dir.parent)
     expected["learner"]["placement"]["resources"] = LEARNER_NODE
+    expected["learner"]["torch_threads"] = int(ONE_THREAD["learner.torch_threads"])
     assert yaml.safe_load((run_dir / "config.yaml").read_text()) == expected
     quarter = steps // 4
     first = statistics.mean(r["reward_mean"] for r in rows[:quarter])
@@ -509,8 +515,12 @@ def test_bounded_staleness_and_user_plugins_on_the_exported_policy_with_a_failin
     last = rows[-1]
     attempts, failures = last["judge_judge_attempts"], last.get("judge_judge_failures") or 0
     assert last["judge_judge_requests"] == len(rollouts) and failures <= 0.05 * len(rollouts), last
-    assert last["judge_judge_connection_errors"] == pytest.approx(0.3 * attempts, abs=1)
-    assert last["judge_judge_timeouts"] == pytest.approx(0.1 * attempts, abs=1)
+    resets, timeouts = last["judge_judge_connection_errors"], last["judge_judge_timeouts"]
+    assert resets == pytest.approx(0.3 * attempts, abs=1)
+    # every hang is a timeout; so is an answer the busy machine delivered after the 1 s deadline:
+    # each attempt is one of the three, and each request that got a score had one good attempt
+    assert timeouts >= 0.1 * attempts - 1, last
+    assert resets + timeouts + (last["judge_judge_requests"] - failures) == attempts, last
     assert all(r["reward_judge"] in (3.0, 2.5) for r in rollouts)
     # One call's NaNs became the default score (counted per function); nothing non-finite got further.
     spoiled = [r for r in rollouts if r["reward_toy_answer"] == 2.5]  # toy_answer itself gives 5, 2 or 1
@@ -575,7 +585,7 @@ class KilledRun:
 
 
 @pytest.fixture(scope="module")
-def online_dpo(tmp_path_factory, address, toy_assets, ray_cluster) -> KilledRun:
+def online_dpo(tmp_path_factory, address, job_server, toy_assets, ray_cluster) -> KilledRun:
     """The online DPO run of 5 steps told to stop after its 4th (`--stop-after-step 4`), SIGKILLed
     once its outputs are complete: held at driver.finishing (all its workers alive), its driver gets
     SIGKILL (no handler of the project's runs). Ray ends the job's workers with it: which were alive
@@ -589,14 +599,16 @@ def online_dpo(tmp_path_factory, address, toy_assets, ray_cluster) -> KilledRun:
     job = Job(root / "dpo.log", args, address, env=failpoints.env)
     try:
         wait_until(lambda: failpoints.paused_pid("driver.finishing"), job, "the run's end", timeout=600)
-        alive = list_actors(filters=[("state", "=", "ALIVE")], detail=True, limit=10_000)
+        # (each call names the cluster: without, Ray's state API asks the one started last on the machine)
+        alive = list_actors(address=job_server, filters=[("state", "=", "ALIVE")], detail=True, limit=10_000)
         (job_id,) = {a.job_id for a in alive if (a.name or "").startswith("learner-dpo-")}
         workers = [a for a in alive if a.job_id == job_id]
         job.process.send_signal(signal.SIGKILL)
         job.process.wait(30)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            left = list_actors(filters=[("job_id", "=", job_id), ("state", "=", "ALIVE")], limit=10_000)
+            mine = [("job_id", "=", job_id), ("state", "=", "ALIVE")]
+            left = list_actors(address=job_server, filters=mine, limit=10_000)
             if not left and not any(running(a.pid) for a in workers if a.pid):
                 break
             time.sleep(0.5)
