@@ -81,21 +81,8 @@ def pytest_xdist_make_scheduler(config, log):
         def _split_scope(self, nodeid: str) -> str:
             return worker_group(nodeid)
 
-    config.option.loadscopereorder = False  # the units in collection order: see below
+    config.option.loadscopereorder = False  # the units in collection order (pytest_collection_modifyitems)
     return ModuleGroups(config, log)
-
-
-class _CostliestFirst:
-    @pytest.hookimpl(trylast=True)
-    def pytest_collection_modifyitems(self, items):
-        """(In each worker: the collection it reports, whose order the scheduler keeps.)"""
-        rank = {group: position for position, group in enumerate(COSTLIEST_FIRST)}
-        items.sort(key=lambda item: rank.get(worker_group(item.nodeid), len(rank)))
-
-
-def pytest_configure(config):
-    if XDIST_WORKER:
-        config.pluginmanager.register(_CostliestFirst(), "wavalign-costliest-first")
 
 
 def pytest_sessionstart(session):
@@ -115,6 +102,9 @@ def pytest_collection_modifyitems(config, items):
     move, so module fixtures are still set up once. With the assets there, the selected tests'
     long subprocesses that need nothing else start at once instead (tests/background.py)."""
     if XDIST_WORKER:  # the assets are built (pytest_sessionstart); the other worker fills idle cores
+        # the collection this worker reports, whose order the scheduler keeps: the costliest first
+        rank = {group: position for position, group in enumerate(COSTLIEST_FIRST)}
+        items.sort(key=lambda item: rank.get(worker_group(item.nodeid), len(rank)))
         return
     needing = {item.path for item in items if "toy_assets" in item.fixturenames}
     items.sort(key=lambda item: item.path in needing)  # stable: the order within each group stays
