@@ -38,17 +38,25 @@ _background_build: dict = {}  # the asset build started at collection: process, 
 _background_logs: list[Path] = []  # the folder of the subprocesses started at collection
 
 
+def toy_config():
+    """The embedded default, its toy assets in the project's cache."""
+    return read_config(ROOT / "pipeline.yaml", TOY_SETTINGS)
+
+
+def ensured_toy_assets(cfg):
+    """The toy assets of `cfg`, built first when the cache lacks them."""
+    from wavalign.toy.assets import ensure_toy_assets
+
+    return ensure_toy_assets(cfg.toy, cfg.model.layout)
+
+
 @pytest.fixture(scope="session")
 def cfg():
-    from wavalign.config_file import read_config
-
-    return read_config(ROOT / "pipeline.yaml", TOY_SETTINGS)
+    return toy_config()
 
 
 @pytest.fixture(scope="session")
 def toy_assets(cfg):
-    from wavalign.toy.assets import ensure_toy_assets
-
     if build := _background_build.get("process"):
         try:
             code = build.wait(ASSET_BUILD_TIMEOUT_S)
@@ -57,7 +65,7 @@ def toy_assets(cfg):
             code = "timeout"
         if code != 0:
             pytest.fail(f"the toy asset build failed ({code}): {_background_build['log'].read_text()[-3000:]}")
-    return ensure_toy_assets(cfg.toy, cfg.model.layout)  # the cache the build left (or built here)
+    return ensured_toy_assets(cfg)  # the cache the build left (or built here)
 
 
 # Under `pytest -n 2` (README), pytest-xdist hands each worker whole modules, so that a module's
@@ -88,10 +96,7 @@ def pytest_xdist_make_scheduler(config, log):
 def pytest_sessionstart(session):
     """The toy assets, built before pytest-xdist's workers start (each would build its own at once)."""
     if not XDIST_WORKER and getattr(session.config.option, "numprocesses", None):
-        from wavalign.toy.assets import ensure_toy_assets
-
-        toy = read_config(ROOT / "pipeline.yaml", TOY_SETTINGS)
-        ensure_toy_assets(toy.toy, toy.model.layout)
+        ensured_toy_assets(toy_config())
 
 
 @pytest.hookimpl(trylast=True)  # after -m / -k have deselected: only the tests that will run count
@@ -110,18 +115,15 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: item.path in needing)  # stable: the order within each group stays
     if needing and not config.option.collectonly and not _start_asset_build(config):
         # the assets are there: the long subprocesses that need nothing else start now (tests/background.py)
-        from wavalign.toy.assets import ensure_toy_assets
-
-        toy = read_config(ROOT / "pipeline.yaml", TOY_SETTINGS)
         _background_logs.append(Path(tempfile.mkdtemp(prefix="wavalign-tests-")))
-        background.start_for(items, ensure_toy_assets(toy.toy, toy.model.layout), _background_logs[0])
+        background.start_for(items, ensured_toy_assets(toy_config()), _background_logs[0])
 
 
 def _start_asset_build(config) -> bool:
     """True when a build started (the assets are not ready)."""
     from wavalign.toy.cache import toy_assets_ready
 
-    toy = read_config(ROOT / "pipeline.yaml", TOY_SETTINGS)
+    toy = toy_config()
     if toy_assets_ready(toy.toy, toy.model.layout):
         return False
     log = Path(config.rootpath) / ".assets" / "build.log"  # .assets is the project's (ignored) cache folder
