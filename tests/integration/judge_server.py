@@ -54,6 +54,10 @@ REPLIES = {
 }
 
 
+# /chaos/: what the n-th request (counted from 1, in arrival order) gets, by n % 10; the others a score
+CHAOS = {1: "reset", 4: "reset", 7: "reset", 9: "hang"}
+
+
 class JudgeServer:
     def __init__(
         self,
@@ -185,7 +189,6 @@ class JudgeServer:
             "trickle_headers": Handler._trickle,
             "huge_headers": Handler._huge_headers,
         }
-        CHAOS = {1: "reset", 4: "reset", 7: "reset", 9: "hang"}
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
@@ -195,6 +198,10 @@ class JudgeServer:
 
     def url(self, mode: str) -> str:
         return f"http://127.0.0.1:{self.port}/{mode}/v1/chat/completions"
+
+    def chaos_dealt(self, kind: str) -> int:
+        """How many of the /chaos/ requests received so far got `kind` ("reset" or "hang")."""
+        return sum(CHAOS.get(n % 10) == kind for n in range(1, self.hits["chaos"] + 1))
 
     def close(self) -> None:
         self.closing.set()

@@ -109,7 +109,7 @@ def main_job(tmp_path_factory, job_server, toy_assets, metrics_port, head_node):
     """The README's main job, uninterrupted, submitted to the session cluster grown to two nodes for
     it: the head and a second node (a temporary folder of its own) that alone offers `learner_node`,
     where the learner is placed by resource (learner.placement.resources). While it goes the
-    cluster's Prometheus endpoint is read every half second (gauge name -> the values seen). Returns
+    cluster's Prometheus endpoint is read every 2 seconds (gauge name -> the values seen). Returns
     (run folder, output, gauges, the learner's node, the second node)."""
     from ray.util.state import list_actors
 
@@ -137,7 +137,7 @@ def watch_until_done(job, metrics_ports: list[int]) -> dict[str, set[float]]:
             for line in (line for port in metrics_ports for line in gauge_lines(port)):
                 name_and_tags, value = line.rsplit(" ", 1)
                 seen[name_and_tags].add(float(value))
-            time.sleep(0.5)
+            time.sleep(2)  # Ray exports the workers' gauges every 10 s: each export is seen
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
@@ -516,10 +516,13 @@ def test_bounded_staleness_and_user_plugins_on_the_exported_policy_with_a_failin
     attempts, failures = last["judge_judge_attempts"], last.get("judge_judge_failures") or 0
     assert last["judge_judge_requests"] == len(rollouts) and failures <= 0.05 * len(rollouts), last
     resets, timeouts = last["judge_judge_connection_errors"], last["judge_judge_timeouts"]
-    assert resets == pytest.approx(0.3 * attempts, abs=1)
-    # every hang is a timeout; so is an answer the busy machine delivered after the 1 s deadline:
-    # each attempt is one of the three, and each request that got a score had one good attempt
-    assert timeouts >= 0.1 * attempts - 1, last
+    # Against what the server dealt: every hang is a timeout; every reset a connection error, unless
+    # the busy machine delivered it after the attempt's 1 s deadline (then it is a timeout too, as is
+    # a late good answer). Each attempt is one of the three, and each request that got a score had
+    # one good attempt.
+    hangs, dealt_resets = server.chaos_dealt("hang"), server.chaos_dealt("reset")
+    assert server.hits["chaos"] >= 10  # each kind of trouble dealt
+    assert timeouts >= hangs and dealt_resets - (timeouts - hangs) <= resets <= dealt_resets, (last, server.hits)
     assert resets + timeouts + (last["judge_judge_requests"] - failures) == attempts, last
     assert all(r["reward_judge"] in (3.0, 2.5) for r in rollouts)
     # One call's NaNs became the default score (counted per function); nothing non-finite got further.

@@ -26,7 +26,8 @@ def test_hf_loads_model_and_tokenizer_agrees_with_row_ids(toy_assets, cfg):
 
 def test_the_heldout_probe_trains_and_measures_both_splits(toy_assets, tmp_path):
     """wavalign.toy.heldout_probe (docs/heldout.md) end to end, shrunk: one step at one learning rate,
-    one sample per prompt (the script cannot rot; its figures are the docs')."""
+    one sample per prompt, the first 8 questions of each split (the script cannot rot; its figures
+    are the docs')."""
     import json
     import subprocess
     import sys
@@ -36,7 +37,7 @@ def test_the_heldout_probe_trains_and_measures_both_splits(toy_assets, tmp_path)
     out = tmp_path / "probe.json"
     done = subprocess.run(
         [sys.executable, "-m", "wavalign.toy.heldout_probe", "--lrs", "1e-4", "--steps", "1", "--every", "1"]
-        + ["--samples", "1", "--set", f"toy.assets_dir={toy_assets.root}", "--out", str(out)],
+        + ["--samples", "1", "--questions", "8", "--set", f"toy.assets_dir={toy_assets.root}", "--out", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -45,5 +46,5 @@ def test_the_heldout_probe_trains_and_measures_both_splits(toy_assets, tmp_path)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     result = json.loads(out.read_text())
     curve = result["curves"]["1e-4"]
-    assert [point["step"] for point in curve] == [0, 1] and result["eval_questions"] == 62
+    assert [point["step"] for point in curve] == [0, 1] and result["train_questions"] == result["eval_questions"] == 8
     assert all(0 <= point[split]["sampled"] <= 1 for point in curve for split in ("train", "eval"))

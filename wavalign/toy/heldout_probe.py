@@ -9,7 +9,8 @@ either: the eval questions share nothing with the train questions that the model
 
     .venv/bin/python -m wavalign.toy.heldout_probe --lrs 1e-4,1e-3 --steps 300 --out runs/heldout-probe.json
 
-Plain torch + transformers in this process (no Ray): ~2 minutes per learning rate on 2 cores.
+Plain torch + transformers in this process (no Ray; torch's threads: OMP_NUM_THREADS, else one per
+core): ~2 minutes per learning rate on 2 cores.
 """
 
 from __future__ import annotations
@@ -87,16 +88,19 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=50)
     parser.add_argument("--samples", type=int, default=8, help="sampled answers per prompt")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--questions", type=int, default=0, help="only the first N questions of each split (0 = all): a quick check"
+    )
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    torch.set_num_threads(2)
     cfg = read_config(args.config, args.set)
     assets = ensure_toy_assets(cfg.toy, cfg.model.layout)
     tokenizer, layout = load_tokenizer_and_layout(str(assets.model_dir), cfg.model.layout)
     scorer = toy_scorer(layout, cfg.toy, tokenizer)
 
     def rows(split: str):
-        return read_rows(assets.data_file(split), vocab_size=len(tokenizer), max_prompt_tokens=10**6).rows
+        found = read_rows(assets.data_file(split), vocab_size=len(tokenizer), max_prompt_tokens=10**6).rows
+        return found[: args.questions] if args.questions > 0 else found
 
     train, evals = rows("train"), rows("eval")
     started = time.monotonic()
