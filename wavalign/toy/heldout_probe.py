@@ -79,7 +79,7 @@ def probe(model_dir: Path, train, evals, layout, scorer, lr: float, steps: int, 
     return curve
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="pipeline.yaml")
     parser.add_argument("--set", action="append", default=[], help="config overrides (the toy section)")
@@ -92,7 +92,14 @@ def main() -> None:
         "--questions", type=int, default=0, help="only the first N questions of each split (0 = all): a quick check"
     )
     parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.questions < 0:
+        parser.error(f"--questions: {args.questions} is below 0 (0 = every question)")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
     cfg = read_config(args.config, args.set)
     assets = ensure_toy_assets(cfg.toy, cfg.model.layout)
     tokenizer, layout = load_tokenizer_and_layout(str(assets.model_dir), cfg.model.layout)
