@@ -83,14 +83,9 @@ def worker_group(nodeid: str) -> str:
 
 
 def pytest_xdist_make_scheduler(config, log):
-    from xdist.scheduler import LoadScopeScheduling
+    from tests.scheduling import UnitScheduling
 
-    class ModuleGroups(LoadScopeScheduling):
-        def _split_scope(self, nodeid: str) -> str:
-            return worker_group(nodeid)
-
-    config.option.loadscopereorder = False  # the units in collection order (pytest_collection_modifyitems)
-    return ModuleGroups(config, log)
+    return UnitScheduling(config, log, worker_group)
 
 
 def pytest_sessionstart(session):
@@ -156,9 +151,20 @@ def _environment_restored():
     depends on the order the tests ran in."""
     before = dict(os.environ)
     yield
-    if dict(os.environ) != before:
-        os.environ.clear()
-        os.environ.update(before)
+    restore_environment(before)
+
+
+def restore_environment(before: dict[str, str]) -> None:
+    """Only what changed is put back, never clear() and refill: adding a variable makes glibc
+    reallocate the environment array, and a getenv of one of Ray's C++ threads (this process is a
+    Ray driver) that reads the old array meanwhile crashes the process (SIGSEGV in getenv, seen
+    once in a suite run). Removing one shifts the array in place; setting an existing one swaps a
+    pointer."""
+    for key in [key for key in os.environ if key not in before]:
+        del os.environ[key]
+    for key, value in before.items():
+        if os.environ.get(key) != value:
+            os.environ[key] = value
 
 
 def pytest_sessionfinish(session, exitstatus):
