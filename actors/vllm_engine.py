@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from wavalign.config import RolloutConfig
+from wavalign.heavy_imports import collector_paused
 
 WEIGHT_RECEIVER = "actors.weight_receiver.WeightReceiver"
 
@@ -64,7 +65,8 @@ class VLLMEngine:
         self.in_process = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0"
         if rollout.gpus_per_worker == 0:
             eager_torch_on_cpu()
-        from vllm import LLM, SamplingParams
+        with collector_paused():
+            from vllm import LLM, SamplingParams
 
         self._sampling_params = SamplingParams
         self.rollout, self.eos_id = rollout, eos_id

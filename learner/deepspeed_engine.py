@@ -16,6 +16,7 @@ import torch
 
 from learner.schedule import lr_factor
 from wavalign.config import LearnerConfig
+from wavalign.heavy_imports import collector_paused
 
 
 class DeepSpeedEngine:
@@ -41,8 +42,9 @@ class DeepSpeedEngine:
             WORLD_SIZE=str(world_size),
             LOCAL_RANK="0",
         )
-        import deepspeed
-        from transformers import AutoModelForCausalLM
+        with collector_paused():
+            import deepspeed
+            from transformers import AutoModelForCausalLM
 
         self._deepspeed = deepspeed
         self.cfg, self.rank, self.world_size = cfg, rank, world_size

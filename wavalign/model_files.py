@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from wavalign.config import LayoutConfig
+from wavalign.heavy_imports import collector_paused
 from wavalign.layout import SpeechLayout, resolve_layout
 
 
@@ -14,7 +15,8 @@ def load_tokenizer_and_layout(
 ):  # -> (tokenizer, SpeechLayout)
     """The directory's tokenizer (its own code too with trust_remote_code: model.trust_remote_code) and
     the layout's ids in it; the model's vocab size comes from config.json."""
-    from transformers import AutoTokenizer
+    with collector_paused():
+        from transformers import AutoTokenizer
 
     model_path = Path(model_path)
     if not (model_path / "config.json").is_file():
