@@ -4,6 +4,7 @@ that imported something built is frozen, and a block that imported nothing freez
 from __future__ import annotations
 
 import gc
+import sys
 
 import pytest
 
@@ -15,7 +16,7 @@ def fresh_module(tmp_path, monkeypatch):
     (tmp_path / "wavalign_test_heavy_module.py").write_text("TABLE = [[i] for i in range(1000)]\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     yield "wavalign_test_heavy_module"
-    monkeypatch.delitem(__import__("sys").modules, "wavalign_test_heavy_module", raising=False)
+    monkeypatch.delitem(sys.modules, "wavalign_test_heavy_module", raising=False)
 
 
 def test_a_block_that_imports_freezes_what_it_built_and_turns_the_collector_back_on(fresh_module):
