@@ -26,11 +26,12 @@ from wavalign.worker_log import log_worker_output
 
 
 class RewardWorker:
-    def __init__(self, model_path: str, cfg: PipelineConfig) -> None:
-        """model_path: a folder this node sees, or a URI (wavalign/node_inputs.py), as the reward model's."""
+    def __init__(self, model_path: str, cfg: PipelineConfig, tokenizer_class: str | None = None) -> None:
+        """model_path: a folder this node sees, or a URI (wavalign/node_inputs.py), as the reward model's.
+        tokenizer_class: the class of the driver's tokenizer of that policy (model_files.tokenizer_class_of)."""
         log_worker_output()  # a run's worker: its output into <run>/logs/ too
         self.tokenizer, self.layout = load_tokenizer_and_layout(
-            local_model_dir(model_path), cfg.model.layout, cfg.model.trust_remote_code
+            local_model_dir(model_path), cfg.model.layout, cfg.model.trust_remote_code, tokenizer_class
         )
         if cfg.reward.reward_model_path:
             local = local_model_dir(cfg.reward.reward_model_path, "reward.reward_model_path")

@@ -23,7 +23,10 @@ class RewardPool(WorkerPool):
         log: Callable[[str], None] = print,
         on_dispatch: Callable[[Member, int], None] | None = None,
         wait: bool = True,
+        tokenizer_class: str | None = None,
     ) -> None:
+        """tokenizer_class: the class of the driver's tokenizer of the policy, which each worker then
+        loads without AutoTokenizer (wavalign/model_files.py: load_tokenizer)."""
         rc = cfg.reward
         settings = PoolSettings(
             kind="reward",
@@ -35,7 +38,7 @@ class RewardPool(WorkerPool):
             max_redispatch=cfg.rollout.max_redispatch,
             bundle=tuple(rc.placement.bundle(rc.cpus_per_worker, 0).items()),
         )
-        super().__init__(settings, RewardWorker, (model_path, cfg), log, on_dispatch)
+        super().__init__(settings, RewardWorker, (model_path, cfg, tokenizer_class), log, on_dispatch)
         self._last_counts: dict[str, dict[str, int]] = {}  # each live worker's last counters
         self._retired: Counter[str] = Counter()  # the last counters of workers no longer in the pool
         self.start_resize(rc.num_workers)

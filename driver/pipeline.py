@@ -51,6 +51,7 @@ from wavalign.config import PipelineConfig
 from wavalign.failpoints import failpoint
 from wavalign.interleave import response_channels, text_string
 from wavalign.messages import RewardResult
+from wavalign.model_files import tokenizer_class_of
 from wavalign.storage import RunStore
 
 REPEAT = "~"  # eval prompt id + REPEAT + k: the k-th ask of that prompt (train.eval_repeats)
@@ -105,7 +106,7 @@ class Pipeline:
         self.rollouts = RolloutPool(
             cfg, self.model_path, wait=False, bring_up_weights=lambda w: self.learners.bring_up(w)
         )
-        self.rewards = RewardPool(cfg, self.model_path, wait=False)
+        self.rewards = RewardPool(cfg, self.model_path, wait=False, tokenizer_class=tokenizer_class_of(self.tokenizer))
         self.learners = self._start_learners()
         self.rollouts.wait_until_up()
         self.rewards.wait_until_up()

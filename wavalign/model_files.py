@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 
@@ -11,20 +12,50 @@ from wavalign.layout import SpeechLayout, resolve_layout
 
 
 def load_tokenizer_and_layout(
-    model_path: str | Path, layout_cfg: LayoutConfig, trust_remote_code: bool = False
+    model_path: str | Path,
+    layout_cfg: LayoutConfig,
+    trust_remote_code: bool = False,
+    tokenizer_class: str | None = None,
 ):  # -> (tokenizer, SpeechLayout)
     """The directory's tokenizer (its own code too with trust_remote_code: model.trust_remote_code) and
-    the layout's ids in it; the model's vocab size comes from config.json."""
-    with collector_paused():
-        from transformers import AutoTokenizer
-
+    the layout's ids in it; the model's vocab size comes from config.json. tokenizer_class: what
+    tokenizer_class_of() said of the tokenizer AutoTokenizer loaded from this checkpoint (the
+    driver's), loaded here the same way without AutoTokenizer."""
     model_path = Path(model_path)
     if not (model_path / "config.json").is_file():
         raise FileNotFoundError(f"model.path: {model_path} is not an HF model directory (no config.json)")
-    tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+    tokenizer = load_tokenizer(model_path, trust_remote_code, tokenizer_class)
     vocab_size = json.loads((model_path / "config.json").read_text()).get("vocab_size")
     layout: SpeechLayout = resolve_layout(layout_cfg, tokenizer, model_vocab_size=vocab_size)
     return tokenizer, layout
+
+
+def load_tokenizer(model_path: Path, trust_remote_code: bool, tokenizer_class: str | None = None):
+    """AutoTokenizer's tokenizer for the checkpoint. Given the class AutoTokenizer chose for it (one of
+    transformers' own), that class's from_pretrained, the call AutoTokenizer ends in: the same
+    tokenizer, without importing AutoTokenizer's registry, which imports torch and every model's
+    configuration (seconds of CPU in each process that only decodes ids, e.g. a reward worker)."""
+    if tokenizer_class is None:
+        with collector_paused():
+            from transformers import AutoTokenizer
+        return AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+    module, _, name = tokenizer_class.partition(":")
+    if not module.startswith(LIBRARY_PREFIX) or not name.isidentifier():
+        raise ValueError(f"tokenizer_class: {tokenizer_class!r} is not a class of transformers (module:name)")
+    with collector_paused():
+        chosen = getattr(importlib.import_module(module), name)
+    return chosen.from_pretrained(model_path)
+
+
+LIBRARY_PREFIX = "transformers."  # (a checkpoint's own code loads as transformers_modules.*)
+
+
+def tokenizer_class_of(tokenizer) -> str | None:
+    """ "module:name" of a tokenizer's class when it is transformers' own, for load_tokenizer; None
+    for a checkpoint's own tokenizer code (AutoTokenizer loads that code in each process)."""
+    cls = type(tokenizer)
+    own = cls.__module__.startswith(LIBRARY_PREFIX) and cls.__qualname__ == cls.__name__
+    return f"{cls.__module__}:{cls.__name__}" if own else None
 
 
 def check_model_code(model_path: str | Path, trust_remote_code: bool) -> None:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import gc
 import itertools
 import json
 import math
@@ -307,6 +308,11 @@ def run(args) -> int:
         raise PrepareError(problem)
     model_dir = policy_directory(cfg)
     args.out.mkdir(parents=True, exist_ok=True)
+    # Ray Data's usage telemetry off for this job: it reports each execution's end to an actor and
+    # polls the cluster every 10 s from a thread that outlives ray.shutdown(). A call into Ray after
+    # the shutdown below makes Ray end this process with exit code 1 ("The core worker has already
+    # been shutdown": seen once, the benchmark's second job in the same process never started).
+    os.environ.setdefault("RAY_DATA_USAGE_DISABLED", "1")
     import ray
 
     from wavalign.ray_join import ClusterUnreachable, join_cluster
@@ -330,6 +336,7 @@ def run(args) -> int:
             "max_prompt_tokens": cfg.data.max_prompt_tokens,
         }
         prepare_shards(args, rows, settings)
+        gc.collect()  # Ray Data's handles in reference cycles released while Ray is up, not after
     finally:
         ray.shutdown()
     return validate(args, cfg, model_dir)

@@ -21,7 +21,7 @@ from actors.rollout import RolloutWorker
 from learner.advantages import group_advantages
 from tests.integration.conftest import MISMATCH_FLOOR
 from tests.integration.test_learner_worker import make_batch
-from wavalign.model_files import load_tokenizer_and_layout
+from wavalign.model_files import load_tokenizer, load_tokenizer_and_layout, tokenizer_class_of
 from wavalign.toy.families import FAMILIES, REMOTE_CODE_SETTINGS, save_family_model
 
 MODELS = [*FAMILIES, "extended_llama"]
@@ -98,6 +98,7 @@ def test_a_family_steps_exports_serves_syncs_and_resumes(family, serving, toy_as
     else:
         model = save_family_model(family, toy_assets.model_dir, tmp_path / family)
     tokenizer, layout = load_tokenizer_and_layout(model, run_cfg.model.layout, run_cfg.model.trust_remote_code)
+    assert_loaded_alike(tokenizer, model)
     toy_tokenizer = AutoTokenizer.from_pretrained(toy_assets.model_dir)
     first, second = (remapped(make_batch(toy_assets, cfg, lam), toy_tokenizer, tokenizer) for lam in (0.5, 0.3))
     learner_cfg = run_cfg.model_copy(deep=True)
@@ -169,6 +170,17 @@ def test_a_family_steps_exports_serves_syncs_and_resumes(family, serving, toy_as
     assert any(not torch.equal(expected[name], tensor) for name, tensor in learner.full_weights())
     learner.train_step(second)
     assert all(torch.equal(expected[name], tensor) for name, tensor in learner.full_weights())
+
+
+def assert_loaded_alike(auto, model) -> None:
+    """What a reward worker loads, given the class of the driver's tokenizer (AutoTokenizer's), is
+    the driver's tokenizer: same class, vocabulary, settings and text for any ids."""
+    direct = load_tokenizer(model, False, tokenizer_class_of(auto))
+    assert type(direct) is type(auto) and direct.get_vocab() == auto.get_vocab()
+    assert direct.init_kwargs == auto.init_kwargs and direct.chat_template == auto.chat_template
+    ids = torch.randint(len(auto), (400,), generator=torch.Generator().manual_seed(0)).tolist()
+    for skip in (True, False):
+        assert direct.decode(ids, skip_special_tokens=skip) == auto.decode(ids, skip_special_tokens=skip)
 
 
 def assert_extra_heads_kept(learner, model, export):

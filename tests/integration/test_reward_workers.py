@@ -12,7 +12,7 @@ from rewards.types import ScoredResponse
 from tests.integration.judge_server import JudgeServer
 from wavalign.data import read_rows
 from wavalign.messages import RewardRequest
-from wavalign.model_files import load_tokenizer_and_layout
+from wavalign.model_files import load_tokenizer_and_layout, tokenizer_class_of
 
 
 def test_local_hf_reward_model(tmp_path, toy_assets):
@@ -69,6 +69,7 @@ def test_reward_pool_of_two_scores_with_toy_reward_and_judge(toy_assets, cfg, ra
             str(toy_assets.model_dir),
             log=lambda line: None,
             on_dispatch=lambda m, i: dispatched.append(m.name),
+            tokenizer_class=tokenizer_class_of(tokenizer),  # as the driver starts them (checked below: decoding)
         )
         try:
             results = pool.score(requests)
