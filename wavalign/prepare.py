@@ -100,7 +100,10 @@ class Preparer:
 
         self.s = settings
         self.text, self.layout = load_tokenizer_and_layout(
-            settings["model_dir"], LayoutConfig(**settings["layout"]), settings["trust_remote_code"]
+            settings["model_dir"],
+            LayoutConfig(**settings["layout"]),
+            settings["trust_remote_code"],
+            settings["text_tokenizer_class"],
         )
         build = class_factory(
             settings["tokenizer"], settings["tokenizer_kwargs"], "--tokenizer", "encode", "audios", "a speech tokenizer"
@@ -315,6 +318,7 @@ def run(args) -> int:
     os.environ.setdefault("RAY_DATA_USAGE_DISABLED", "1")
     import ray
 
+    from wavalign.model_files import load_tokenizer_and_layout, tokenizer_class_of
     from wavalign.ray_join import ClusterUnreachable, join_cluster
 
     try:
@@ -324,10 +328,13 @@ def run(args) -> int:
     try:
         if codebook_to_fit:
             fit_codebook_into_out(args, rows, cfg, model_dir)
+        text_tokenizer, _ = load_tokenizer_and_layout(model_dir, cfg.model.layout, cfg.model.trust_remote_code)
         settings = {
             "model_dir": str(model_dir),
             "layout": cfg.model.layout.model_dump(),
             "trust_remote_code": cfg.model.trust_remote_code,
+            # each worker loads the policy's tokenizer by the class AutoTokenizer chose here (model_files.py)
+            "text_tokenizer_class": tokenizer_class_of(text_tokenizer),
             "tokenizer": tokenizer,
             "tokenizer_kwargs": kwargs,
             "manifest_dir": str(args.manifest.resolve().parent),
