@@ -10,6 +10,8 @@ from wavalign.config import LayoutConfig
 from wavalign.heavy_imports import collector_paused
 from wavalign.layout import SpeechLayout, resolve_layout
 
+LIBRARY_PREFIX = "transformers."  # transformers' own classes (a checkpoint's own code loads as transformers_modules.*)
+
 
 def load_tokenizer_and_layout(
     model_path: str | Path,
@@ -32,22 +34,29 @@ def load_tokenizer_and_layout(
 
 def load_tokenizer(model_path: Path, trust_remote_code: bool, tokenizer_class: str | None = None):
     """AutoTokenizer's tokenizer for the checkpoint. Given the class AutoTokenizer chose for it (one of
-    transformers' own), that class's from_pretrained, the call AutoTokenizer ends in: the same
-    tokenizer, without importing AutoTokenizer's registry, which imports torch and every model's
-    configuration (seconds of CPU in each process that only decodes ids, e.g. a reward worker)."""
-    if tokenizer_class is None:
+    transformers' own: trust_remote_code plays no part then), that class's from_pretrained, the call
+    AutoTokenizer ends in: the same tokenizer, without importing AutoTokenizer's registry, which
+    imports torch and every model's configuration (seconds of CPU in each process that only decodes
+    ids, e.g. a reward worker). A class this node's transformers lacks (another version than the
+    driver's): AutoTokenizer, as without one."""
+    chosen = None
+    if tokenizer_class is not None:
+        module, _, name = tokenizer_class.partition(":")
+        if not module.startswith(LIBRARY_PREFIX) or not name.isidentifier():
+            raise ValueError(f"tokenizer_class: {tokenizer_class!r} is not a class of transformers (module:name)")
+        with collector_paused():
+            try:
+                chosen = getattr(importlib.import_module(module), name)
+            except (ImportError, AttributeError):
+                chosen = None
+            from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+        if chosen is not None and not (isinstance(chosen, type) and issubclass(chosen, PreTrainedTokenizerBase)):
+            raise ValueError(f"tokenizer_class: {tokenizer_class!r} is not a tokenizer class")
+    if chosen is None:
         with collector_paused():
             from transformers import AutoTokenizer
         return AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
-    module, _, name = tokenizer_class.partition(":")
-    if not module.startswith(LIBRARY_PREFIX) or not name.isidentifier():
-        raise ValueError(f"tokenizer_class: {tokenizer_class!r} is not a class of transformers (module:name)")
-    with collector_paused():
-        chosen = getattr(importlib.import_module(module), name)
     return chosen.from_pretrained(model_path)
-
-
-LIBRARY_PREFIX = "transformers."  # (a checkpoint's own code loads as transformers_modules.*)
 
 
 def tokenizer_class_of(tokenizer) -> str | None:

@@ -310,6 +310,12 @@ def run(args) -> int:
     if problem := unreachable(address, "--address" if args.address else "RAY_ADDRESS"):
         raise PrepareError(problem)
     model_dir = policy_directory(cfg)
+    from wavalign.model_files import load_tokenizer_and_layout, tokenizer_class_of
+
+    try:  # the policy's tokenizer and speech layout, before any cluster starts
+        text_tokenizer, layout = load_tokenizer_and_layout(model_dir, cfg.model.layout, cfg.model.trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise PrepareError(f"model.path: {model_dir}: {str(err).splitlines()[0]}") from None
     args.out.mkdir(parents=True, exist_ok=True)
     # Ray Data's usage telemetry off for this job: it reports each execution's end to an actor and
     # polls the cluster every 10 s from a thread that outlives ray.shutdown(). A call into Ray after
@@ -318,7 +324,6 @@ def run(args) -> int:
     os.environ.setdefault("RAY_DATA_USAGE_DISABLED", "1")
     import ray
 
-    from wavalign.model_files import load_tokenizer_and_layout, tokenizer_class_of
     from wavalign.ray_join import ClusterUnreachable, join_cluster
 
     try:
@@ -327,8 +332,7 @@ def run(args) -> int:
         raise PrepareError(str(err)) from None
     try:
         if codebook_to_fit:
-            fit_codebook_into_out(args, rows, cfg, model_dir)
-        text_tokenizer, _ = load_tokenizer_and_layout(model_dir, cfg.model.layout, cfg.model.trust_remote_code)
+            fit_codebook_into_out(args, rows, layout)
         settings = {
             "model_dir": str(model_dir),
             "layout": cfg.model.layout.model_dump(),
@@ -343,19 +347,19 @@ def run(args) -> int:
             "max_prompt_tokens": cfg.data.max_prompt_tokens,
         }
         prepare_shards(args, rows, settings)
-        gc.collect()  # Ray Data's handles in reference cycles released while Ray is up, not after
     finally:
+        gc.collect()  # Ray Data's handles in reference cycles released while Ray is up, not after
         ray.shutdown()
-    return validate(args, cfg, model_dir)
+    return validate(args, cfg, text_tokenizer, layout)
 
 
-def fit_codebook_into_out(args, rows, cfg, model_dir: Path) -> None:
-    """<out>/codebook.safetensors fitted on the manifest's audio, unless a previous run of this job
-    fitted it (then reused: the shards already written used it)."""
+def fit_codebook_into_out(args, rows, layout) -> None:
+    """<out>/codebook.safetensors fitted on the manifest's audio (as many codes as the policy's
+    layout has speech tokens, unless --codebook-size), unless a previous run of this job fitted it
+    (then reused: the shards already written used it)."""
     import ray
     import torch
 
-    from wavalign.model_files import load_tokenizer_and_layout
     from wavalign.speech.codebook import save_codebook
     from wavalign.speech.mel_codec import MelSettings, fit_codebook
 
@@ -363,7 +367,6 @@ def fit_codebook_into_out(args, rows, cfg, model_dir: Path) -> None:
     if path.is_file():
         print(f"prepare: codebook {path} (from the earlier run)", flush=True)
         return
-    _, layout = load_tokenizer_and_layout(model_dir, cfg.model.layout, cfg.model.trust_remote_code)
     size = args.codebook_size or (layout.speech_end - layout.speech_start)
     started = time.monotonic()
     dataset = ray.data.from_items([{"audio": str(r["audio"])} for r in rows])
@@ -463,13 +466,11 @@ def write_shard(out: Path, shard: int, rows: list[dict[str, Any]], rejects: list
     write_text_atomic(out / f"part-{shard:05d}.json", marker)
 
 
-def validate(args, cfg, model_dir: Path) -> int:
+def validate(args, cfg, tokenizer, layout) -> int:
     """Every shard read back by the data reader with the model's layout; rejects.jsonl and the
     summary written from the markers."""
     from wavalign.data import DataError, read_rows
-    from wavalign.model_files import load_tokenizer_and_layout
 
-    tokenizer, layout = load_tokenizer_and_layout(model_dir, cfg.model.layout, cfg.model.trust_remote_code)
     markers = sorted(args.out.glob("part-*.json"))
     rejects = [r for m in markers for r in json.loads(m.read_text())["rejects"]]
     write_text_atomic(args.out / "rejects.jsonl", "".join(json.dumps(r) + "\n" for r in rejects))

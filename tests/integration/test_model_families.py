@@ -98,7 +98,7 @@ def test_a_family_steps_exports_serves_syncs_and_resumes(family, serving, toy_as
     else:
         model = save_family_model(family, toy_assets.model_dir, tmp_path / family)
     tokenizer, layout = load_tokenizer_and_layout(model, run_cfg.model.layout, run_cfg.model.trust_remote_code)
-    assert_loaded_alike(tokenizer, model)
+    assert_loaded_alike(tokenizer, model, run_cfg.model.trust_remote_code)
     toy_tokenizer = AutoTokenizer.from_pretrained(toy_assets.model_dir)
     first, second = (remapped(make_batch(toy_assets, cfg, lam), toy_tokenizer, tokenizer) for lam in (0.5, 0.3))
     learner_cfg = run_cfg.model_copy(deep=True)
@@ -172,10 +172,14 @@ def test_a_family_steps_exports_serves_syncs_and_resumes(family, serving, toy_as
     assert all(torch.equal(expected[name], tensor) for name, tensor in learner.full_weights())
 
 
-def assert_loaded_alike(auto, model) -> None:
+def assert_loaded_alike(auto, model, trust_remote_code: bool) -> None:
     """What a reward worker loads, given the class of the driver's tokenizer (AutoTokenizer's), is
-    the driver's tokenizer: same class, vocabulary, settings and text for any ids."""
-    direct = load_tokenizer(model, False, tokenizer_class_of(auto))
+    the driver's tokenizer: same class, vocabulary, settings and text for any ids. (The families'
+    checkpoints name the toy tokenizer's class or none, under model types whose own class differs:
+    AutoTokenizer's branches for both.)"""
+    named = tokenizer_class_of(auto)
+    assert named is not None  # (None would load through AutoTokenizer: this would compare it with itself)
+    direct = load_tokenizer(model, trust_remote_code, named)
     assert type(direct) is type(auto) and direct.get_vocab() == auto.get_vocab()
     assert direct.init_kwargs == auto.init_kwargs and direct.chat_template == auto.chat_template
     ids = torch.randint(len(auto), (400,), generator=torch.Generator().manual_seed(0)).tolist()

@@ -58,6 +58,7 @@ def test_reward_pool_of_two_scores_with_toy_reward_and_judge(toy_assets, cfg, ra
             }
         )
         tokenizer, _ = load_tokenizer_and_layout(toy_assets.model_dir, cfg.model.layout)
+        assert tokenizer_class_of(tokenizer) is not None  # the workers load it by its class, as in a run
         rows = read_rows(toy_assets.data_file("train"), vocab_size=len(tokenizer), max_prompt_tokens=128).rows[:6]
         requests = [
             RewardRequest(r.row_id, 0, r.reference_token_ids, r.question_text, r.sft_target_text, {"answer": r.answer})

@@ -70,6 +70,19 @@ def test_a_bad_option_is_one_line_naming_it(tmp_path, capsys, extra, expected):
     assert line.startswith("error: ") and expected in line
 
 
+def test_a_policy_whose_tokenizer_lacks_the_speech_tokens_is_one_line(tmp_path, capsys):
+    """(Checked with the tokenizer, before any cluster starts.)"""
+    model = tmp_path / "text_lm"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"model_type": "qwen2", "vocab_size": 10}))
+    train = tmp_path / "train.jsonl"
+    train.write_text(GOOD)
+    sets = ["--set", f"model.path={model}", "--set", f'data.train_files=["{train}"]']
+    line = _run(tmp_path, capsys, GOOD, extra=sets)
+    layout_error = "model.layout.speech_token_format: token '<|audio_0|>' is not in the tokenizer"
+    assert line == f"error: model.path: {model}: {layout_error}"
+
+
 def test_rows_that_keep_coming_pass_through_in_order():
     assert list(within_stall_deadline(iter(range(200)), 5.0, "preparation")) == list(range(200))
 
