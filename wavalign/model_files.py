@@ -39,24 +39,28 @@ def load_tokenizer(model_path: Path, trust_remote_code: bool, tokenizer_class: s
     imports torch and every model's configuration (seconds of CPU in each process that only decodes
     ids, e.g. a reward worker). A class this node's transformers lacks (another version than the
     driver's): AutoTokenizer, as without one."""
-    chosen = None
-    if tokenizer_class is not None:
-        module, _, name = tokenizer_class.partition(":")
-        if not module.startswith(LIBRARY_PREFIX) or not name.isidentifier():
-            raise ValueError(f"tokenizer_class: {tokenizer_class!r} is not a class of transformers (module:name)")
-        with collector_paused():
-            try:
-                chosen = getattr(importlib.import_module(module), name)
-            except (ImportError, AttributeError):
-                chosen = None
-            from transformers.tokenization_utils_base import PreTrainedTokenizerBase
-        if chosen is not None and not (isinstance(chosen, type) and issubclass(chosen, PreTrainedTokenizerBase)):
-            raise ValueError(f"tokenizer_class: {tokenizer_class!r} is not a tokenizer class")
+    chosen = library_tokenizer_class(tokenizer_class) if tokenizer_class is not None else None
     if chosen is None:
         with collector_paused():
             from transformers import AutoTokenizer
         return AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
     return chosen.from_pretrained(model_path)
+
+
+def library_tokenizer_class(tokenizer_class: str):  # -> type | None
+    """The tokenizer class "module:name" of transformers names; None when this transformers lacks it."""
+    module, _, name = tokenizer_class.partition(":")
+    if not module.startswith(LIBRARY_PREFIX) or not name.isidentifier():
+        raise ValueError(f"tokenizer_class: {tokenizer_class!r} is not a class of transformers (module:name)")
+    with collector_paused():
+        try:
+            chosen = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError):
+            return None
+        from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+    if not (isinstance(chosen, type) and issubclass(chosen, PreTrainedTokenizerBase)):
+        raise ValueError(f"tokenizer_class: {tokenizer_class!r} is not a tokenizer class")
+    return chosen
 
 
 def tokenizer_class_of(tokenizer) -> str | None:
