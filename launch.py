@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import signal
 import sys
 import time
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr, flush=True)
         return 1
     stop = {"requested": False}
-    signal.signal(signal.SIGTERM, lambda *_: stop.update(requested=True))
+    signal.signal(signal.SIGTERM, functools.partial(request_stop, stop))
 
     # 5. The loop. A worker failure the pools cannot heal (replacements that keep dying, a chunk
     #    lost max_redispatch times, a deadline passed) ends it after a checkpoint of the last step.
@@ -167,6 +168,14 @@ def main(argv: list[str] | None = None) -> int:
     pipe.finish(export=finished)
     print(f"done: {pipe.step} steps; outputs in {store.location}", flush=True)
     return 0
+
+
+def request_stop(stop: dict, *_) -> None:
+    """SIGTERM (`ray job stop`, an operator's kill): the loop ends after the step under way, with a
+    checkpoint. Said at once, so the operator sees it was heard: os.write, since a print here could
+    re-enter the stream the loop is printing to."""
+    stop["requested"] = True
+    os.write(sys.stdout.fileno(), b"stop requested (SIGTERM): the run stops after this step, with a checkpoint\n")
 
 
 if __name__ == "__main__":

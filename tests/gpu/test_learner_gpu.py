@@ -48,7 +48,7 @@ def release_gpu_memory() -> None:
     torch.cuda.empty_cache()
 
 
-def test_bf16_zero2_and_zero3_learn_alike_and_export_the_learners_weights(
+def test_bf16_zero0_2_and_3_learn_alike_and_export_the_learners_weights(
     policy_05b, toy_assets, cfg, dist_port, tmp_path
 ):
     from safetensors.torch import load_file
@@ -58,8 +58,9 @@ def test_bf16_zero2_and_zero3_learn_alike_and_export_the_learners_weights(
 
     batch = make_batch(toy_assets, cfg, lam=0.5, prompt_count=PROMPTS)
     tokens = sum(len(p) + len(r) for p, r in zip(batch.rollout_prompts, batch.rollout_responses))
-    first_steps = {}
-    for stage in (2, 3):
+    runs = {}
+    for stage in (0, 2, 3):  # 0: the embedded default's
+        idle = torch.cuda.memory_allocated()  # what the process holds without a learner
         w = gpu_worker(policy_05b, cfg, dist_port, zero_stage=stage, precision="bfloat16", learning_rate=2e-5)
         assert w.device.type == "cuda", w.device
         torch.cuda.reset_peak_memory_stats()
@@ -69,12 +70,12 @@ def test_bf16_zero2_and_zero3_learn_alike_and_export_the_learners_weights(
             outs.append(w.train_step(batch))
             torch.cuda.synchronize()
             seconds.append(time.perf_counter() - start)
-        train_peak = torch.cuda.max_memory_allocated()
+        train_peak = torch.cuda.max_memory_allocated() - idle
         sft = [o["sft_loss"] for o in outs]
         assert all(o["skipped"] == 0 for o in outs), outs
         # a fixed batch at a safe rate: the supervised loss falls at every step
-        assert sft == sorted(sft, reverse=True) and sft[-1] < sft[0], sft
-        first_steps[stage] = outs[0]
+        assert all(a > b for a, b in zip(sft, sft[1:])), sft
+        runs[stage] = outs
 
         # the export: every tensor in the file is the learner's, and the policy is not copied on the GPU
         resident = torch.cuda.memory_allocated()
@@ -99,22 +100,26 @@ def test_bf16_zero2_and_zero3_learn_alike_and_export_the_learners_weights(
         theirs = logp.gather(-1, ids[0, len(prompt) :, None]).squeeze(-1)
         ours = torch.tensor(w.continuation_logprobs(prompt, continuation), device=w.device)
         assert torch.allclose(ours, theirs, atol=1e-3), (ours - theirs).abs().max()
+        rows = f"{len(batch.rollout_prompts)} rollouts + {len(batch.sft_prompts)} SFT rows"
         print(
-            f"\nzero{stage} bf16 on {torch.cuda.get_device_name()}: {PROMPTS * cfg.rollout.group_size} rollouts + "
-            f"{PROMPTS} SFT rows, {tokens} rollout tokens per step; step s {[round(s, 3) for s in seconds]} "
-            f"(warm {tokens / min(seconds[1:]):.0f} rollout tokens/s); peak GPU memory {train_peak / 2**30:.2f} GiB; "
+            f"\nzero{stage} bf16 on {torch.cuda.get_device_name()}: {rows}, {tokens} rollout tokens per step; "
+            f"step s {[round(s, 3) for s in seconds]} (warm {tokens / min(seconds[1:]):.0f} rollout tokens/s); "
+            f"peak GPU memory of the learner {train_peak / 2**30:.2f} GiB; "
             f"sft_loss {[round(v, 4) for v in sft]}; export {export_s:.2f} s, {policy_bytes / 2**30:.2f} GiB written, "
             f"{export_extra / 2**20:.1f} MiB extra GPU memory; reloaded logprobs within "
             f"{(ours - theirs).abs().max().item():.1e}"
         )
         del w, reloaded, learner, saved
         release_gpu_memory()
+        print(f"zero{stage}: {(torch.cuda.memory_allocated() - idle) / 2**20:.1f} MiB left allocated once released")
 
-    # the same weights and batch: ZeRO-3's gathered forward is ZeRO-2's, to bf16 rounding
-    two, three = first_steps[2], first_steps[3]
-    for key in ("rl_loss", "sft_loss", "loss"):
-        assert two[key] == pytest.approx(three[key], rel=1e-2, abs=1e-3), key
-    assert two["grad_norm"] == pytest.approx(three["grad_norm"], rel=5e-2)
+    # the same weights, batch and rate: every stage takes ZeRO-2's steps, to bf16 rounding (a
+    # stage whose update were off, e.g. an extra optimizer step, would drift from step 2 on)
+    for stage in (0, 3):
+        for step, (theirs, ours) in enumerate(zip(runs[stage], runs[2]), start=1):
+            for key in ("rl_loss", "sft_loss", "loss"):
+                assert theirs[key] == pytest.approx(ours[key], rel=1e-2, abs=1e-3), (stage, step, key)
+            assert theirs["grad_norm"] == pytest.approx(ours["grad_norm"], rel=5e-2), (stage, step)
 
 
 def test_a_resumed_bf16_learner_takes_the_same_step(toy_assets, cfg, dist_port, tmp_path):
@@ -146,7 +151,7 @@ def test_a_resumed_bf16_learner_takes_the_same_step(toy_assets, cfg, dist_port, 
     share = differing / sum(t.numel() for t in after.values())
     losses = f"sft_loss {again['sft_loss']:.6f} vs {third['sft_loss']:.6f}"
     print(f"\nresumed bf16 ZeRO-2, step 3: {losses}; {share:.2e} of the weights differ")
-    assert share <= 1e-2, share
+    assert share <= 1e-3, share  # measured: none
     del resumed
     release_gpu_memory()
 

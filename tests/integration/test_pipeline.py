@@ -21,6 +21,7 @@ import time
 import urllib.request
 import wave
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -392,10 +393,19 @@ def test_a_submitted_job_on_s3_survives_its_learner_and_a_job_stop_and_resumes_o
             first = SubmittedJob(job_server, args, tmp_path / "first.log", env, f"s3-{time.time_ns()}")
             try:
                 wait_until(lambda: "\nstep 32/40 |" in first.output(), first, "step 32", timeout=600)
+                # The stop lands at a known step, however slow the commands below: the driver is held
+                # at the end of a step (its outputs written) until its SIGTERM has been heard.
+                failpoints.arm("driver.step_done", "pause")
+                wait_until(lambda: failpoints.paused_pid("driver.step_done"), first, "a step's end", timeout=300)
                 status = operator_command(address, 0, "status", "--run", RUN).stdout  # of a submitted job
-                first.stop()
+                with ThreadPoolExecutor(1) as stopper:  # `ray job stop` returns once the job has ended
+                    stopping = stopper.submit(first.stop)
+                    wait_until(lambda: "stop requested (SIGTERM)" in first.output(), first, "SIGTERM", timeout=120)
+                    failpoints.resume("driver.step_done")
+                    stopping.result(timeout=300)
                 first.process.wait(120)
             finally:
+                failpoints.resume("driver.step_done")  # (a failed check above must not leave it held)
                 first.kill()
         output = first.output()
         assert "resumed from step-000030: step 30" in output
