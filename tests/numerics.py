@@ -42,3 +42,11 @@ def update_gap(
         allowed = UPDATE_RTOL * scale + 2 * FLOAT32_SPACING * torch.maximum(after_a[name].abs(), after_b[name].abs())
         gap = max(gap, ((after_a[name] - after_b[name]).abs() / allowed).max().item())
     return gap
+
+
+def hf_continuation_logprobs(model: torch.nn.Module, prompt: list[int], continuation: list[int]) -> list[float]:
+    """log p(continuation[t] | prompt, continuation[:t]) under an HF causal LM, on the model's device."""
+    ids = torch.tensor([[*prompt, *continuation]], device=next(model.parameters()).device)
+    with torch.no_grad():
+        logp = torch.log_softmax(model(ids).logits.float(), dim=-1)[0]
+    return [logp[len(prompt) + t - 1, tok].item() for t, tok in enumerate(continuation)]

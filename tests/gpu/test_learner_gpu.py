@@ -16,9 +16,10 @@ import time
 import pytest
 import torch
 
+from tests.conftest import ensured_toy_assets
 from tests.gpu.conftest import ROOT
 from tests.integration.test_learner_worker import make_batch
-from tests.numerics import LINEAR_ADAM_EPS, snapshot, update_gap
+from tests.numerics import LINEAR_ADAM_EPS, hf_continuation_logprobs, snapshot, update_gap
 
 NEEDS_VLLM = False
 PROMPTS = 8  # x group_size rollouts + 8 SFT rows per step
@@ -94,11 +95,8 @@ def test_bf16_zero0_2_and_3_learn_alike_and_export_the_learners_weights(
 
         reloaded = AutoModelForCausalLM.from_pretrained(export, dtype=torch.bfloat16).to(w.device).eval()
         prompt, continuation = batch.rollout_prompts[0], batch.rollout_responses[0]
-        ids = torch.tensor([[*prompt, *continuation]], device=w.device)
-        with torch.no_grad():
-            logp = torch.log_softmax(reloaded(input_ids=ids).logits[0, len(prompt) - 1 : -1].float(), dim=-1)
-        theirs = logp.gather(-1, ids[0, len(prompt) :, None]).squeeze(-1)
-        ours = torch.tensor(w.continuation_logprobs(prompt, continuation), device=w.device)
+        theirs = torch.tensor(hf_continuation_logprobs(reloaded, prompt, continuation))
+        ours = torch.tensor(w.continuation_logprobs(prompt, continuation))
         assert torch.allclose(ours, theirs, atol=1e-3), (ours - theirs).abs().max()
         rows = f"{len(batch.rollout_prompts)} rollouts + {len(batch.sft_prompts)} SFT rows"
         print(
@@ -156,22 +154,17 @@ def test_a_resumed_bf16_learner_takes_the_same_step(toy_assets, cfg, dist_port, 
     release_gpu_memory()
 
 
-def one_float32_step(model_dir: str, cfg, port: int, out_file: str) -> None:
+def one_float32_step(cfg, port: int, out_file: str) -> None:
     """One float32 step of the toy model on this process's device; weights before and after, and
     the step's losses, saved to out_file (run on the GPU here and on the CPU in a subprocess)."""
+    assets = ensured_toy_assets(cfg)
     w = gpu_worker(
-        model_dir, cfg, port, precision="float32", zero_stage=2, learning_rate=1e-3, adam_eps=LINEAR_ADAM_EPS
+        assets.model_dir, cfg, port, precision="float32", zero_stage=2, learning_rate=1e-3, adam_eps=LINEAR_ADAM_EPS
     )
     before = snapshot((name, t.cpu()) for name, t in w.full_weights())
-    out = w.train_step(make_batch(_assets(cfg), cfg, lam=0.5, prompt_count=PROMPTS))
+    out = w.train_step(make_batch(assets, cfg, lam=0.5, prompt_count=PROMPTS))
     after = snapshot((name, t.cpu()) for name, t in w.full_weights())
     torch.save({"before": before, "after": after, "out": out, "device": str(w.device)}, out_file)
-
-
-def _assets(cfg):
-    from tests.conftest import ensured_toy_assets
-
-    return ensured_toy_assets(cfg)
 
 
 def test_the_float32_gpu_step_is_the_cpu_step(toy_assets, cfg, dist_port, tmp_path):
@@ -182,10 +175,10 @@ def test_the_float32_gpu_step_is_the_cpu_step(toy_assets, cfg, dist_port, tmp_pa
     from wavalign.ports import free_port
 
     gpu_file, cpu_file = tmp_path / "gpu.pt", tmp_path / "cpu.pt"
-    one_float32_step(str(toy_assets.model_dir), cfg, dist_port, str(gpu_file))
+    one_float32_step(cfg, dist_port, str(gpu_file))
     code = (
-        "from tests.conftest import toy_config; from tests.gpu.test_learner_gpu import one_float32_step, _assets; "
-        f"cfg = toy_config(); one_float32_step(str(_assets(cfg).model_dir), cfg, {free_port()}, {str(cpu_file)!r})"
+        "from tests.conftest import toy_config; from tests.gpu.test_learner_gpu import one_float32_step; "
+        f"one_float32_step(toy_config(), {free_port()}, {str(cpu_file)!r})"
     )
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "DS_ACCELERATOR": "cpu"}
     for name in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK"):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from learner.advantages import group_advantages
-from tests.numerics import LINEAR_ADAM_EPS, snapshot, update_gap
+from tests.numerics import LINEAR_ADAM_EPS, hf_continuation_logprobs, snapshot, update_gap
 from wavalign.data import read_rows
 from wavalign.model_files import load_tokenizer_and_layout
 
@@ -164,8 +164,6 @@ def test_two_data_parallel_workers_equal_one(toy_assets, cfg, dist_port, ray_clu
 
 def test_stale_rollouts_get_the_clipped_importance_ratio(toy_assets, cfg, dist_port):
     from transformers import AutoModelForCausalLM
-
-    from tests.integration.test_rollout_pool import hf_continuation_logprobs
 
     batch = make_batch(toy_assets, cfg, lam=1.0)
     model = AutoModelForCausalLM.from_pretrained(toy_assets.model_dir)

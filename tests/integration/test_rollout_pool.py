@@ -13,6 +13,7 @@ import torch
 
 from learner.masks import BOUNDARY, SPEECH, TEXT, modality_codes
 from tests.integration.conftest import MISMATCH_FLOOR
+from tests.numerics import hf_continuation_logprobs
 from wavalign.data import read_rows
 from wavalign.model_files import load_tokenizer_and_layout
 from wavalign.toy.assets import toy_scorer
@@ -79,13 +80,6 @@ def perturb(model, seed):
         for p in model.parameters():
             p.add_(0.05 * torch.randn(p.shape, generator=generator))
     return model
-
-
-def hf_continuation_logprobs(model, prompt, continuation):
-    ids = torch.tensor([[*prompt, *continuation]])
-    with torch.no_grad():
-        logp = torch.log_softmax(model(ids).logits.float(), dim=-1)[0]
-    return [logp[len(prompt) + t - 1, tok].item() for t, tok in enumerate(continuation)]
 
 
 class HFLearner:
