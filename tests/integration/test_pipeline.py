@@ -38,7 +38,7 @@ from driver.pipeline import lambda_settings
 from learner.advantages import group_advantages
 from learner.mixing import LambdaController
 from learner.schedule import lr_factor
-from tests.integration.conftest import MISMATCH_FLOOR, ROOT, fresh_two_node_cluster, second_node
+from tests.integration.conftest import LEARNER_NODE, MISMATCH_FLOOR, ROOT, fresh_cluster
 from tests.integration.judge_server import JudgeServer
 from tests.integration.pipeline_jobs import (
     ONE_THREAD,
@@ -101,31 +101,29 @@ def gauge_lines(port: int) -> list[str]:
     return [line for line in body.splitlines() if line.startswith("ray_wavalign_") and f'run="{RUN}"' in line]
 
 
-LEARNER_NODE = {"learner_node": 1.0}  # what only the second node offers
-PLACED = "learner.placement.resources={learner_node: 1}"
+PLACED = "learner.placement.resources={learner_node: 1}"  # (LEARNER_NODE: only the second node offers it)
 
 
 @pytest.fixture(scope="module")
-def main_job(tmp_path_factory, job_server, toy_assets, metrics_port, head_node):
-    """The README's main job, uninterrupted, submitted to the session cluster grown to two nodes for
-    it: the head and a second node (a temporary folder of its own) that alone offers `learner_node`,
-    where the learner is placed by resource (learner.placement.resources). While it goes the
-    cluster's Prometheus endpoint is read every 2 seconds (gauge name -> the values seen). Returns
-    (run folder, output, gauges, the learner's node, the second node)."""
+def main_job(tmp_path_factory, job_server, toy_assets, metrics_port, learner_node):
+    """The README's main job, uninterrupted, submitted to the session cluster (two nodes: the head,
+    and a second node with a temporary folder of its own that alone offers `learner_node`, where
+    the learner is placed by resource: learner.placement.resources). While it goes the cluster's
+    Prometheus endpoints are read every 2 seconds (gauge name -> the values seen). Returns (run
+    folder, output, gauges, the learner's node, the second node)."""
     from ray.util.state import list_actors
 
     root = tmp_path_factory.mktemp("main")
     log = root / "job.log"
-    with second_node(head_node, LEARNER_NODE) as node2:
-        job = SubmittedJob(job_server, main_job_args(root, toy_assets, "--set", PLACED), log)
-        seen = watch_until_done(job.process, [metrics_port, node2.metrics_port])
-        learners = list_actors(
-            address=job_server, filters=[("class_name", "=", "LearnerWorker")], detail=True, limit=10_000
-        )
+    job = SubmittedJob(job_server, main_job_args(root, toy_assets, "--set", PLACED), log)
+    seen = watch_until_done(job.process, [metrics_port, learner_node.metrics_port])
+    learners = list_actors(
+        address=job_server, filters=[("class_name", "=", "LearnerWorker")], detail=True, limit=10_000
+    )
     output = log.read_text()
     assert job.process.returncode == 0 and "succeeded" in output, output[-4000:]
     ours = [a for a in learners if a.name and a.name.startswith(f"learner-{RUN}-0-")]
-    return run_dir_of(root, RUN), output, seen, {a.node_id for a in ours}, node2.node_id
+    return run_dir_of(root, RUN), output, seen, {a.node_id for a in ours}, learner_node.node_id
 
 
 def watch_until_done(job, metrics_ports: list[int]) -> dict[str, set[float]]:
@@ -339,13 +337,13 @@ def test_the_step_benchmark_measures_the_main_job_against_the_reference_loop(mai
 
 
 def test_a_submitted_job_on_s3_survives_its_learner_and_a_job_stop_and_resumes_on_a_fresh_cluster(
-    main_job, tmp_path, s3_server, job_server, head_node, address
+    main_job, tmp_path, s3_server, job_server, address
 ):
-    """The operator's whole cycle on two-node clusters, the run's storage in an S3 bucket (an
-    S3-compatible server on 127.0.0.1), nothing of the run on local disk. The bucket holds the main
-    job as if it had died during step 35: rows and rollouts to step 35, the checkpoints of steps 10-30.
+    """The operator's whole cycle, the run's storage in an S3 bucket (an S3-compatible server on
+    127.0.0.1), nothing of the run on local disk. The bucket holds the main job as if it had died
+    during step 35: rows and rollouts to step 35, the checkpoints of steps 10-30.
 
-    1. `ray job submit -- launch.py --resume s3://...` to the session cluster grown to two nodes: the
+    1. `ray job submit -- launch.py --resume s3://...` to the session cluster (two nodes): the
        driver fetches the config, the pointer, the metrics and rollouts, the learner (placed on the
        second node by resource, as the main job's config says) its DeepSpeed state, every worker the
        policy (the toy model staged in the bucket); it drops what came after the checkpoint. Its
@@ -353,8 +351,8 @@ def test_a_submitted_job_on_s3_survives_its_learner_and_a_job_stop_and_resumes_o
        the learners from the checkpoint in the bucket by itself and takes the step again.
     2. `launch.py status` answers for the submitted job; `ray job stop` two steps later: the job
        checkpoints the step it is in, into the bucket, exports nothing, and ends.
-    3. `ray job submit -- launch.py --resume s3://...` on a *fresh* two-node cluster (started
-       meanwhile) finishes the run.
+    3. `ray job submit -- launch.py --resume s3://...` on a *fresh* cluster (started meanwhile; one
+       node, which offers the learner's resource) finishes the run.
 
     Every output is in the bucket; the rows and rollouts equal the uninterrupted run's (timings
     aside; every response once); pruning (keep_checkpoints 2) removed the older checkpoints there;
@@ -388,25 +386,24 @@ def test_a_submitted_job_on_s3_survives_its_learner_and_a_job_stop_and_resumes_o
     # time for the step and its checkpoint (README: step 6)
     env = {**s3_server.env, **failpoints.env, "RAY_JOB_STOP_WAIT_TIME_S": "300"}
     args = ["--resume", location, "--set", "train.keep_checkpoints=2"]
-    with fresh_two_node_cluster(tmp_path, LEARNER_NODE) as fresh_cluster:
-        with second_node(head_node, LEARNER_NODE):
-            first = SubmittedJob(job_server, args, tmp_path / "first.log", env, f"s3-{time.time_ns()}")
-            try:
-                wait_until(lambda: "\nstep 32/40 |" in first.output(), first, "step 32", timeout=600)
-                # The stop lands at a known step, however slow the commands below: the driver is held
-                # at the end of a step (its outputs written) until its SIGTERM has been heard.
-                failpoints.arm("driver.step_done", "pause")
-                wait_until(lambda: failpoints.paused_pid("driver.step_done"), first, "a step's end", timeout=300)
-                status = operator_command(address, 0, "status", "--run", RUN).stdout  # of a submitted job
-                with ThreadPoolExecutor(1) as stopper:  # `ray job stop` returns once the job has ended
-                    stopping = stopper.submit(first.stop)
-                    wait_until(lambda: "stop requested (SIGTERM)" in first.output(), first, "SIGTERM", timeout=120)
-                    failpoints.resume("driver.step_done")
-                    stopping.result(timeout=300)
-                first.process.wait(120)
-            finally:
-                failpoints.resume("driver.step_done")  # (a failed check above must not leave it held)
-                first.kill()
+    with fresh_cluster(tmp_path, LEARNER_NODE) as fresh:
+        first = SubmittedJob(job_server, args, tmp_path / "first.log", env, f"s3-{time.time_ns()}")
+        try:
+            wait_until(lambda: "\nstep 32/40 |" in first.output(), first, "step 32", timeout=600)
+            # The stop lands at a known step, however slow the commands below: the driver is held
+            # at the end of a step (its outputs written) until its SIGTERM has been heard.
+            failpoints.arm("driver.step_done", "pause")
+            wait_until(lambda: failpoints.paused_pid("driver.step_done"), first, "a step's end", timeout=300)
+            status = operator_command(address, 0, "status", "--run", RUN).stdout  # of a submitted job
+            with ThreadPoolExecutor(1) as stopper:  # `ray job stop` returns once the job has ended
+                stopping = stopper.submit(first.stop)
+                wait_until(lambda: "stop requested (SIGTERM)" in first.output(), first, "SIGTERM", timeout=120)
+                failpoints.resume("driver.step_done")
+                stopping.result(timeout=300)
+            first.process.wait(120)
+        finally:
+            failpoints.resume("driver.step_done")  # (a failed check above must not leave it held)
+            first.kill()
         output = first.output()
         assert "resumed from step-000030: step 30" in output
         assert re.search(
@@ -421,9 +418,7 @@ def test_a_submitted_job_on_s3_survives_its_learner_and_a_job_stop_and_resumes_o
         assert "policy" not in stored_names()  # exported only at the last step
         assert f"step-{stopped:06d}" in stored_names("checkpoints")
 
-        resumed = SubmittedJob(
-            fresh_cluster().dashboard_url, ["--resume", location], tmp_path / "resumed.log", s3_server.env
-        )
+        resumed = SubmittedJob(fresh().dashboard_url, ["--resume", location], tmp_path / "resumed.log", s3_server.env)
         try:
             resumed.process.wait(600)
         finally:
@@ -439,7 +434,9 @@ def test_a_submitted_job_on_s3_survives_its_learner_and_a_job_stop_and_resumes_o
     with fs.open_input_stream(f"{stored}/checkpoints/latest") as pointer:
         assert pointer.read().decode().strip() == "step-000040"
     learner_files = fs.get_file_info(pafs.FileSelector(f"{stored}/checkpoints/step-000040/learner", recursive=True))
-    assert any(e.base_name.endswith(".pt") for e in learner_files)  # the learner's state, from its own node
+    assert any(
+        e.base_name.endswith(".pt") for e in learner_files
+    )  # the learner's state, which the learner wrote itself
     policy = stored_names("policy")
     assert "config.json" in policy and any(name.endswith(".safetensors") for name in policy), policy
     assert {"inputs", "logs"} <= stored_names()  # the toy model staged, the workers' logs

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from learner.masks import BOUNDARY, SPEECH, TEXT, modality_codes
-from tests.integration.conftest import MISMATCH_FLOOR
+from tests.integration.conftest import MISMATCH_FLOOR, on_this_node
 from tests.numerics import hf_continuation_logprobs
 from wavalign.data import read_rows
 from wavalign.model_files import load_tokenizer_and_layout
@@ -137,7 +137,7 @@ class HFLearner:
 def learner(toy_assets, ray_cluster):
     import ray
 
-    handle = ray.remote(num_cpus=0)(HFLearner).remote(str(toy_assets.model_dir), seed=1)
+    handle = ray.remote(num_cpus=0)(HFLearner).options(**on_this_node()).remote(str(toy_assets.model_dir), seed=1)
     try:
         yield handle
     finally:
@@ -222,7 +222,7 @@ def test_a_worker_that_comes_up_later_gets_the_last_version_without_the_learner_
     pool.sync_weights(pool.version + 1, send_with(learner))
     sent = ray.get(learner.logprobs.remote(rows[0]), timeout=120)  # what the last version scores
     ray.get(learner.step.remote(seed=5), timeout=120)  # the learner moves on; nothing is sent
-    other = ray.remote(num_cpus=0)(HFLearner).remote(str(toy_assets.model_dir), seed=6)
+    other = ray.remote(num_cpus=0)(HFLearner).options(**on_this_node()).remote(str(toy_assets.model_dir), seed=6)
     try:
         member = pool.members[0]
         pool.sync_weights(pool.version + 1, send_with(other))  # the engine now serves other weights
