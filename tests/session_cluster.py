@@ -38,9 +38,9 @@ def shared_folder() -> Path | None:
     return Path(folder) if folder else None
 
 
-def joined_or_started(start: Callable[[Path], dict]) -> dict:
+def joined(start: Callable[[Path], dict]) -> dict:
     """Worker: the shared cluster's record, written by `start(folder)` (which returns it: JSON, with
-    "pids" and "folders" for `stop_shared`) if no worker has started the cluster yet."""
+    "pids" and "folders" for `stop_recorded`) if no worker has started the cluster yet."""
     folder = shared_folder()
     assert folder is not None, f"{SHARED_ENV} is not set: no shared cluster in this session"
     with _locked(folder / "lock"):  # the other workers wait while one starts it
@@ -60,12 +60,17 @@ def stop_shared() -> None:
     folder = _named.pop()
     record = folder / RECORD
     if record.exists():
-        started = json.loads(record.read_text())
-        for pid in started["pids"]:  # the second node first, then the head
-            stop_process_tree(pid)
-        for path in started["folders"]:
-            shutil.rmtree(path, ignore_errors=True)
+        stop_recorded(json.loads(record.read_text()))
     shutil.rmtree(folder, ignore_errors=True)
+
+
+def stop_recorded(record: dict) -> None:
+    """A started cluster's processes stopped (in the record's order: the second node first, then the
+    head) and its folders removed."""
+    for pid in record["pids"]:
+        stop_process_tree(pid)
+    for path in record["folders"]:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def shared_cluster_processes() -> set[int]:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.session_cluster import joined_or_started, shared_folder, stop_process_tree
+from tests.session_cluster import joined, shared_folder, stop_process_tree, stop_recorded
 from wavalign.ports import free_port, free_ports
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -129,16 +129,6 @@ def started_head(log: Path, temp_dir: str | None = None, **options) -> tuple[sub
     pytest.fail(f"ray start --head did not come up: {log.read_text()[-3000:]}")
 
 
-@contextmanager
-def ray_cluster_head(log: Path, temp_dir: str | None = None, **options):
-    """started_head's node; stopped, its processes gone, on exit."""
-    head, node = started_head(log, temp_dir, **options)
-    try:
-        yield node
-    finally:
-        stop_process_group(head)
-
-
 def stop_process_group(process: subprocess.Popen, grace: float = 5) -> None:
     """tests/session_cluster.py's stop_process_tree for a process this one started (and reaps)."""
     stop_process_tree(process.pid, grace)
@@ -188,16 +178,8 @@ def session_cluster(tmp_path_factory, toy_assets) -> SessionCluster:
     cores for minutes; the cluster starts after it.)"""
     import ray
 
-    if shared_folder() is not None:
-        cluster = _session_cluster(joined_or_started(_start_session_cluster))
-        ray.init(address=cluster.head.gcs_address, logging_level="ERROR")
-        try:
-            yield cluster
-        finally:
-            ray.shutdown()  # the controller stops the cluster once every worker is done
-        return
-    folder = tmp_path_factory.mktemp("cluster")
-    record = _start_session_cluster(folder)
+    own = shared_folder() is None
+    record = _start_session_cluster(tmp_path_factory.mktemp("cluster")) if own else joined(_start_session_cluster)
     try:
         cluster = _session_cluster(record)
         ray.init(address=cluster.head.gcs_address, logging_level="ERROR")
@@ -206,10 +188,8 @@ def session_cluster(tmp_path_factory, toy_assets) -> SessionCluster:
         finally:
             ray.shutdown()
     finally:
-        for pid in record["pids"]:
-            stop_process_tree(pid)
-        for path in record["folders"]:
-            shutil.rmtree(path, ignore_errors=True)
+        if own:  # (a shared one: the controller stops it once every worker is done)
+            stop_recorded(record)
 
 
 @pytest.fixture(scope="session")
