@@ -413,7 +413,8 @@ def fresh_cluster(log_dir: Path, resources: dict[str, float]):
         if not up:
             if not _wait_for_gcs(process, head, timeout=120):
                 pytest.fail(f"the fresh cluster's head did not come up: {log.read_text()[-3000:]}")
-            up.append(HeadNode(head.gcs_address, wait_for_job_server(head.dashboard_url), head.metrics_port, log))
+            wait_for_job_server(head.dashboard_url)
+            up.append(head)
         return up[0]
 
     try:
