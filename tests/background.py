@@ -5,6 +5,12 @@ core idle (the pure unit tests, the judge-deadline tests), and the test itself o
 produced. A test module names such subprocesses in PRESTART: {test name: starter}, where
 starter(toy_assets, folder) returns the started Background (its toy assets must be built already:
 while they build, nothing else starts). A test that finds none started starts its own.
+
+Only a session of one process (`pytest tests`) starts them early. Under `pytest -n 2` (the README's
+command) the workers collect the tests, not the controller, so each such test starts its subprocess
+when it runs (the benchmark then joins the session's cluster): the two workers keep both cores busy
+anyway (~96% busy from the first test to the last, sampled every second), so an early start would
+not shorten the session.
 """
 
 from __future__ import annotations

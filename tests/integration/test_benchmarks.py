@@ -41,8 +41,9 @@ def start_alone(command: list[str]):
     return start
 
 
-# The rollout benchmark's minute and a half (three engine starts) overlaps with the tests that go
-# first (tests/background.py); the learner's runs on the session's cluster.
+# In a one-process session the rollout benchmark's minute and a half (three engine starts) overlaps
+# with the tests that go first (tests/background.py); otherwise it runs on the session's cluster, as
+# the learner's does.
 PRESTART = {"test_benchmark_runs_and_prints_its_ratio[rollout]": start_alone(BENCHMARKS[1].values[0])}
 
 

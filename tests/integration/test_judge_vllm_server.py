@@ -45,7 +45,7 @@ def start_server(toy_assets, folder: Path) -> Background:
     return Background.start(command, folder / "vllm-server.log", ROOT, env, port=port)
 
 
-# Its minute of start-up overlaps with the tests that go first (tests/background.py).
+# In a one-process session its minute of start-up overlaps with the tests that go first (tests/background.py).
 PRESTART = {TEST: start_server}
 
 

@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+import transformers  # (its models load on first use: seconds that only this module's tests spend)
 
 from wavalign.config import LayoutConfig
 from wavalign.extend_vocab import ExtendError, extend_vocab, initialise_rows, main
@@ -23,7 +23,7 @@ def text_lm(tmp_path_factory):
     """A text LM whose embedding has 8 padding rows beyond its tokenizer (as Qwen2.5's does)."""
     out = tmp_path_factory.mktemp("text_lm")
     tokenizer = build_text_tokenizer(CORPUS, eos="<|im_end|>", pad="<|endoftext|>")
-    config = LlamaConfig(
+    config = transformers.LlamaConfig(
         vocab_size=len(tokenizer) + 8,
         hidden_size=64,
         intermediate_size=128,
@@ -37,7 +37,7 @@ def text_lm(tmp_path_factory):
         bos_token_id=None,
     )
     torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(out)
+    transformers.LlamaForCausalLM(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
 
@@ -47,13 +47,16 @@ def test_the_speech_vocabulary_is_appended_and_initialised_as_the_mean(text_lm, 
     layout = extend_vocab(text_lm, out, speech_tokens=256, token_format="<|audio_{i}|>", pad_to_multiple_of=64)
     assert layout == {"preset": "tiny"}  # the tiny preset's tokens, 256 of them
     assert json.loads((out / "wavalign_layout.json").read_text()) == layout
-    before_tok, after_tok = AutoTokenizer.from_pretrained(text_lm), AutoTokenizer.from_pretrained(out)
+    before_tok, after_tok = (
+        transformers.AutoTokenizer.from_pretrained(text_lm),
+        transformers.AutoTokenizer.from_pretrained(out),
+    )
     used = len(before_tok)
     assert len(after_tok) == used + 2 + 256
     tokenizer, resolved = load_tokenizer_and_layout(out, LayoutConfig(**layout))
     assert (resolved.boa_id, resolved.eoa_id, resolved.speech_start) == (used, used + 1, used + 2)
-    before = AutoModelForCausalLM.from_pretrained(text_lm)
-    after = AutoModelForCausalLM.from_pretrained(out)
+    before = transformers.AutoModelForCausalLM.from_pretrained(text_lm)
+    after = transformers.AutoModelForCausalLM.from_pretrained(out)
     rows = after.get_input_embeddings().weight
     size = -(-(used + 258) // 64) * 64  # the tokens rounded up to 64 rows (the 8 padding rows taken first)
     assert rows.shape[0] == size == after.config.vocab_size == resolved.speech_end > used + 8

@@ -14,8 +14,16 @@ import pytest
 import torch
 
 from actors import weight_sync as gws
-from actors import weight_transfer
 from wavalign.config import InvalidConfig, RolloutConfig, load_config
+
+
+@pytest.fixture(scope="module")
+def weight_transfer():
+    """actors.weight_transfer, imported by the tests that use it: it loads vLLM's weight-transfer API
+    (seconds of imports that the rest of this module, and collection, need not spend)."""
+    from actors import weight_transfer
+
+    return weight_transfer
 
 
 def rollout(**settings) -> RolloutConfig:
@@ -97,7 +105,7 @@ def test_a_stalled_call_becomes_an_error_naming_the_silent_workers():
         release.set()  # let the blocked thread end
 
 
-def test_weight_source_matches_vllms_contract():
+def test_weight_source_matches_vllms_contract(weight_transfer):
     """Metadata from one pass; every later pass is fresh and agrees with it (vLLM's own checker:
     WeightSource.iter_groups raises when iteration and metadata disagree)."""
     passes = []
@@ -139,14 +147,14 @@ def test_the_control_plane_imports_without_vllm():
     assert out.stdout.split() == ["False", "False"]
 
 
-def test_chunks_are_bounded_and_keep_the_order():
+def test_chunks_are_bounded_and_keep_the_order(weight_transfer):
     pairs = [("a", torch.zeros(4)), ("big", torch.zeros(1000)), ("b", torch.zeros(4)), ("c", torch.zeros(4))]
     chunks = list(weight_transfer._chunks(iter(pairs), chunk_bytes=64))
     assert [names for names, _ in chunks] == [["a"], ["big"], ["b", "c"]]  # an oversized tensor goes alone
     assert [n for names, _ in chunks for n in names] == [n for n, _ in pairs]
 
 
-def test_a_chunk_is_read_as_views_of_its_bytes_in_any_dtype():
+def test_a_chunk_is_read_as_views_of_its_bytes_in_any_dtype(weight_transfer):
     tensors = {
         "a": torch.arange(6, dtype=torch.float32).view(2, 3),
         "b": torch.tensor([1.5, -2.0], dtype=torch.bfloat16),
@@ -165,7 +173,7 @@ def test_a_chunk_is_read_as_views_of_its_bytes_in_any_dtype():
     assert out["a"].data_ptr() == parts[0].ctypes.data  # a view of the received bytes, not a copy
 
 
-def test_only_the_expected_reload_warnings_are_dropped():
+def test_only_the_expected_reload_warnings_are_dropped(weight_transfer):
     import logging
 
     def warning(layer):
@@ -177,7 +185,7 @@ def test_only_the_expected_reload_warnings_are_dropped():
     assert expected.filter(warning("ParallelLMHead")) and expected.filter(warning("QKVParallelLinear"))
 
 
-def test_the_weight_region_hands_over_every_dtype_in_place(tmp_path):
+def test_the_weight_region_hands_over_every_dtype_in_place(tmp_path, weight_transfer):
     from actors.weight_region import ALIGN, MappedRegions, WeightRegion, region_size
 
     tensors = [
