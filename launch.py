@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # 5. The loop. A worker failure the pools cannot heal (replacements that keep dying, a chunk
     #    lost max_redispatch times, a deadline passed) ends it after a checkpoint of the last step.
+    last_step = min(cfg.run.steps, args.stop_after_step or cfg.run.steps)
     while pipe.step < cfg.run.steps:
         step = pipe.step + 1
         started = time.monotonic()
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             #     sampled from the weights it started from (one version old when they are trained on).
             learn_started = time.monotonic()
             learning = pipe.start_learning(scored)
-            if cfg.train.max_staleness and step < cfg.run.steps:
+            if cfg.train.max_staleness and step < last_step:  # (never a step the run will not take)
                 pipe.sample_ahead(step + 1)
             learned = pipe.finish_learning(learning)
             learn_s = time.monotonic() - learn_started

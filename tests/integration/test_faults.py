@@ -15,10 +15,13 @@ known point (wavalign.failpoints) while the run goes, then SIGTERM:
      checkpoint: test_pipeline.py).
 
 The run scores with the toy reward and a judge (a real HTTP server on 127.0.0.1 that fails its
-first two requests)."""
+first two requests), and trains with online DPO (algorithm.objective dpo: each step's groups give
+their best vs worst response), whose pairs are checked here too: the faults touch the pools, not
+the objective."""
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import signal
@@ -42,6 +45,7 @@ from tests.integration.pipeline_jobs import (
 )
 
 FAULT_SETS = {
+    "algorithm.objective": "dpo",
     "run.steps": "40",
     "train.eval_every": "0",
     "train.checkpoint_every": "0",
@@ -240,3 +244,27 @@ def test_every_group_of_every_step_once_from_current_weights_with_both_scores(fa
         assert {r["policy_version"] for r in mine} == {step - 1}, step  # never a stale engine
     for r in rollouts:  # the flaky judge recovers within its attempts: every score is its 3
         assert r["reward_judge"] == 3.0 and r["reward"] == pytest.approx(0.5 * r["reward_toy_answer"] + 0.5 * 3.0)
+
+
+def test_online_dpo_pairs_each_steps_best_and_worst_responses(faults, cfg):
+    """algorithm.objective dpo from launch.py: each step's groups give their best vs worst response
+    (the pair builder's rule, gap >= 1), through every fault; the learner takes a DPO step against
+    the frozen initial policy, so the first step's loss is ln 2 exactly; the pairs' sides are
+    measured per modality."""
+    rows, rollouts = metrics_rows(faults.run_dir), rollout_rows(faults.run_dir)
+    assert "| dpo " in faults.output
+    groups_per_step = cfg.train.rollout_batch_size // cfg.rollout.group_size
+    for row in rows:
+        groups = [
+            [r["reward"] for r in rollouts if r["step"] == row["step"] and r["group_index"] == g]
+            for g in range(groups_per_step)
+        ]
+        assert row["dpo_pairs"] == sum(max(g) - min(g) >= 1 for g in groups), row["step"]  # one per group with a gap
+        sides = [row[f"dpo_{side}_{kind}_tokens"] for side in ("chosen", "rejected") for kind in ("text", "speech")]
+        assert all(math.isfinite(v) and v > 0 for v in sides) == (row["dpo_pairs"] > 0)
+    first = next(r for r in rows if r["dpo_pairs"] > 0)
+    assert (
+        first["dpo_loss"] == pytest.approx(math.log(2), abs=1e-5)
+        if first["step"] == 1
+        else math.isfinite(first["dpo_loss"])
+    )

