@@ -104,9 +104,9 @@ def main(argv: list[str] | None = None) -> int:
 
     # 5. The loop. A worker failure the pools cannot heal (replacements that keep dying, a chunk
     #    lost max_redispatch times, a deadline passed) ends it after a checkpoint of the last step.
-    last_step = min(cfg.run.steps, args.stop_after_step or cfg.run.steps)
     while pipe.step < cfg.run.steps:
         step = pipe.step + 1
+        final = step in (cfg.run.steps, args.stop_after_step)  # the run's last step, unless SIGTERM comes first
         started = time.monotonic()
         try:
             pipe.apply_operator_requests()  # `launch.py scale --workers N`, between steps
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             #     sampled from the weights it started from (one version old when they are trained on).
             learn_started = time.monotonic()
             learning = pipe.start_learning(scored)
-            if cfg.train.max_staleness and step < last_step:  # (never a step the run will not take)
+            if cfg.train.max_staleness and not final:  # (never a step the run will not take)
                 pipe.sample_ahead(step + 1)
             learned = pipe.finish_learning(learning)
             learn_s = time.monotonic() - learn_started
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
                 "step_seconds": time.monotonic() - started,
             }
             pipe.record_step(scored, learned, timings)
-            last = step == cfg.run.steps or step == args.stop_after_step or stop["requested"]
+            last = final or stop["requested"]
             if last or (cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0):
                 pipe.checkpoint()
         except LearnerLost as err:
